@@ -1,0 +1,160 @@
+"""The typed Python API; every CLI command is a few lines over a function here.
+
+>>> from archgen import api
+>>> graph = api.compile_spec("examples/transformer.yaml")  # doctest: +SKIP
+>>> api.check("examples/transformer.yaml", seq_len=1024).total.params  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from archgen.ir.cost import NodeCost, node_cost
+from archgen.ir.graph import Graph
+from archgen.ir.ops import Role
+from archgen.passes import default_pipeline, run_pipeline
+from archgen.passes.base import DumpHook
+from archgen.spec.expand import graph_from_spec, resolve_spec, spec_to_data
+from archgen.spec.loader import load_spec
+from archgen.spec.models import ArchSpec
+
+__version__ = "0.1.0"
+
+SpecLike = str | os.PathLike[str] | ArchSpec
+
+
+def as_spec(spec: SpecLike) -> ArchSpec:
+    return spec if isinstance(spec, ArchSpec) else load_spec(spec)
+
+
+def spec_hash(spec: ArchSpec) -> str:
+    """A stable hash of the resolved spec (weights built from equal hashes are interchangeable)."""
+    canonical = json.dumps(spec_to_data(resolve_spec(spec)), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def compile_spec(
+    spec: SpecLike,
+    *,
+    seq_len: int | None = None,
+    dump_after: Sequence[str] = (),
+    on_dump: DumpHook | None = None,
+) -> Graph:
+    """Spec -> IR graph through the default pass pipeline (verified, typed, costed at seq_len)."""
+    graph = graph_from_spec(as_spec(spec))
+    return run_pipeline(graph, default_pipeline(seq_len), dump_after=dump_after, on_dump=on_dump)
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str
+    token_mixer: str
+    channel_mixer: str
+    cost: NodeCost
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    spec: ArchSpec
+    graph: Graph
+    seq_len: int
+    rows: list[LayerRow]
+    total: NodeCost
+
+
+def check(spec: SpecLike, *, seq_len: int | None = None) -> CheckReport:
+    """Validate a spec and cost it per layer at ``seq_len`` (default: the model's max_seq_len)."""
+    spec = as_spec(spec)
+    graph = compile_spec(spec, seq_len=seq_len)
+    seq_len = seq_len or graph.model.max_seq_len
+    rows: dict[str, dict[str, Any]] = {}
+    for node in graph.nodes:
+        key = node.block or node.name
+        row = rows.setdefault(key, {"token": "", "channel": "", "cost": None})
+        if node.op.role is Role.TOKEN_MIXER:
+            row["token"] = node.op.kind
+        elif node.op.role is Role.CHANNEL_MIXER:
+            row["channel"] = node.op.kind
+        elif node.block is None:
+            row["token"] = node.op.kind
+        cost = node_cost(node, seq_len)
+        row["cost"] = cost if row["cost"] is None else row["cost"] + cost
+    out = [LayerRow(k, r["token"], r["channel"], r["cost"]) for k, r in rows.items()]
+    total = out[0].cost
+    for r in out[1:]:
+        total = total + r.cost
+    return CheckReport(spec, graph, seq_len, out, total)
+
+
+def resolved_yaml(spec: SpecLike) -> str:
+    import yaml
+
+    return yaml.safe_dump(spec_to_data(resolve_spec(as_spec(spec))), sort_keys=False)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the spec format (for editors: yaml-language-server and friends)."""
+    schema = ArchSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "archgen spec"
+    return schema
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out_dir: Path
+    params: int
+    spec_hash: str
+
+
+def _library_versions() -> dict[str, str]:
+    import torch
+
+    return {"archgen": __version__, "torch": torch.__version__}
+
+
+def build(spec: SpecLike, out_dir: str | os.PathLike[str], *, seed: int = 0) -> BuildResult:
+    """Instantiate the eager model and write ``weights.safetensors``, ``spec.yaml`` (resolved)
+    and ``manifest.json`` to ``out_dir``. The folder appears complete or not at all."""
+    from archgen.backends.torch_model import build_model
+    from archgen.backends.weights import save_weights
+
+    spec = as_spec(spec)
+    graph = compile_spec(spec)
+    model = build_model(graph, seed=seed)
+    digest = spec_hash(spec)
+    params = sum(p.numel() for p in model.parameters())
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_weights(model, staging / "weights.safetensors", {"spec_hash": digest})
+        (staging / "spec.yaml").write_text(resolved_yaml(spec))
+        manifest = {
+            **_library_versions(),
+            "spec_hash": digest,
+            "model": graph.model.name,
+            "params": params,
+            "seed": seed,
+            "files": ["weights.safetensors", "spec.yaml"],
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            backup = out.with_name(f".{out.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            out.rename(backup)
+            staging.rename(out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return BuildResult(out, params, digest)

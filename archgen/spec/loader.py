@@ -1,0 +1,256 @@
+"""Spec files in, typed :class:`ArchSpec` out -- or a :class:`SpecError` naming every mistake.
+
+Three stages, each with source positions: YAML syntax (``yaml_source``), structure and types
+(pydantic, errors translated to plain words here), and the model's own rules (divisibility,
+causality), which the IR node classes state in :meth:`Op.problems`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path as FilePath
+from typing import Any
+
+from archgen.ir.ops import Op
+from pydantic import BaseModel, ValidationError
+
+from archgen.spec.errors import SpecError, SpecIssue, did_you_mean, format_path
+from archgen.spec.models import (
+    CHANNEL_MIXER_SPECS,
+    MAX_LAYERS,
+    TOKEN_MIXER_SPECS,
+    ArchSpec,
+    LayerSpec,
+    ModelSpec,
+    RepeatSpec,
+    expand_layers,
+)
+from archgen.spec.yaml_source import Path, SourceMap, load_yaml
+
+
+def load_spec(path: str | FilePath) -> ArchSpec:
+    """Read and validate a spec file.
+
+    >>> spec = load_spec("examples/transformer.yaml")  # doctest: +SKIP
+    >>> spec.model.d_model  # doctest: +SKIP
+    256
+    """
+    file = FilePath(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([SpecIssue(str(path), None, (), "file not found")]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise SpecError([SpecIssue(str(path), None, (), f"cannot read the file: {exc}")]) from None
+    return parse_spec(text, str(path))
+
+
+def parse_spec(text: str, filename: str = "<spec>") -> ArchSpec:
+    data, source = load_yaml(text, filename)
+    if not isinstance(data, dict):
+        raise SpecError(
+            [
+                SpecIssue(
+                    filename, source.locate(()), (), "the spec must be a mapping with a 'model' key"
+                )
+            ]
+        )
+    try:
+        spec = ArchSpec.model_validate(data)
+    except ValidationError as exc:
+        issues = [_translate(err, data, source) for err in exc.errors()]
+        raise SpecError(_sorted_unique(issues)) from None
+    issues = semantic_issues(spec.model, source)
+    if issues:
+        raise SpecError(issues)
+    return spec
+
+
+# -- structure and type errors -----------------------------------------------------------------
+
+_SECTION_FIELDS: dict[str, type[BaseModel]] = {
+    "root": ArchSpec,
+    "model": ModelSpec,
+    "layer": LayerSpec,
+    "repeat": RepeatSpec,
+}
+
+
+def _strip_tags(loc: tuple[Any, ...], data: Any) -> tuple[Path, Any, Any]:
+    """Drop pydantic's union-tag entries from ``loc``; return (path, parent value, value).
+
+    Tags sit at known places: after an item of a ``layers`` list (layer or repeat group) and
+    after a ``token_mixer``/``channel_mixer`` key (the mixer kind).
+    """
+    path: list[str | int] = []
+    parent, node = None, data
+    parts = list(loc)
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            parent, node = node, node[part]
+        else:
+            break
+        path.append(part)
+        i += 1
+        tagged = part in ("token_mixer", "channel_mixer") or (
+            isinstance(part, int) and len(path) >= 2 and path[-2] == "layers"
+        )
+        if tagged and isinstance(node, dict) and i < len(parts) and isinstance(parts[i], str):
+            i += 1
+    return tuple(path), parent, node
+
+
+def _model_at(path: Path, parent: Any) -> type[BaseModel] | None:
+    """Which spec model a mapping at ``path`` is, to suggest its valid keys."""
+    if not path:
+        return ArchSpec
+    if path == ("model",):
+        return ModelSpec
+    if isinstance(parent, dict) and "kind" in parent:
+        kind = parent["kind"]
+        specs = TOKEN_MIXER_SPECS if path[-1] == "token_mixer" else CHANNEL_MIXER_SPECS
+        return specs.get(kind) if isinstance(kind, str) else None
+    if isinstance(path[-1], int):
+        return RepeatSpec if isinstance(parent, dict) and "repeat" in parent else LayerSpec
+    return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    return repr(value)
+
+
+def _translate(err: dict[str, Any], data: Any, source: SourceMap) -> SpecIssue:
+    kind = err["type"]
+    path, parent, value = _strip_tags(err["loc"], data)
+    ctx = err.get("ctx", {})
+    fname = source.filename
+    if kind == "extra_forbidden":
+        owner = _model_at(path[:-1], parent)
+        valid = sorted(owner.model_fields) if owner else []
+        hint = did_you_mean(str(path[-1]), valid)
+        where = f"; valid keys: {', '.join(valid)}" if valid and not hint else ""
+        msg = f"unknown key {path[-1]!r}{hint}{where}"
+        return SpecIssue(fname, source.locate(path, key=True), path, msg)
+    if kind == "missing":
+        loc_path = (*path, err["loc"][-1]) if err["loc"][-1] not in path else path
+        return SpecIssue(fname, source.locate(path), loc_path, "missing required key")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        role = "token mixer" if path and path[-1] == "token_mixer" else "channel mixer"
+        specs = TOKEN_MIXER_SPECS if role == "token mixer" else CHANNEL_MIXER_SPECS
+        others = CHANNEL_MIXER_SPECS if role == "token mixer" else TOKEN_MIXER_SPECS
+        if kind == "union_tag_not_found":
+            msg = f"missing 'kind'; a {role} is one of: {', '.join(specs)}"
+            return SpecIssue(fname, source.locate(path), path, msg)
+        tag = str(ctx.get("tag"))
+        if tag in others:
+            other_role = "channel mixer" if role == "token mixer" else "token mixer"
+            msg = f"{tag!r} is a {other_role}, not a {role}; a {role} is one of: {', '.join(specs)}"
+        else:
+            msg = (
+                f"unknown {role} kind {tag!r}{did_you_mean(tag, specs)}; known: {', '.join(specs)}"
+            )
+        return SpecIssue(fname, source.locate((*path, "kind")), (*path, "kind"), msg)
+    if kind == "literal_error":
+        expected = [w.strip().strip("'") for w in str(ctx.get("expected", "")).split(" or ")]
+        expected = [w for part in expected for w in part.split(", ")]
+        expected = [w.strip("'") for w in expected]
+        hint = did_you_mean(str(value), expected) if isinstance(value, str) else ""
+        msg = f"must be one of {', '.join(expected)}; got {_describe(value)}{hint}"
+        return SpecIssue(fname, source.locate(path), path, msg)
+    words = {
+        "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}, got {_describe(value)}",
+        "greater_than": lambda: f"must be > {ctx.get('gt')}, got {_describe(value)}",
+        "less_than_equal": lambda: f"must be <= {ctx.get('le')}, got {_describe(value)}",
+        "int_parsing": lambda: f"expected an integer, got {_describe(value)}",
+        "int_type": lambda: f"expected an integer, got {_describe(value)}",
+        "int_from_float": lambda: f"expected an integer, got {_describe(value)}",
+        "float_parsing": lambda: f"expected a number, got {_describe(value)}",
+        "float_type": lambda: f"expected a number, got {_describe(value)}",
+        "finite_number": lambda: f"expected a finite number, got {_describe(value)}",
+        "bool_parsing": lambda: f"expected true or false, got {_describe(value)}",
+        "bool_type": lambda: f"expected true or false, got {_describe(value)}",
+        "string_type": lambda: f"expected a string, got {_describe(value)}",
+        "list_type": lambda: f"expected a list, got {_describe(value)}",
+        "model_type": lambda: f"expected a mapping, got {_describe(value)}",
+        "model_attributes_type": lambda: f"expected a mapping, got {_describe(value)}",
+        "dict_type": lambda: f"expected a mapping, got {_describe(value)}",
+        "too_short": lambda: f"must have at least {ctx.get('min_length')} item(s)",
+    }
+    make = words.get(kind)
+    msg = make() if make else f"{err['msg']}, got {_describe(value)}"
+    return SpecIssue(fname, source.locate(path), path, msg)
+
+
+def _sorted_unique(issues: list[SpecIssue]) -> list[SpecIssue]:
+    seen: dict[str, SpecIssue] = {}
+    for issue in issues:
+        seen.setdefault(str(issue), issue)
+
+    def key(i: SpecIssue) -> tuple[int, int]:
+        return (i.position.line, i.position.column) if i.position else (0, 0)
+
+    return sorted(seen.values(), key=key)
+
+
+# -- the model's own rules ---------------------------------------------------------------------
+
+
+def op_context(model: ModelSpec) -> dict[str, int]:
+    """Model facts that node kinds may take as context fields."""
+    return {
+        "d_model": model.d_model,
+        "vocab_size": model.vocab_size,
+        "max_seq_len": model.max_seq_len,
+    }
+
+
+def build_op(spec: Any, model: ModelSpec) -> Op:
+    """Instantiate a mixer's node from its spec, passing only the context fields it declares."""
+    ctx = op_context(model)
+    return spec.to_op(**{k: ctx[k] for k in spec.op_class.context_fields})
+
+
+def semantic_issues(model: ModelSpec, source: SourceMap | None = None) -> list[SpecIssue]:
+    fname = source.filename if source else "<spec>"
+
+    def issue(path: Path, msg: str, *, key: bool = False) -> SpecIssue:
+        return SpecIssue(fname, source.locate(path, key=key) if source else None, path, msg)
+
+    layers = expand_layers(model.layers, ("model", "layers"))
+    if len(layers) > MAX_LAYERS:
+        return [issue(("model", "layers"), f"expands to more than {MAX_LAYERS} layers")]
+    found: list[SpecIssue] = []
+    checked: set[Path] = set()
+    for path, layer in layers:
+        if path in checked:
+            continue  # a repeated definition has the same problems every time
+        checked.add(path)
+        for slot in ("token_mixer", "channel_mixer"):
+            mixer = getattr(layer, slot)
+            if mixer is None:
+                continue
+            op = build_op(mixer, model)
+            for problem in op.problems():
+                found.append(issue((*path, slot, problem.field), problem.message))
+            if slot == "token_mixer" and model.task == "causal-lm" and not op.is_causal():
+                field = "causal" if "causal" in mixer.model_fields_set else "kind"
+                found.append(
+                    issue(
+                        (*path, slot, field),
+                        f"{op.kind!r} is not causal here, but task 'causal-lm' needs causal token "
+                        "mixers (set causal: true)",
+                    )
+                )
+    return found
+
+
+__all__ = ["format_path", "load_spec", "parse_spec", "semantic_issues"]

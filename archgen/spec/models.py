@@ -1,0 +1,140 @@
+"""Typed spec objects (pydantic), parsed once from YAML.
+
+The mixer schemas are *generated* from the IR node classes (their dataclass fields and metadata),
+so a node kind's attributes are declared in exactly one place: ``archgen.ir.ops``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Annotated, Any, Literal, Union
+
+from archgen.ir.ops import Op, Role, ops_with_role
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MixerSpec(StrictModel):
+    """Base of the generated ``{kind: ..., <attributes>}`` models."""
+
+    kind: str
+    op_class: typing.ClassVar[type[Op]]
+
+    def to_op(self, **context: Any) -> Op:
+        attrs = self.model_dump(exclude={"kind"})
+        return self.op_class(**context, **attrs)
+
+
+def _field_for(f: dataclasses.Field, hint: Any) -> tuple[Any, Any]:
+    meta = f.metadata
+    bounds = {k: meta[k] for k in ("ge", "gt", "le") if k in meta}
+    default = None if meta.get("auto") else f.default
+    info = Field(default=default, description=meta.get("doc"), **bounds)
+    return hint, info
+
+
+def mixer_spec_model(op_class: type[Op]) -> type[MixerSpec]:
+    hints = typing.get_type_hints(op_class)
+    fields: dict[str, Any] = {
+        "kind": (Literal[op_class.kind], Field(description=op_class.summary)),  # type: ignore[valid-type]
+    }
+    for f in op_class.attribute_fields():
+        fields[f.name] = _field_for(f, hints[f.name])
+    model = create_model(  # type: ignore[call-overload]
+        f"{op_class.__name__}Spec",
+        __base__=MixerSpec,
+        __doc__=op_class.summary or op_class.__doc__,
+        **fields,
+    )
+    model.op_class = op_class
+    return model
+
+
+TOKEN_MIXER_SPECS: dict[str, type[MixerSpec]] = {
+    kind: mixer_spec_model(cls) for kind, cls in ops_with_role(Role.TOKEN_MIXER).items()
+}
+CHANNEL_MIXER_SPECS: dict[str, type[MixerSpec]] = {
+    kind: mixer_spec_model(cls) for kind, cls in ops_with_role(Role.CHANNEL_MIXER).items()
+}
+
+TokenMixerSpec = Annotated[
+    Union[tuple(TOKEN_MIXER_SPECS.values())],  # type: ignore[valid-type]  # noqa: UP007
+    Field(discriminator="kind"),
+]
+ChannelMixerSpec = Annotated[
+    Union[tuple(CHANNEL_MIXER_SPECS.values())],  # type: ignore[valid-type]  # noqa: UP007
+    Field(discriminator="kind"),
+]
+
+
+class LayerSpec(StrictModel):
+    """One residual block pair: ``x += token_mixer(norm(x)); x += channel_mixer(norm(x))``."""
+
+    token_mixer: TokenMixerSpec  # type: ignore[valid-type]
+    channel_mixer: ChannelMixerSpec | None = None  # type: ignore[valid-type]
+
+
+def _layer_tag(value: Any) -> str:
+    if isinstance(value, dict):
+        return "repeat" if "repeat" in value else "layer"
+    return "repeat" if hasattr(value, "repeat") else "layer"
+
+
+LayerItem = Annotated[
+    Annotated[LayerSpec, Tag("layer")] | Annotated["RepeatSpec", Tag("repeat")],
+    Discriminator(_layer_tag),
+]
+
+
+class RepeatSpec(StrictModel):
+    """``repeat: N`` copies of a group of layers (weights are not shared)."""
+
+    repeat: int = Field(ge=1, le=4096, description="how many times to repeat the group")
+    layers: list[LayerItem] = Field(min_length=1, description="the repeated group")
+
+
+MAX_LAYERS = 4096
+
+
+class ModelSpec(StrictModel):
+    name: str = Field("model", description="model name (used in reports and file names)")
+    task: Literal["causal-lm"] = Field("causal-lm", description="what the model computes")
+    vocab_size: int = Field(ge=2, le=1 << 24, description="vocabulary size (256 for bytes)")
+    d_model: int = Field(ge=1, le=1 << 16, description="width of the residual stream")
+    max_seq_len: int = Field(ge=1, le=1 << 24, description="longest sequence the model accepts")
+    norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="pre-norm kind")
+    norm_eps: float = Field(1e-5, gt=0, le=1, description="epsilon of every norm")
+    tie_embeddings: bool = Field(True, description="LM head shares the embedding table")
+    layers: list[LayerItem] = Field(min_length=1, description="blocks, bottom to top")
+
+
+class ArchSpec(StrictModel):
+    """A whole spec file."""
+
+    model: ModelSpec
+
+
+RepeatSpec.model_rebuild()
+ModelSpec.model_rebuild()
+ArchSpec.model_rebuild()
+
+
+def expand_layers(
+    items: list[LayerSpec | RepeatSpec], path: tuple[str | int, ...]
+) -> list[tuple[tuple[str | int, ...], LayerSpec]]:
+    """Flatten repeat groups into ``(spec path of the layer's definition, layer)`` pairs."""
+    out: list[tuple[tuple[str | int, ...], LayerSpec]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, RepeatSpec):
+            group = expand_layers(item.layers, (*path, i, "layers"))
+            for _ in range(item.repeat):
+                out.extend(group)
+                if len(out) > MAX_LAYERS:
+                    return out
+        else:
+            out.append(((*path, i), item))
+    return out

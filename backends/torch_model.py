@@ -1,0 +1,140 @@
+"""IR graph -> ``torch.nn.Module``: the eager model every backend is checked against.
+
+Module paths equal node names (``layers.3.token_mixer``), so parameter names are stable and
+readable (``layers.3.token_mixer.q_proj.weight``) and validation can name blocks the same way
+the IR printer does. The module holds no mixer math: it instantiates implementations from
+``archgen.mixers.registry`` and wires them as the graph says.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from archgen.ir.graph import TOKENS, Graph, Node
+from archgen.ir.ops import Embedding, LMHead, ResidualAdd, Role
+from archgen.mixers.base import DecodeState
+from archgen.mixers.registry import build_module
+from torch import nn
+
+EMBED_INIT_STD = 0.02  # GPT-2/Llama: keeps tied logits O(1) at init (N(0,1) would not)
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    """``root.<path> = module``, creating containers on the way (a ModuleList before an index)."""
+    *parents, leaf = path.split(".")
+    parent = root
+    for i, part in enumerate(parents):
+        if isinstance(parent, nn.ModuleList):
+            while len(parent) <= int(part):
+                parent.append(nn.Module())
+            parent = parent[int(part)]
+            continue
+        if not hasattr(parent, part):
+            following = parents[i + 1] if i + 1 < len(parents) else leaf
+            parent.add_module(part, nn.ModuleList() if following.isdigit() else nn.Module())
+        parent = parent.get_submodule(part)
+    parent.add_module(leaf, module)
+
+
+class ArchModel(nn.Module):
+    """The eager PyTorch model of a graph.
+
+    >>> from archgen.api import compile_spec  # doctest: +SKIP
+    >>> model = ArchModel(compile_spec("examples/transformer.yaml"))  # doctest: +SKIP
+    >>> model(torch.zeros(1, 8, dtype=torch.long)).shape  # doctest: +SKIP
+    torch.Size([1, 8, 256])
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.graph = graph
+        self._program: list[tuple[Node, str | None]] = []
+        for node in graph.nodes:
+            op = node.op
+            path: str | None = node.name
+            if isinstance(op, Embedding):
+                emb = nn.Embedding(op.vocab_size, op.d_model, device=device, dtype=dtype)
+                nn.init.normal_(emb.weight, std=EMBED_INIT_STD)
+                _set_submodule(self, node.name, emb)
+            elif isinstance(op, LMHead):
+                if op.tied:
+                    path = None
+                else:
+                    head = nn.Linear(
+                        op.d_model, op.vocab_size, bias=False, device=device, dtype=dtype
+                    )
+                    _set_submodule(self, node.name, head)
+            elif isinstance(op, ResidualAdd):
+                path = None
+            else:
+                _set_submodule(self, node.name, build_module(op, device=device, dtype=dtype))
+            self._program.append((node, path))
+        self._embedding_path = next(n.name for n in graph.nodes if isinstance(n.op, Embedding))
+        self._token_mixers = [n.name for n in graph.nodes if n.op.role is Role.TOKEN_MIXER]
+
+    def _apply(self, node: Node, args: list[torch.Tensor], path: str | None) -> torch.Tensor:
+        if isinstance(node.op, ResidualAdd):
+            return args[0] + args[1]
+        if isinstance(node.op, LMHead) and path is None:
+            return F.linear(args[0], self.get_submodule(self._embedding_path).weight)
+        return self.get_submodule(path)(*args)  # type: ignore[arg-type]
+
+    def run(
+        self, tokens: torch.Tensor, capture: tuple[str, ...] = ()
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and the values named in ``capture`` (e.g. block outputs, for validation)."""
+        env: dict[str, torch.Tensor] = {TOKENS: tokens}
+        for node, path in self._program:
+            env[node.output] = self._apply(node, [env[i] for i in node.inputs], path)
+        (out,) = self.graph.outputs
+        return env[out], {name: env[name] for name in capture}
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, L] int64 -> [B, L, V]
+        return self.run(tokens)[0]
+
+    # -- incremental decoding ------------------------------------------------------------------
+    def init_state(
+        self, batch: int, *, device: torch.device | None = None
+    ) -> dict[str, DecodeState]:
+        dtype = next(self.parameters()).dtype
+        return {
+            name: self.get_submodule(name).init_state(batch, device=device, dtype=dtype)
+            for name in self._token_mixers
+        }
+
+    def step(
+        self, token: torch.Tensor, state: dict[str, DecodeState], pos: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, DecodeState]]:
+        """One token ``[B]`` at position ``pos`` -> logits ``[B, V]`` and the new state."""
+        env: dict[str, torch.Tensor] = {TOKENS: token[:, None]}
+        new_state = dict(state)
+        for node, path in self._program:
+            args = [env[i] for i in node.inputs]
+            if node.name in state:
+                y, new_state[node.name] = self.get_submodule(node.name).step(
+                    args[0][:, 0], state[node.name], pos
+                )
+                env[node.output] = y[:, None]
+            else:
+                env[node.output] = self._apply(node, args, path)
+        (out,) = self.graph.outputs
+        return env[out][:, 0], new_state
+
+
+def build_model(
+    graph: Graph,
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> ArchModel:
+    """Instantiate ``graph`` with weights drawn deterministically from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ArchModel(graph, device=device, dtype=dtype)

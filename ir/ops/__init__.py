@@ -1,0 +1,35 @@
+"""Node kinds of the IR. Importing this package registers every kind in ``OP_REGISTRY``."""
+
+from archgen.ir.ops.attention import (
+    Attention,
+    CheckpointAttention,
+    DenseMixer,
+    SlidingWindowAttention,
+)
+from archgen.ir.ops.base import OP_REGISTRY, Constraint, Layout, Op, Role, ops_with_role
+from archgen.ir.ops.channel import MLP, SwiGLU
+from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
+from archgen.ir.ops.norms import LayerNorm, RMSNorm
+from archgen.ir.ops.ssm import Mamba, Mamba2
+
+__all__ = [
+    "MLP",
+    "OP_REGISTRY",
+    "Attention",
+    "CheckpointAttention",
+    "Constraint",
+    "DenseMixer",
+    "Embedding",
+    "LMHead",
+    "LayerNorm",
+    "Layout",
+    "Mamba",
+    "Mamba2",
+    "Op",
+    "RMSNorm",
+    "ResidualAdd",
+    "Role",
+    "SlidingWindowAttention",
+    "SwiGLU",
+    "ops_with_role",
+]

@@ -1,0 +1,186 @@
+"""Softmax-attention token mixers: full causal, sliding-window, SCOUT checkpoint attention; and
+the JustDense learned mixing matrix (attention's data-independent cousin)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from archgen.ir.ops.base import (
+    Constraint,
+    Op,
+    Role,
+    attr,
+    causal_pairs,
+    linear_flops,
+    linear_params,
+    register_op,
+)
+
+
+@dataclass(frozen=True)
+class _SoftmaxAttentionBase(Op):
+    """Shared attributes and cost of the q/k/v/o-projection mixers."""
+
+    role: ClassVar[Role] = Role.TOKEN_MIXER
+
+    d_model: int = attr("model width", ge=1)
+    heads: int = attr("query heads", default=8, ge=1, le=4096)
+    kv_heads: int | None = attr("key/value heads, GQA (default: heads)", auto=True, ge=1, le=4096)
+    head_dim: int | None = attr("width of one head (default: d_model / heads)", auto=True, ge=1)
+    rope_theta: float | None = attr("RoPE base; null disables RoPE", default=10000.0, gt=0)
+    bias: bool = attr("biases on the q/k/v/o projections", default=False)
+
+    def resolved(self) -> _SoftmaxAttentionBase:
+        return replace(
+            self,
+            kv_heads=self.kv_heads or self.heads,
+            head_dim=self.head_dim or max(1, self.d_model // self.heads),
+        )
+
+    def extra_problems(self) -> list[Constraint]:
+        found = []
+        if self.head_dim is None and self.d_model % self.heads:
+            found.append(
+                Constraint(
+                    "heads", f"d_model {self.d_model} is not divisible by heads {self.heads}"
+                )
+            )
+        if self.kv_heads is not None and self.heads % self.kv_heads:
+            found.append(
+                Constraint(
+                    "kv_heads", f"heads {self.heads} is not a multiple of kv_heads {self.kv_heads}"
+                )
+            )
+        head_dim = self.head_dim or self.d_model // self.heads
+        if self.rope_theta is not None and head_dim % 2 and not found:
+            found.append(Constraint("rope_theta", f"RoPE needs an even head_dim, got {head_dim}"))
+        return found
+
+    def _dims(self) -> tuple[int, int, int]:
+        r = self.resolved()
+        assert r.kv_heads is not None and r.head_dim is not None
+        return r.heads, r.kv_heads, r.head_dim
+
+    def params(self) -> int:
+        h, hkv, dh = self._dims()
+        d = self.d_model
+        return (
+            linear_params(d, h * dh, self.bias)
+            + 2 * linear_params(d, hkv * dh, self.bias)
+            + linear_params(h * dh, d, self.bias)
+        )
+
+    def key_pairs(self, seq_len: int) -> int:
+        """Number of (query, key) pairs scored for a sequence of ``seq_len`` tokens."""
+        raise NotImplementedError
+
+    def cached_keys(self, context_len: int) -> int:
+        """Keys held in the decode cache after ``context_len`` tokens."""
+        raise NotImplementedError
+
+    def flops(self, seq_len: int) -> int:
+        h, hkv, dh = self._dims()
+        d = self.d_model
+        proj = linear_flops(d, (h + 2 * hkv) * dh, seq_len) + linear_flops(h * dh, d, seq_len)
+        # q.k and p.v: 2 MACs-worth each per pair and head dim; softmax ~5 flops per score.
+        pairs = self.key_pairs(seq_len)
+        return proj + h * pairs * (4 * dh + 5)
+
+    def activation_bytes(self, seq_len: int, dtype_bytes: int = 4) -> int:
+        h, hkv, dh = self._dims()
+        return seq_len * ((2 * h + 2 * hkv) * dh + self.d_model) * dtype_bytes
+
+    def state_bytes(self, context_len: int, dtype_bytes: int = 4) -> int:
+        _, hkv, dh = self._dims()
+        return 2 * self.cached_keys(context_len) * hkv * dh * dtype_bytes
+
+
+@register_op
+@dataclass(frozen=True)
+class Attention(_SoftmaxAttentionBase):
+    kind: ClassVar[str] = "attention"
+    summary: ClassVar[str] = "causal multi-head attention (GQA, RoPE)"
+
+    def key_pairs(self, seq_len: int) -> int:
+        return causal_pairs(seq_len)
+
+    def cached_keys(self, context_len: int) -> int:
+        return context_len
+
+
+@register_op
+@dataclass(frozen=True)
+class SlidingWindowAttention(_SoftmaxAttentionBase):
+    """Query i sees keys j with i - window < j <= i (``window`` keys including itself)."""
+
+    kind: ClassVar[str] = "swa"
+    summary: ClassVar[str] = "causal sliding-window attention"
+
+    window: int = attr("keys each query sees, itself included", default=256, ge=1)
+
+    def key_pairs(self, seq_len: int) -> int:
+        w = min(self.window, seq_len)
+        return causal_pairs(w) + (seq_len - w) * w
+
+    def cached_keys(self, context_len: int) -> int:
+        return min(self.window, context_len)
+
+
+@register_op
+@dataclass(frozen=True)
+class CheckpointAttention(_SoftmaxAttentionBase):
+    """SCOUT: token i attends to itself and to the checkpoints ``m*s - 1 < i`` in one softmax."""
+
+    kind: ClassVar[str] = "checkpoint_attention"
+    summary: ClassVar[str] = "SCOUT checkpoint attention over segment summaries"
+
+    segment_size: int = attr("tokens per segment (s); s=1 is full attention", default=10, ge=1)
+
+    def key_pairs(self, seq_len: int) -> int:
+        # sum over i of (1 + floor(i / s)), in closed form.
+        s, n = self.segment_size, seq_len
+        full, rest = divmod(n, s)
+        floors = s * full * (full - 1) // 2 + rest * full
+        return n + floors
+
+    def cached_keys(self, context_len: int) -> int:
+        return context_len // self.segment_size
+
+
+@register_op
+@dataclass(frozen=True)
+class DenseMixer(Op):
+    """JustDense: ``y = x + M x / sqrt(L)`` per head with a learned ``max_seq_len^2`` matrix."""
+
+    kind: ClassVar[str] = "dense"
+    role: ClassVar[Role] = Role.TOKEN_MIXER
+    context_fields: ClassVar[tuple[str, ...]] = ("d_model", "max_seq_len")
+    summary: ClassVar[str] = "learned dense token-mixing matrix (JustDense)"
+
+    d_model: int = attr("model width", ge=1)
+    max_seq_len: int = attr("longest sequence (size of the mixing matrix)", ge=1)
+    heads: int = attr("independent mixing matrices", default=1, ge=1)
+    causal: bool = attr("lower-triangular mask (required in a causal LM)", default=True)
+
+    def is_causal(self) -> bool:
+        return bool(self.causal)
+
+    def extra_problems(self) -> list[Constraint]:
+        if self.d_model % self.heads:
+            return [
+                Constraint(
+                    "heads", f"d_model {self.d_model} is not divisible by heads {self.heads}"
+                )
+            ]
+        return []
+
+    def params(self) -> int:
+        return self.heads * self.max_seq_len**2
+
+    def flops(self, seq_len: int) -> int:
+        pairs = causal_pairs(seq_len) if self.causal else seq_len * seq_len
+        return 2 * pairs * self.d_model + 2 * seq_len * self.d_model
+
+    def state_bytes(self, context_len: int, dtype_bytes: int = 4) -> int:
+        return context_len * self.d_model * dtype_bytes

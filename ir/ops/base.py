@@ -1,0 +1,189 @@
+"""The node-kind protocol and its registry.
+
+Each node kind is one frozen dataclass subclass of :class:`Op`. Its dataclass fields are its
+attributes; the fields named in ``context_fields`` come from the model (``d_model``,
+``vocab_size``, ...) and every other field is user-facing: the spec layer generates its schema
+from them (field ``metadata``: ``doc``, bounds ``ge``/``le``/``gt``, ``auto=True`` for a field whose
+``None`` default is resolved by :meth:`Op.resolved`). A class declares its type rule
+(:meth:`infer`), its static properties (role, causality, layout, decodability) and its cost as
+closed-form functions of the shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from archgen.ir.types import TensorType, TypeRuleError
+
+
+class Role(enum.Enum):
+    TOKEN_MIXER = "token mixer"
+    CHANNEL_MIXER = "channel mixer"
+    NORM = "norm"
+    EMBEDDING = "embedding"
+    HEAD = "head"
+    RESIDUAL = "residual"
+
+
+class Layout(enum.Enum):
+    SEQUENCE = "1d"
+    GRID = "2d"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A problem with one attribute, found by :meth:`Op.problems`."""
+
+    field: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Op:
+    """Base of all node kinds (see the module docstring)."""
+
+    kind: ClassVar[str]
+    role: ClassVar[Role]
+    causal_kind: ClassVar[bool] = True
+    layout: ClassVar[Layout] = Layout.SEQUENCE
+    decodable: ClassVar[bool] = True
+    context_fields: ClassVar[tuple[str, ...]] = ("d_model",)
+    summary: ClassVar[str] = ""
+
+    # -- attributes ----------------------------------------------------------------------------
+    @classmethod
+    def attribute_fields(cls) -> tuple[dataclasses.Field, ...]:
+        """The user-facing attributes (everything but the model context)."""
+        return tuple(f for f in dataclasses.fields(cls) if f.name not in cls.context_fields)
+
+    def attributes(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in self.attribute_fields()}
+
+    def resolved(self) -> Op:
+        """This op with every ``auto`` attribute filled in. Idempotent."""
+        return self
+
+    def is_causal(self) -> bool:
+        return self.causal_kind
+
+    def problems(self) -> list[Constraint]:
+        """Bounds from field metadata plus the cross-attribute rules of :meth:`extra_problems`."""
+        found = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            for key, ok, word in (
+                ("ge", lambda v, b: v >= b, ">="),
+                ("gt", lambda v, b: v > b, ">"),
+                ("le", lambda v, b: v <= b, "<="),
+            ):
+                if key in f.metadata and not ok(value, f.metadata[key]):
+                    found.append(
+                        Constraint(f.name, f"must be {word} {f.metadata[key]}, got {value}")
+                    )
+        return found + self.extra_problems()
+
+    def extra_problems(self) -> list[Constraint]:
+        return []
+
+    # -- type rule -----------------------------------------------------------------------------
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        """Default rule of shape-preserving mixers: one input ``[B, L, d_model]``, same output."""
+        (x,) = _expect_arity(self, inputs, 1)
+        d_model = getattr(self, "d_model", None)
+        if x.shape[-1] != d_model:
+            raise TypeRuleError(
+                f"{self.kind}: expected last dim {d_model}, got {x} (width mismatch)"
+            )
+        return x
+
+    # -- cost (per sequence, batch 1) ----------------------------------------------------------
+    def params(self) -> int:
+        return 0
+
+    def flops(self, seq_len: int) -> int:
+        """Forward FLOPs (2 per multiply-accumulate) for one sequence of ``seq_len`` tokens."""
+        return 0
+
+    def activation_bytes(self, seq_len: int, dtype_bytes: int = 4) -> int:
+        """Bytes of the node's output plus the intermediates it must keep for backward."""
+        return seq_len * getattr(self, "d_model", 0) * dtype_bytes
+
+    def state_bytes(self, context_len: int, dtype_bytes: int = 4) -> int:
+        """Decode-time state (recurrent state or KV cache) after ``context_len`` tokens."""
+        return 0
+
+
+def _expect_arity(op: Op, inputs: Sequence[TensorType], n: int) -> Sequence[TensorType]:
+    if len(inputs) != n:
+        raise TypeRuleError(f"{op.kind}: expected {n} input(s), got {len(inputs)}")
+    return inputs
+
+
+OpT = TypeVar("OpT", bound=type[Op])
+
+OP_REGISTRY: dict[str, type[Op]] = {}
+
+
+def register_op(cls: OpT) -> OpT:
+    """Class decorator: make ``cls`` known under ``cls.kind`` (one registry for all node kinds)."""
+    if cls.kind in OP_REGISTRY:
+        raise ValueError(f"duplicate node kind {cls.kind!r}")
+    OP_REGISTRY[cls.kind] = cls
+    return cls
+
+
+def ops_with_role(role: Role) -> dict[str, type[Op]]:
+    return {k: c for k, c in OP_REGISTRY.items() if c.role is role}
+
+
+def linear_params(d_in: int, d_out: int, bias: bool) -> int:
+    return d_in * d_out + (d_out if bias else 0)
+
+
+def linear_flops(d_in: int, d_out: int, tokens: int) -> int:
+    return 2 * d_in * d_out * tokens
+
+
+def causal_pairs(seq_len: int) -> int:
+    """Query-key pairs of causal attention: L(L+1)/2."""
+    return seq_len * (seq_len + 1) // 2
+
+
+def attr(
+    doc: str, *, default: Any = dataclasses.MISSING, auto: bool = False, **bounds: float
+) -> Any:
+    """A documented attribute field; ``auto=True`` means ``None`` is resolved from the context."""
+    meta = {"doc": doc, "auto": auto, **bounds}
+    if auto:
+        default = None
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def iter_ops() -> Iterator[type[Op]]:
+    return iter(OP_REGISTRY.values())
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+__all__ = [
+    "OP_REGISTRY",
+    "Constraint",
+    "Layout",
+    "Op",
+    "Role",
+    "attr",
+    "causal_pairs",
+    "ceil_div",
+    "linear_flops",
+    "linear_params",
+    "ops_with_role",
+    "register_op",
+]
