@@ -34,8 +34,8 @@ SpecArg = Annotated[Path, typer.Argument(help="architecture spec (YAML)", show_d
 def check(
     spec: SpecArg,
     seq_len: Annotated[
-        Optional[int],
-        typer.Option("--seq-len", "-L", min=1, help="sequence length for FLOPs/state"),  # noqa: UP045
+        int | None,
+        typer.Option("--seq-len", "-L", min=1, help="sequence length for FLOPs/state"),
     ] = None,
     resolved: Annotated[
         bool, typer.Option("--resolved", help="print the spec with every default filled in")
