@@ -52,16 +52,14 @@ def check(
     from archgen.cli.report import print_check
 
     if resolved:
-        out.print(api.resolved_yaml(spec), end="", markup=False)
+        typer.echo(api.resolved_yaml(spec), nl=False)
         return
     if dump_after:
         api.compile_spec(
             spec,
             seq_len=seq_len,
             dump_after=dump_after,
-            on_dump=lambda name, g: out.print(
-                f"// IR after {name}\n{print_graph(g)}", markup=False
-            ),
+            on_dump=lambda name, g: typer.echo(f"// IR after {name}\n{print_graph(g)}"),
         )
     print_check(out, api.check(spec, seq_len=seq_len), spec)
 
@@ -111,7 +109,11 @@ def main() -> None:
     try:
         app()
     except ArchgenError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        lines = str(exc).splitlines()
+        for line in lines:
+            prefix = "  " if line.startswith("  hint:") else "[bold red]error:[/] "
+            err.print(prefix, end="", markup=True)
+            err.print(line.strip() if prefix == "  " else line, markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
