@@ -33,10 +33,15 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise ArchgenError(f"{path}: weights file not found")
-    missing, unexpected = load_model(model, str(path), strict=False)
+    hint = "were they built from the same spec? compare spec_hash in the manifests"
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc))
+        raise ArchgenError(f"{path}: weights do not match the model ({first})", hint=hint) from None
     if missing or unexpected:
         raise ArchgenError(
             f"{path}: weights do not match the model "
             f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})",
-            hint="were they built from the same spec? compare spec_hash in the manifests",
+            hint=hint,
         )

@@ -1,0 +1,74 @@
+"""The eager model built from the IR: names, seeding, safetensors, decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from archgen import api
+from archgen.backends.torch_model import build_model
+from archgen.backends.weights import load_weights, save_weights
+from archgen.errors import ArchgenError
+from tests.conftest import EXAMPLES
+from tests.tolerances import assert_close
+
+TRANSFORMER = next(p for p in EXAMPLES if p.stem == "transformer")
+
+
+def test_parameter_names_are_readable_and_follow_node_names() -> None:
+    graph = api.compile_spec(TRANSFORMER)
+    names = {n for n, _ in build_model(graph).named_parameters()}
+    assert "embedding.weight" in names
+    assert "layers.3.token_mixer.q_proj.weight" in names
+    assert "layers.0.channel_mixer.gate_proj.weight" in names
+    assert "final_norm.weight" in names
+    assert "lm_head.weight" not in names  # tied to the embedding
+
+
+def test_initialisation_is_deterministic_per_seed() -> None:
+    graph = api.compile_spec(TRANSFORMER)
+    a, b, c = build_model(graph, seed=3), build_model(graph, seed=3), build_model(graph, seed=4)
+    for (n, pa), (_, pb), (_, pc) in zip(
+        a.state_dict().items(), b.state_dict().items(), c.state_dict().items(), strict=True
+    ):
+        assert torch.equal(pa, pb), n
+    assert not torch.equal(a.state_dict()["embedding.weight"], c.state_dict()["embedding.weight"])
+
+
+def test_safetensors_round_trip(tmp_path) -> None:
+    graph = api.compile_spec(TRANSFORMER)
+    a, b = build_model(graph, seed=1), build_model(graph, seed=2)
+    save_weights(a, tmp_path / "w.safetensors", {"note": "x"})
+    load_weights(b, tmp_path / "w.safetensors")
+    tokens = torch.randint(0, 256, (2, 13))
+    assert torch.equal(a(tokens), b(tokens))
+
+
+def test_loading_weights_of_another_model_is_a_clear_error(tmp_path) -> None:
+    spec = api.load_spec(TRANSFORMER)
+    other = spec.model_copy(update={"model": spec.model.model_copy(update={"d_model": 128})})
+    save_weights(build_model(api.compile_spec(other)), tmp_path / "w.safetensors")
+    with pytest.raises(ArchgenError, match="do not match the model"):
+        load_weights(build_model(api.compile_spec(spec)), tmp_path / "w.safetensors")
+
+
+def test_decode_steps_reproduce_full_forward_logits() -> None:
+    graph = api.compile_spec(TRANSFORMER)
+    model = build_model(graph, dtype=torch.float64).eval()
+    tokens = torch.randint(0, 256, (2, 21))
+    full = model(tokens)
+    state = model.init_state(2)
+    steps = []
+    for t in range(tokens.shape[1]):
+        logits, state = model.step(tokens[:, t], state, torch.tensor(t))
+        steps.append(logits)
+    assert_close(torch.stack(steps, dim=1), full)
+
+
+def test_capture_returns_block_outputs() -> None:
+    graph = api.compile_spec(TRANSFORMER)
+    model = build_model(graph)
+    names = tuple(graph.block_outputs().values())
+    logits, values = model.run(torch.randint(0, 256, (1, 5)), capture=names)
+    assert list(values) == list(names) and all(v.shape == (1, 5, 256) for v in values.values())
+    assert logits.shape == (1, 5, 256)
