@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from archgen.errors import ArchgenError
 from archgen.ir.cost import NodeCost, node_cost
 from archgen.ir.graph import Graph
 from archgen.ir.ops import Role
@@ -73,6 +74,11 @@ class CheckReport:
 def check(spec: SpecLike, *, seq_len: int | None = None) -> CheckReport:
     """Validate a spec and cost it per layer at ``seq_len`` (default: the model's max_seq_len)."""
     spec = as_spec(spec)
+    if seq_len is not None and seq_len > spec.model.max_seq_len:
+        raise ArchgenError(
+            f"--seq-len {seq_len} exceeds the model's max_seq_len {spec.model.max_seq_len}",
+            hint="raise model.max_seq_len in the spec to cost longer sequences",
+        )
     graph = compile_spec(spec, seq_len=seq_len)
     seq_len = seq_len or graph.model.max_seq_len
     rows: dict[str, dict[str, Any]] = {}

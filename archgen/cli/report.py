@@ -44,4 +44,5 @@ def print_check(console: Console, report: CheckReport, spec_path: Path) -> None:
         f"{t.flops / 1e9:.2f} GFLOPs per sequence of {report.seq_len} tokens, "
         f"decode state {human_bytes(t.state_bytes)} (float32, batch 1)",
         markup=False,
+        soft_wrap=True,
     )

@@ -44,6 +44,75 @@ def _mark(node: yaml.Node) -> Position:
     return Position(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+# Generous for any hand-written spec (repeat groups keep real ones small), small enough that an
+# alias "billion laughs" fails fast instead of expanding without end.
+MAX_VALUES = 200_000
+
+_TOKENS = {
+    "<stream end>": "the end of the file",
+    "<scalar>": "a value",
+    "<block mapping start>": "a new indented block",
+    "<block sequence start>": "a new indented list",
+    "<block end>": "the end of a block",
+    "?": "a key",
+    "-": "a list item",
+}
+
+
+def _found(problem: str) -> str:
+    """The token PyYAML found (``... but found '-'`` / ``but got '<scalar>'``), in words."""
+    for sep in ("but found ", "but got "):
+        if sep in problem:
+            token = problem.rsplit(sep, 1)[1].strip("'")
+            return _TOKENS.get(token, repr(token))
+    return "something unexpected"
+
+
+def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's parser vocabulary, reworded for spec authors; unknown cases pass through."""
+    problem = exc.problem or str(exc)
+    context = exc.context or ""
+    mark = exc.context_mark
+    at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "above"
+    if "'\\t'" in problem:
+        return "a tab character is not allowed here; indent with spaces"
+    if problem == "mapping values are not allowed here":
+        return (
+            "unexpected ':' (check the indentation of this line, "
+            "or quote a value that contains ': ')"
+        )
+    if context in ("while parsing a flow sequence", "while parsing a flow mapping"):
+        opener, closer, what = (
+            ("[", "]", "list") if "sequence" in context else ("{", "}", "mapping")
+        )
+        return (
+            f"expected ',' or '{closer}' in the {what} opened with '{opener}' at {at}, "
+            f"found {_found(problem)} (is a '{closer}' missing?)"
+        )
+    if context in ("while parsing a block mapping", "while parsing a block collection"):
+        what = "mapping" if "mapping" in context else "list"
+        found = _found(problem)
+        if found in ("a new indented block", "a new indented list"):
+            return "bad indentation: this line lines up with no enclosing key or list item"
+        if found == "a list item" and what == "mapping":
+            return f"a list item cannot follow the keys of the mapping at {at}"
+        if found == "a key" and what == "list":
+            return f"a key cannot follow the items of the list at {at}"
+        return f"unexpected {found} in the {what} that starts at {at}"
+    if "quoted scalar" in context and "end of stream" in problem:
+        return f"the quoted string that starts at {at} is never closed"
+    return f"{context}, {problem}" if context else problem
+
+
+def _reader_error(exc: yaml.reader.ReaderError, text: str) -> tuple[Position, str]:
+    """Position and words of a character YAML does not accept (``exc.position`` is an index)."""
+    before = text[: exc.position]
+    line = before.count("\n") + 1
+    column = exc.position - (before.rfind("\n") + 1) + 1
+    char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+    return Position(line, column), f"character {char!r} is not allowed in YAML"
+
+
 def load_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
     source = SourceMap(filename)
     try:
@@ -51,52 +120,100 @@ def load_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         pos = Position(mark.line + 1, mark.column + 1) if mark else None
-        problem = exc.problem or str(exc)
-        if exc.context:
-            problem = f"{exc.context}, {problem}"
-        raise SpecError([SpecIssue(filename, pos, (), f"invalid YAML: {problem}")]) from None
+        message = f"invalid YAML: {_syntax_message(exc)}"
+        raise SpecError([SpecIssue(filename, pos, (), message)]) from None
+    except yaml.reader.ReaderError as exc:
+        pos, message = _reader_error(exc, text)
+        raise SpecError([SpecIssue(filename, pos, (), f"invalid YAML: {message}")]) from None
     except yaml.YAMLError as exc:
-        raise SpecError([SpecIssue(filename, None, (), f"invalid YAML: {exc}")]) from None
+        message = " ".join(str(exc).split())
+        raise SpecError([SpecIssue(filename, None, (), f"invalid YAML: {message}")]) from None
+    except RecursionError:
+        raise SpecError(
+            [SpecIssue(filename, None, (), "invalid YAML: the spec is nested too deeply")]
+        ) from None
     if root is None:
         raise SpecError([SpecIssue(filename, Position(1, 1), (), "the spec is empty")])
     constructor = yaml.SafeLoader("")
+    active: set[int] = set()  # nodes being built: an alias back into one of them is a cycle
+    count = 0
 
     def build(node: yaml.Node, path: Path) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES:
+            raise SpecError(
+                [
+                    SpecIssue(
+                        filename,
+                        _mark(node),
+                        path,
+                        f"the spec has more than {MAX_VALUES} values (aliases expanded)",
+                    )
+                ]
+            )
+        if id(node) in active:
+            raise SpecError([SpecIssue(filename, _mark(node), path, "an alias refers to itself")])
         source.values[path] = _mark(node)
-        if isinstance(node, yaml.MappingNode):
-            constructor.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = constructor.construct_object(key_node, deep=True)
-                if not isinstance(key, str):
-                    raise SpecError(
-                        [
-                            SpecIssue(
-                                filename,
-                                _mark(key_node),
-                                path,
-                                f"keys must be strings, got {key!r}",
-                            )
-                        ]
-                    )
-                if key in out:
-                    raise SpecError(
-                        [
-                            SpecIssue(
-                                filename, _mark(key_node), (*path, key), f"duplicate key {key!r}"
-                            )
-                        ]
-                    )
-                source.keys[(*path, key)] = _mark(key_node)
-                out[key] = build(value_node, (*path, key))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [build(item, (*path, i)) for i, item in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            active.add(id(node))
+            try:
+                return build_collection(node, path)
+            finally:
+                active.discard(id(node))
+        return scalar(node, path)
+
+    def scalar(node: yaml.Node, path: Path) -> Any:
         try:
             return constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            raise SpecError(
-                [SpecIssue(filename, _mark(node), path, f"invalid value: {exc}")]
-            ) from None
+        except yaml.MarkedYAMLError as exc:
+            message = f"invalid value: {exc.problem or exc}"
+        except (yaml.YAMLError, ValueError, TypeError, ArithmeticError) as exc:
+            # PyYAML's own constructors raise plain exceptions for e.g. ``!!int x``.
+            message = f"invalid value {node.value!r} for tag {node.tag}: {exc}"
+        raise SpecError([SpecIssue(filename, _mark(node), path, " ".join(message.split()))])
+
+    def build_collection(node: yaml.Node, path: Path) -> Any:
+        if isinstance(node, yaml.SequenceNode):
+            return [build(item, (*path, i)) for i, item in enumerate(node.value)]
+        own = {id(key) for key, _ in node.value}  # keys written here, not merged in by '<<'
+        try:
+            constructor.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+        except yaml.MarkedYAMLError as exc:
+            message = f"invalid merge key: {exc.problem}"
+            mark = exc.problem_mark or node.start_mark
+            pos = Position(mark.line + 1, mark.column + 1)
+            raise SpecError([SpecIssue(filename, pos, path, message)]) from None
+        out: dict[Any, Any] = {}
+        written: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            merged = id(key_node) not in own
+            if isinstance(key_node, yaml.MappingNode | yaml.SequenceNode):
+                key: Any = "a mapping" if isinstance(key_node, yaml.MappingNode) else "a list"
+                raise SpecError(
+                    [SpecIssue(filename, _mark(key_node), path, f"keys must be strings, got {key}")]
+                )
+            key = scalar(key_node, path)
+            if not isinstance(key, str):
+                raise SpecError(
+                    [
+                        SpecIssue(
+                            filename,
+                            _mark(key_node),
+                            path,
+                            f"keys must be strings, got {key!r}",
+                        )
+                    ]
+                )
+            if key in out and not merged and id(written[key]) in own:
+                raise SpecError(
+                    [SpecIssue(filename, _mark(key_node), (*path, key), f"duplicate key {key!r}")]
+                )
+            # A written key overrides a merged one, and earlier merge sources win over later ones
+            # (PyYAML lists them in reverse), as the YAML merge-key spec says.
+            written[key] = key_node
+            source.keys[(*path, key)] = _mark(key_node)
+            out[key] = build(value_node, (*path, key))
+        return out
 
     return build(root, ()), source
