@@ -7,6 +7,7 @@ without a traceback.
 
 from __future__ import annotations
 
+import codecs
 import json
 import sys
 from pathlib import Path
@@ -95,6 +96,47 @@ def schema(
     else:
         output.write_text(text)
         out.print(f"wrote {output}")
+
+
+@app.command()
+def generate(
+    spec: SpecArg,
+    prompt: Annotated[str, typer.Option(help="text prompt (byte-level models)")],
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="weights.safetensors or a folder written by build/train"),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens to generate")] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.8,
+    top_k: Annotated[int | None, typer.Option(min=1, help="sample among the k best")] = 40,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+) -> None:
+    """Generate text token by token with each mixer's incremental state."""
+    from archgen import api
+    from archgen import generate as gen
+
+    if weights is None:
+        err.print("note: no --weights given: generating from a randomly initialised model")
+    model = gen.load_for_generation(spec, weights)
+    info = api.compile_spec(spec).model
+    tokens = gen.encode_prompt(prompt, info.vocab_size)
+    typer.echo(prompt, nl=False)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    result = gen.generate(
+        model,
+        tokens,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        max_seq_len=info.max_seq_len,
+        on_token=lambda t: typer.echo(decoder.decode(bytes([t])) if t < 256 else "", nl=False),
+    )
+    typer.echo("")
+    err.print(
+        f"{len(result.new_tokens)} tokens in {result.seconds:.2f} s "
+        f"({result.tokens_per_second:.1f} tokens/s)"
+    )
 
 
 @app.command()

@@ -1,0 +1,101 @@
+"""Text generation with each mixer's incremental state (KV caches, SSM states).
+
+Byte-level models (vocab >= 256) take the prompt as UTF-8 bytes; tokens >= 256 are not text and
+are dropped when decoding the output back to a string.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from archgen.errors import ArchgenError
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt_tokens: list[int]
+    new_tokens: list[int]
+    seconds: float  # decode time of the new tokens (prefill excluded)
+
+    @property
+    def text(self) -> str:
+        return bytes(t for t in self.new_tokens if t < 256).decode("utf-8", errors="replace")
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.new_tokens) / self.seconds if self.seconds > 0 else float("inf")
+
+
+def encode_prompt(prompt: str, vocab_size: int) -> list[int]:
+    if vocab_size < 256:
+        raise ArchgenError(
+            f"the model's vocabulary ({vocab_size}) is smaller than a byte vocabulary (256): "
+            "text prompts need a byte-level model"
+        )
+    tokens = list(prompt.encode("utf-8"))
+    if not tokens:
+        raise ArchgenError("the prompt is empty", hint="pass at least one character with --prompt")
+    return tokens
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    prompt_tokens: list[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    max_seq_len: int | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> Generation:
+    """Sample ``max_new_tokens`` after ``prompt_tokens`` (greedy when ``temperature == 0``)."""
+    total = len(prompt_tokens) + max_new_tokens
+    if max_seq_len is not None and total > max_seq_len:
+        raise ArchgenError(
+            f"prompt ({len(prompt_tokens)} tokens) + --max-new-tokens ({max_new_tokens}) = {total} "
+            f"exceeds the model's max_seq_len {max_seq_len}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    state = model.init_state(1)  # type: ignore[operator]
+    logits = None
+    for pos, token in enumerate(prompt_tokens):
+        logits, state = model.step(torch.tensor([token]), state, torch.tensor(pos))  # type: ignore[operator]
+    new: list[int] = []
+    start = time.perf_counter()
+    for i in range(max_new_tokens):
+        assert logits is not None
+        if temperature == 0:
+            token = int(logits[0].argmax())
+        else:
+            scores = logits[0].float() / temperature
+            if top_k is not None:
+                cutoff = torch.topk(scores, min(top_k, scores.numel())).values[-1]
+                scores = scores.masked_fill(scores < cutoff, float("-inf"))
+            token = int(torch.multinomial(scores.softmax(-1), 1, generator=generator))
+        new.append(token)
+        if on_token is not None:
+            on_token(token)
+        pos = len(prompt_tokens) + i
+        logits, state = model.step(torch.tensor([token]), state, torch.tensor(pos))  # type: ignore[operator]
+    return Generation(prompt_tokens, new, time.perf_counter() - start)
+
+
+def load_for_generation(spec: str | os.PathLike[str], weights: Path | None) -> torch.nn.Module:
+    """The eager model of ``spec`` with ``weights`` (a file or a ``build`` output folder)."""
+    from archgen import api
+    from archgen.backends.torch_model import build_model
+    from archgen.backends.weights import load_weights
+
+    model = build_model(api.compile_spec(spec)).eval()
+    if weights is not None:
+        path = Path(weights)
+        load_weights(model, path / "weights.safetensors" if path.is_dir() else path)
+    return model
