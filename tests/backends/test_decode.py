@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from archgen import api
 from archgen.backends.torch_model import build_model
-from archgen.generate import encode_prompt, generate
 from archgen.ir import Role
 from archgen.mixers.registry import has_implementation
+
+from archgen import api
+from archgen.generate import encode_prompt, generate
 from tests.conftest import EXAMPLES
 from tests.tolerances import assert_close
 
