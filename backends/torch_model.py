@@ -78,7 +78,8 @@ class ArchModel(nn.Module):
         self._embedding_path = next(n.name for n in graph.nodes if isinstance(n.op, Embedding))
         self._token_mixers = [n.name for n in graph.nodes if n.op.role is Role.TOKEN_MIXER]
 
-    def _apply(self, node: Node, args: list[torch.Tensor], path: str | None) -> torch.Tensor:
+    # Not `_apply`: that name is nn.Module's hook behind .to()/.double(), which it would shadow.
+    def _apply_node(self, node: Node, args: list[torch.Tensor], path: str | None) -> torch.Tensor:
         if isinstance(node.op, ResidualAdd):
             return args[0] + args[1]
         if isinstance(node.op, LMHead) and path is None:
@@ -91,7 +92,7 @@ class ArchModel(nn.Module):
         """Logits and the values named in ``capture`` (e.g. block outputs, for validation)."""
         env: dict[str, torch.Tensor] = {TOKENS: tokens}
         for node, path in self._program:
-            env[node.output] = self._apply(node, [env[i] for i in node.inputs], path)
+            env[node.output] = self._apply_node(node, [env[i] for i in node.inputs], path)
         (out,) = self.graph.outputs
         return env[out], {name: env[name] for name in capture}
 
@@ -122,7 +123,7 @@ class ArchModel(nn.Module):
                 )
                 env[node.output] = y[:, None]
             else:
-                env[node.output] = self._apply(node, args, path)
+                env[node.output] = self._apply_node(node, args, path)
         (out,) = self.graph.outputs
         return env[out][:, 0], new_state
 

@@ -1,0 +1,216 @@
+"""The eager backend: the :class:`~archgen.backends.torch_model.ArchModel` as it is, in float32,
+float64 or bfloat16. In float64 it is the reference every other artifact is validated against.
+
+The helpers here (building the source model with the artifact's weights, the module that returns
+block boundaries, timing) are shared by the torch-based backends (compile, onnx).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from archgen.backends.base import (
+    Artifact,
+    ArtifactMeta,
+    Backend,
+    LowerOptions,
+    Measurement,
+    NodeImpl,
+    check_lowerable,
+    cpu_name,
+    library_versions,
+    write_meta,
+)
+from archgen.backends.torch_model import ArchModel, build_model
+from archgen.backends.weights import load_weights, save_weights
+from archgen.ir.graph import Graph, Node
+from archgen.ir.ops import Embedding, LayerNorm, LMHead, ResidualAdd, RMSNorm
+from archgen.mixers.registry import has_implementation, implementation_class
+from torch import nn
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+_BUILTIN = (Embedding, LMHead, ResidualAdd, RMSNorm, LayerNorm)  # wired by ArchModel itself
+
+
+def torch_supports(node: Node) -> tuple[bool, str]:
+    """Whether the eager model can build ``node``: built-in wiring or a registered mixer that
+    imports here."""
+    if isinstance(node.op, _BUILTIN):
+        return True, "ok"
+    ok, reason = has_implementation(type(node.op))
+    return (True, "ok") if ok else (False, f"no torch implementation: {reason}")
+
+
+def source_model(graph: Graph, options: LowerOptions, dtype: torch.dtype) -> ArchModel:
+    """The eager model with the artifact's weights, cast to ``dtype``, in inference mode.
+
+    Weights are drawn (or loaded) in float32 and then cast, so a float64 reference and a float32
+    artifact built from the same options hold the same values up to the cast."""
+    model = build_model(graph, seed=options.seed)
+    if options.weights is not None:
+        load_weights(model, options.weights)
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+class BoundaryModule(nn.Module):
+    """``tokens -> (logits, *block outputs)``: the one traced/compiled/exported function, so
+    validation sees every block boundary of the very graph that runs."""
+
+    def __init__(self, model: ArchModel) -> None:
+        super().__init__()
+        self.model = model
+        self.values = tuple(model.graph.block_outputs().values())
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, captured = self.model.run(tokens, capture=self.values)
+        return (logits, *(captured[v] for v in self.values))
+
+
+def as_boundaries(graph: Graph, outputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    """Name :class:`BoundaryModule`'s outputs: block names, then the graph output."""
+    (out,) = graph.outputs
+    return {**dict(zip(graph.blocks(), outputs[1:], strict=True)), out: outputs[0]}
+
+
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> tuple[float, ...]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return tuple(times)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run with ``threads`` intra-op threads (None: leave torch's setting), restoring after."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def describe_nodes(model: ArchModel, how: str) -> dict[str, NodeImpl]:
+    """Per node: the torch implementation and ``how`` it runs. Mixers that pick an inner
+    implementation at run time (Mamba's ``scan='auto'``) report it as ``last_*_impl``; that
+    choice is recorded, never hidden."""
+    out: dict[str, NodeImpl] = {}
+    for node in model.graph.nodes:
+        op = node.op
+        if isinstance(op, Embedding):
+            impl = "torch.nn.Embedding"
+        elif isinstance(op, LMHead):
+            impl = "F.linear with the embedding table (tied)" if op.tied else "torch.nn.Linear"
+        elif isinstance(op, ResidualAdd):
+            impl = "tensor add"
+        else:
+            module = model.get_submodule(node.name)
+            cls = type(module)
+            impl = f"{cls.__module__}:{cls.__qualname__}"
+            chosen = {
+                k: v
+                for k, v in vars(module).items()
+                if k.startswith("last_") and k.endswith("_impl") and isinstance(v, str)
+            }
+            if chosen:
+                impl += " [" + ", ".join(f"{k[5:]}={v}" for k, v in sorted(chosen.items())) + "]"
+        out[node.name] = NodeImpl(f"{impl} ({how})")
+    return out
+
+
+class EagerArtifact(Artifact):
+    def __init__(self, graph: Graph, meta: ArtifactMeta, model: ArchModel) -> None:
+        self.graph, self.meta, self.model = graph, meta, model
+        self._boundary = BoundaryModule(model)
+
+    def _refresh_meta(self) -> None:
+        self.meta.nodes = describe_nodes(self.model, f"torch eager, {self.meta.options.dtype}")
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = self.model(tokens)
+        self._refresh_meta()
+        return out
+
+    def boundaries(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            outs = self._boundary(tokens)
+        self._refresh_meta()
+        return as_boundaries(self.graph, outs)
+
+    def measure(self, tokens: torch.Tensor, warmup: int = 3, repeats: int = 20) -> Measurement:
+        with torch_threads(self.meta.options.threads) as threads, torch.inference_mode():
+            times = time_calls(lambda: self.model(tokens), warmup, repeats)
+        self._refresh_meta()
+        return Measurement(
+            times, tokens.shape[0], tokens.shape[1], threads, cpu_name(), library_versions()
+        )
+
+    def save(self, path: str | Path) -> list[str]:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_weights(self.model, folder / "weights.safetensors", {"dtype": self.meta.options.dtype})
+        return ["weights.safetensors", write_meta(self.meta, folder)]
+
+
+class EagerBackend(Backend):
+    name: ClassVar[str] = "eager"
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float64", "bfloat16"})
+    summary: ClassVar[str] = "the eager PyTorch model (the float64 reference)"
+
+    def is_available(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def supports(self, node: Node) -> tuple[bool, str]:
+        return torch_supports(node)
+
+    def _artifact(self, graph: Graph, options: LowerOptions, model: ArchModel) -> EagerArtifact:
+        meta = ArtifactMeta(self.name, options, extra={"versions": library_versions()})
+        artifact = EagerArtifact(graph, meta, model)
+        artifact._refresh_meta()
+        return artifact
+
+    def lower(self, graph: Graph, options: LowerOptions) -> EagerArtifact:
+        options = options.resolve(graph)
+        check_lowerable(self, graph, options)
+        return self._artifact(
+            graph, options, source_model(graph, options, TORCH_DTYPES[options.dtype])
+        )
+
+    def load(self, path: str | Path, graph: Graph, options: LowerOptions) -> EagerArtifact:
+        options = options.resolve(graph)
+        check_lowerable(self, graph, options)
+        model = build_model(graph, dtype=TORCH_DTYPES[options.dtype])
+        load_weights(model, Path(path) / "weights.safetensors")
+        return self._artifact(graph, options, model.eval().requires_grad_(False))
+
+
+def reference_artifact(graph: Graph, options: LowerOptions) -> EagerArtifact:
+    """The eager float64 model with the same weights as an artifact built from ``options``."""
+    from dataclasses import replace
+
+    return EagerBackend().lower(graph, replace(options, dtype="float64"))
+
+
+def implementation_name(node: Node) -> str:
+    """``module:Class`` of a node's torch implementation (for per-backend meta)."""
+    if isinstance(node.op, _BUILTIN):
+        return type(node.op).__name__
+    cls = implementation_class(type(node.op))
+    return f"{cls.__module__}:{cls.__qualname__}"

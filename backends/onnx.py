@@ -1,0 +1,456 @@
+"""The onnx backend: ``torch.onnx.export(dynamo=True)`` of the eager model, run in onnxruntime.
+
+Two graphs are exported:
+
+* ``model.onnx`` -- ``tokens i64[batch, seq] -> logits f32[batch, seq, V]`` plus one output per
+  block boundary, named after the IR block (``layers.0`` ...), so validation compares the very
+  graph that ships. Batch and sequence length are dynamic (``torch.export.Dim``), bounded by the
+  options' ``max_batch`` and the profile's ``max``.
+* ``decode_step.onnx`` (causal LMs whose token mixers all have a traceable ``step``) --
+  ``token i64[batch], pos i64[], <state...> -> logits f32[batch, V], <new state...>``. State
+  inputs are named ``state.<node>.<i>`` and outputs ``new_state.<node>.<i>``. Attention's KV
+  cache grows by concatenation, so its length is the dynamic dim ``past`` (0 at the first step).
+
+Both files are checked with ``onnx.checker`` and written to a temp file renamed on success.
+onnxruntime runs them on the execution provider named in the options (``cpu``; ``cuda`` and
+``tensorrt`` when this onnxruntime build has them, else a clear :class:`UnavailableError` before
+any export). Known cost: an op exporting as ``Einsum`` runs slowly in onnxruntime's CPU EP
+(research/perf-anchors.md §7); the exported graph's op histogram is in the meta (``op_counts``).
+
+Only this module (and ``onnx*.py`` beside it) imports onnxruntime, and only inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from archgen.backends.base import (
+    Artifact,
+    ArtifactMeta,
+    Backend,
+    LowerOptions,
+    Measurement,
+    NodeImpl,
+    UnsupportedError,
+    check_lowerable,
+    cpu_name,
+    library_versions,
+    write_meta,
+)
+from archgen.backends.eager import (
+    TORCH_DTYPES,
+    BoundaryModule,
+    implementation_name,
+    source_model,
+    time_calls,
+    torch_supports,
+)
+from archgen.backends.torch_model import ArchModel
+from archgen.ir import ops
+from archgen.ir.graph import Graph, Node
+from archgen.ir.ops import Role
+from torch import nn
+
+from archgen.errors import ArchgenError, UnavailableError
+
+FORWARD_FILE = "model.onnx"
+DECODE_FILE = "decode_step.onnx"
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+# Token mixers whose ``step`` traces to one graph valid at every position, and why the others
+# do not. Checkpoint attention appends to its cache only every ``segment_size`` tokens, decided
+# on the host from ``int(pos)`` (see its docstring): a traced graph would freeze one branch.
+DECODE_EXPORTABLE: dict[type[ops.Op], str] = {
+    ops.Attention: "KV cache grows by concatenation (dynamic dim 'past')",
+    ops.SlidingWindowAttention: "fixed-size ring buffer",
+    ops.Mamba: "fixed-size conv + SSM state",
+    ops.Mamba2: "fixed-size conv + SSM state",
+}
+
+
+def _missing_packages() -> list[str]:
+    return [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+
+
+# -- export ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_exporter() -> Any:
+    """The dynamo exporter prints progress lines and warns about torchvision; keep the log for
+    error messages instead of the terminal."""
+    log = io.StringIO()
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
+            warnings.simplefilter("ignore")
+            yield log
+    finally:
+        registration.setLevel(level)
+
+
+def _export(
+    module: nn.Module,
+    args: tuple[Any, ...],
+    path: Path,
+    *,
+    dynamic_shapes: tuple[Any, ...],
+    input_names: list[str],
+    output_names: list[str],
+    opset: int | None,
+) -> dict[str, Any]:
+    """Export, check and atomically write one ONNX file; returns facts for the meta."""
+    import onnx
+
+    start = time.perf_counter()
+    with _quiet_exporter() as log:
+        try:
+            program = torch.onnx.export(
+                module,
+                args,
+                None,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                input_names=input_names,
+                output_names=output_names,
+                opset_version=opset,
+                verbose=False,
+            )
+        except Exception as exc:  # the exporter raises many types; all mean "cannot export"
+            summary = str(exc).strip().splitlines()
+            detail = next((ln for ln in summary if "Exception summary" not in ln and ln), "")
+            raise UnsupportedError(
+                f"torch.onnx export of {path.name} failed: {type(exc).__name__}: {detail[:500]}",
+                hint="the exporter's log: " + " | ".join(log.getvalue().splitlines()[-3:]),
+            ) from exc
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        program.save(tmp)
+        onnx.checker.check_model(tmp, full_check=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    proto = onnx.load(str(path), load_external_data=False)
+    return {
+        "file": path.name,
+        "export_s": time.perf_counter() - start,
+        "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+        "nodes": len(proto.graph.node),
+        "op_counts": dict(Counter(n.op_type for n in proto.graph.node).most_common()),
+        "bytes": path.stat().st_size,
+    }
+
+
+def export_forward(model: ArchModel, path: Path, options: LowerOptions) -> dict[str, Any]:
+    graph = model.graph
+    assert options.max_seq is not None, "options must be resolved"
+    batch = torch.export.Dim("batch", min=1, max=options.max_batch)
+    seq = torch.export.Dim("seq", min=1, max=options.max_seq)
+    # The example must not be 0/1-sized in a dynamic dim (torch.export specialises those).
+    example = torch.randint(0, graph.model.vocab_size, (2, min(8, max(2, options.max_seq))))
+    if options.max_seq < 2:
+        seq = None  # a profile of length 1 only: nothing to make dynamic
+    return _export(
+        BoundaryModule(model).eval(),
+        (example,),
+        path,
+        dynamic_shapes=({0: batch, 1: seq} if seq is not None else {0: batch},),
+        input_names=["tokens"],
+        output_names=[*graph.outputs, *graph.blocks()],
+        opset=options.opset,
+    )
+
+
+def decode_support(graph: Graph) -> tuple[bool, str]:
+    """Whether every token mixer's ``step`` exports as one graph, and if not, which does not."""
+    for node in graph.nodes_with_role(Role.TOKEN_MIXER):
+        if type(node.op) not in DECODE_EXPORTABLE:
+            return False, f"{node.name} ({node.op.kind}) has no traceable decode step"
+    return True, "ok"
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """How the decode state dict flattens to graph inputs: (node, tensors) in graph order, and
+    the dims of each tensor that grow by one per token."""
+
+    entries: tuple[tuple[str, int], ...]
+    growing: tuple[tuple[int, ...], ...]
+
+    def names(self, prefix: str) -> list[str]:
+        return [f"{prefix}.{node}.{i}" for node, n in self.entries for i in range(n)]
+
+    def flatten(self, state: dict[str, tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+        return [t for node, _ in self.entries for t in state[node]]
+
+    def unflatten(self, flat: list[Any]) -> dict[str, tuple[Any, ...]]:
+        out, i = {}, 0
+        for node, n in self.entries:
+            out[node] = tuple(flat[i : i + n])
+            i += n
+        return out
+
+
+class DecodeStepModule(nn.Module):
+    """``(token [B], pos [], *state) -> (logits [B, V], *new_state)`` over ArchModel.step."""
+
+    def __init__(self, model: ArchModel, layout: StateLayout) -> None:
+        super().__init__()
+        self.model, self.layout = model, layout
+
+    def forward(self, token: torch.Tensor, pos: torch.Tensor, *flat: torch.Tensor) -> Any:
+        logits, new = self.model.step(token, self.layout.unflatten(list(flat)), pos)
+        return (logits, *self.layout.flatten(new))
+
+
+def probe_state(model: ArchModel, batch: int) -> tuple[StateLayout, dict[str, tuple]]:
+    """Run two eager steps to learn the state layout and which dims grow; returns the layout and
+    the state after two steps (the export example: growing dims of size 2, not 0/1)."""
+    state0 = model.init_state(batch)
+    tokens = torch.zeros(batch, 2, dtype=torch.long)
+    state = state0
+    for t in range(2):
+        _, state = model.step(tokens[:, t], state, torch.tensor(t))
+    entries = tuple((node, len(s)) for node, s in state0.items())
+    growing = tuple(
+        tuple(d for d, (a, b) in enumerate(zip(t0.shape, t2.shape, strict=True)) if a != b)
+        for node, _ in entries
+        for t0, t2 in zip(state0[node], state[node], strict=True)
+    )
+    return StateLayout(entries, growing), state
+
+
+def export_decode(model: ArchModel, path: Path, options: LowerOptions) -> dict[str, Any]:
+    assert options.max_seq is not None
+    batch = torch.export.Dim("batch", min=1, max=options.max_batch)
+    past = torch.export.Dim("past", min=0, max=options.max_seq)
+    with torch.no_grad():
+        layout, state = probe_state(model, 2)
+    flat = layout.flatten(state)
+    shapes = tuple({0: batch, **{d: past for d in dims}} for dims in layout.growing)
+    facts = _export(
+        DecodeStepModule(model, layout).eval(),
+        (torch.zeros(2, dtype=torch.long), torch.tensor(2), *flat),
+        path,
+        dynamic_shapes=({0: batch}, None, shapes),
+        input_names=["token", "pos", *layout.names("state")],
+        output_names=["logits", *layout.names("new_state")],
+        opset=options.opset,
+    )
+    growing = dict(zip(layout.names("state"), layout.growing, strict=True))
+    return {**facts, "dynamic_state_dims": growing}
+
+
+# -- running -----------------------------------------------------------------------------------
+def make_session(path: Path, options: LowerOptions) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, OPT_LEVELS[options.graph_opt_level]
+    )
+    so.intra_op_num_threads = options.threads or torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    wanted = PROVIDERS[options.provider]
+    session = ort.InferenceSession(str(path), so, providers=[wanted])
+    if wanted not in session.get_providers():  # ORT drops a provider that fails to initialise
+        raise UnavailableError(
+            f"onnxruntime could not initialise {wanted} (session uses {session.get_providers()})"
+        )
+    return session
+
+
+class OnnxArtifact(Artifact):
+    def __init__(
+        self,
+        graph: Graph,
+        meta: ArtifactMeta,
+        folder: Path,
+        has_decode: bool,
+        owned: tempfile.TemporaryDirectory[str] | None = None,
+    ) -> None:
+        self.graph, self.meta, self.folder = graph, meta, folder
+        self._owned = owned  # keeps the lowering's temp folder alive as long as the artifact
+        self.session = make_session(folder / FORWARD_FILE, meta.options)
+        self.decode_session = (
+            make_session(folder / DECODE_FILE, meta.options) if has_decode else None
+        )
+        self._names = [o.name for o in self.session.get_outputs()]
+        self._dtype = TORCH_DTYPES[meta.options.dtype]
+        meta.extra["providers"] = self.session.get_providers()
+
+    def _run(self, tokens: torch.Tensor, outputs: list[str] | None) -> list[np.ndarray]:
+        return self.session.run(outputs, {"tokens": tokens.numpy().astype(np.int64)})
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._run(tokens, list(self.graph.outputs))[0])
+
+    def boundaries(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = dict(zip(self._names, self._run(tokens, None), strict=True))
+        return {name: torch.from_numpy(values[name]) for name in self._names_in_order()}
+
+    def _names_in_order(self) -> list[str]:
+        return [*self.graph.blocks(), *self.graph.outputs]
+
+    def measure(self, tokens: torch.Tensor, warmup: int = 3, repeats: int = 20) -> Measurement:
+        feed = {"tokens": tokens.numpy().astype(np.int64)}
+        # Only the logits are fetched, as a deployed model would; block outputs are computed
+        # anyway (they are residual streams the logits depend on).
+        logits = list(self.graph.outputs)
+        times = time_calls(lambda: self.session.run(logits, feed), warmup, repeats)
+        so = self.session.get_session_options()
+        return Measurement(
+            times,
+            tokens.shape[0],
+            tokens.shape[1],
+            so.intra_op_num_threads,
+            cpu_name() if self.meta.options.provider == "cpu" else self.meta.options.provider,
+            library_versions("onnx", "onnxruntime"),
+        )
+
+    # -- decoding ------------------------------------------------------------------------------
+    def init_state(self, batch: int) -> list[np.ndarray]:
+        """The decode graph's initial state (zeros; attention caches of length 0)."""
+        if self.decode_session is None:
+            raise ArchgenError("this artifact has no decode graph: " + self.meta.extra["decode"])
+        out = []
+        for inp in self.decode_session.get_inputs()[2:]:
+            dims = [batch if d == "batch" else 0 if isinstance(d, str) else d for d in inp.shape]
+            out.append(np.zeros(dims, dtype=_numpy_dtype(inp.type)))
+        return out
+
+    def step(
+        self, token: torch.Tensor, pos: int, state: list[np.ndarray]
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """One decode step in onnxruntime: logits ``[B, V]`` and the new state."""
+        if self.decode_session is None:
+            raise ArchgenError("this artifact has no decode graph: " + self.meta.extra["decode"])
+        names = [i.name for i in self.decode_session.get_inputs()]
+        feed = dict(
+            zip(
+                names,
+                [token.numpy().astype(np.int64), np.array(pos, np.int64), *state],
+                strict=True,
+            )
+        )
+        logits, *new_state = self.decode_session.run(None, feed)
+        return torch.from_numpy(logits), new_state
+
+    def save(self, path: str | Path) -> list[str]:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = [FORWARD_FILE] + ([DECODE_FILE] if self.decode_session is not None else [])
+        for name in files:
+            if folder.resolve() != self.folder.resolve():
+                shutil.copyfile(self.folder / name, folder / name)
+        return [*files, write_meta(self.meta, folder)]
+
+
+def _numpy_dtype(onnx_type: str) -> Any:
+    return {
+        "tensor(float)": np.float32,
+        "tensor(double)": np.float64,
+        "tensor(int64)": np.int64,
+        "tensor(float16)": np.float16,
+    }[onnx_type]
+
+
+class OnnxBackend(Backend):
+    name: ClassVar[str] = "onnx"
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32"})
+    summary: ClassVar[str] = "torch.onnx (dynamo) export run in onnxruntime"
+
+    def is_available(self) -> tuple[bool, str]:
+        missing = _missing_packages()
+        if missing:
+            return False, f"no module named {', '.join(missing)} (pip install 'archgen[onnx]')"
+        return True, "ok"
+
+    def supports(self, node: Node) -> tuple[bool, str]:
+        return torch_supports(node)
+
+    def check_provider(self, options: LowerOptions) -> None:
+        """Fail before exporting when the requested execution provider is not in this build."""
+        import onnxruntime as ort
+
+        wanted = PROVIDERS[options.provider]
+        if wanted not in ort.get_available_providers():
+            raise UnavailableError(
+                f"onnxruntime execution provider {wanted} is not available here "
+                f"(this onnxruntime has: {', '.join(ort.get_available_providers())})",
+                hint="install onnxruntime-gpu on a machine with CUDA, or use --provider cpu",
+            )
+
+    def _meta(self, graph: Graph, options: LowerOptions) -> ArtifactMeta:
+        how = f"onnxruntime {PROVIDERS[options.provider]}, {options.dtype}"
+        meta = ArtifactMeta(
+            self.name,
+            options,
+            extra={"versions": library_versions("onnx", "onnxruntime", "onnxscript")},
+        )
+        for node in graph.nodes:
+            meta.nodes[node.name] = NodeImpl(f"ONNX export of {implementation_name(node)} ({how})")
+        if options.provider != "cpu":
+            meta.notes.append(
+                f"onnxruntime places nodes that {PROVIDERS[options.provider]} has no kernel for "
+                "on the CPU EP; run with log_severity_level=1 to see the assignment"
+            )
+        return meta
+
+    def lower(self, graph: Graph, options: LowerOptions) -> OnnxArtifact:
+        options = options.resolve(graph)
+        check_lowerable(self, graph, options)
+        self.check_provider(options)
+        model = source_model(graph, options, TORCH_DTYPES[options.dtype])
+        owned = tempfile.TemporaryDirectory(prefix="archgen-onnx-")
+        folder = Path(owned.name)
+        meta = self._meta(graph, options)
+        meta.extra["forward"] = export_forward(model, folder / FORWARD_FILE, options)
+        ok, why = decode_support(graph) if options.decode_graph else (False, "not requested")
+        if ok:
+            meta.extra["decode"] = export_decode(model, folder / DECODE_FILE, options)
+        else:
+            meta.extra["decode"] = f"no decode graph: {why}"
+            meta.notes.append(f"no decode-step graph: {why}")
+        return OnnxArtifact(graph, meta, folder, ok, owned)
+
+    def load(self, path: str | Path, graph: Graph, options: LowerOptions) -> OnnxArtifact:
+        options = options.resolve(graph)
+        check_lowerable(self, graph, options)
+        self.check_provider(options)
+        folder = Path(path)
+        if not (folder / FORWARD_FILE).is_file():
+            raise ArchgenError(f"{folder}: no {FORWARD_FILE} (not an onnx artifact folder)")
+        meta = self._meta(graph, options)
+        has_decode = (folder / DECODE_FILE).is_file()
+        meta.extra["decode"] = {"file": DECODE_FILE} if has_decode else "no decode graph saved"
+        return OnnxArtifact(graph, meta, folder, has_decode)
