@@ -28,6 +28,13 @@ TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.bfloat16: Tolerance(atol=5e-2, rtol=5e-2),
 }
 
+# float32 *parameter* gradients vs a float64 reference. A parameter's gradient sums B*L per-token
+# terms that largely cancel, so elements near zero carry absolute errors of ~1e-5 x the typical
+# gradient size, whatever the algorithm. Calibrated on Mamba2 (B=2, L=203, D=24, 8 seeds): a plain
+# float32 per-step loop already reaches 0.96x the float32 entry above on in_proj.weight, the
+# chunked form 0.76x on A_log; this entry leaves ~5x headroom, a wrong term gives errors ~1e-1.
+FLOAT32_PARAM_GRAD = Tolerance(atol=1e-4, rtol=1e-3)
+
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None,
                  msg: str = "") -> None:

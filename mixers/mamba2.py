@@ -1,0 +1,348 @@
+"""Mamba-2 token mixer: the SSD (state-space duality) selective scan with a scalar decay per head.
+
+Parameter names, shapes and initialisation follow mamba-ssm's ``Mamba2`` module with
+``rmsnorm=True, norm_before_gate=False, D_has_hdim=False`` (so checkpoints load by name):
+
+* ``in_proj``   ``D -> 2*D_in + 2*G*N + H``, output order ``z, x, B, C, dt``;
+* ``conv1d``    causal depthwise conv (kernel ``d_conv``) + SiLU over ``[x, B, C]``;
+* ``dt_bias``, ``A_log``, ``D`` (one value per head);
+* ``norm``      gated RMSNorm ``rmsnorm(y * silu(z)) * weight`` over groups of ``D_in / G``;
+* ``out_proj``  ``D_in -> D``.
+
+Per head ``h`` (``P = head_dim`` channels, ``N = d_state``, B/C shared by the heads of a group):
+``s_t = exp(dt_t * A_h) * s_{t-1} + dt_t * x_t ⊗ B_t``, ``y_t = s_t @ C_t + D_h * x_t``.
+
+``forward`` evaluates this with the chunked SSD algorithm (see :func:`ssd_chunked`), ``reference``
+with a Python loop over time, ``step`` one token at a time from ``init_state``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from archgen.mixers.base import DecodeState, TokenMixer
+from torch import nn
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype for decays and normalisation: float32 for half types (exp of cumulative log-decays
+    in bf16 is wrong in the second digit), float64 stays float64 so tests can check to 1e-9."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _causal_mask(n: int, device: torch.device, strict: bool = False) -> torch.Tensor:
+    """``[n, n]`` bool, True where column ``j`` may feed row ``i`` (``j <= i``, or ``j < i``).
+
+    Built from ``arange`` comparisons rather than ``tril`` so exported graphs need no Trilu.
+    """
+    idx = torch.arange(n, device=device)
+    return idx[:, None] > idx[None, :] if strict else idx[:, None] >= idx[None, :]
+
+
+def ssd_chunked(
+    x: torch.Tensor,  # [B, L, H, P]
+    dt: torch.Tensor,  # [B, L, H], already softplus'ed, work dtype
+    A: torch.Tensor,  # [H], negative, work dtype
+    B: torch.Tensor,  # [B, L, G, N]
+    C: torch.Tensor,  # [B, L, G, N]
+    D: torch.Tensor,  # [H]
+    chunk_size: int,
+) -> torch.Tensor:
+    """The SSD scan ``y_t = sum_{s<=t} (C_t . B_s) exp(sum_{s<m<=t} dt_m A) dt_s x_s + D x_t``.
+
+    Returns ``[B, L, H, P]``. ``L`` must be a multiple of ``chunk_size`` (``Mamba2.forward`` pads).
+    Chunked algorithm (Dao & Gu 2024, §6) with chunk length ``Q``:
+
+    1. inside each chunk, the quadratic (attention-like) form masked by ``exp(segsum)``;
+    2. each chunk's final state, as if the chunk started from zero;
+    3. the states entering each chunk, from a small ``nC x nC`` decay matrix over chunk totals;
+    4. the contribution of the entering state to every position of the chunk.
+
+    There is no Python loop over time or chunks, so an exported graph is the same for every ``L``.
+    Cost: ``O(L Q H (N + P))`` for steps 1, 2, 4 and ``O((L/Q)^2 H P N)`` for step 3 (small next
+    to the others while ``L/Q <~ Q``).
+
+    Layout matters more than FLOPs on CPU (every pass over an ``[L, H, P]`` tensor costs about as
+    much as a step's matmul), so: heads that share ``B``/``C`` (a group) are folded into the matmul
+    columns in steps 2 and 4 (``B``/``C`` are never copied per head), step 3 reads the states
+    through a strided view, and elementwise ops put the operand with the wanted output layout
+    first (torch allocates outputs in the first input's dimension order).
+
+    Decays are computed in ``dt``'s dtype (float32 at least); matmuls run in ``x``'s dtype, except
+    step 3, which accumulates across the whole sequence and stays in the work dtype.
+    """
+    b, _, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    hg, q = h // g, chunk_size
+    wdt, xtype = dt.dtype, x.dtype
+    x6 = x.reshape(b, -1, q, g, hg, p)  # [B, nC, Q, G, hg, P], the input's own layout
+    nc = x6.shape[1]
+
+    dt_h = dt.reshape(b, nc, q, g, hg).permute(0, 3, 4, 1, 2).contiguous()  # [B, G, hg, nC, Q]
+    a_cum = (dt_h * A.reshape(g, hg, 1, 1)).cumsum(-1)  # in-chunk cumulative log-decay
+    a_last = a_cum[..., -1:]
+    Bc = B.reshape(b, nc, q, g, n).permute(0, 3, 1, 2, 4)  # [B, G, nC, Q, N]
+    Cc = C.reshape(b, nc, q, g, n).permute(0, 3, 1, 2, 4)
+
+    # 1. Intra-chunk. Differences of in-chunk cumsums are accurate enough (|a_cum| is bounded by
+    #    one chunk's decay); masking *before* exp keeps both exp and its gradient finite.
+    xdt = dt_h[..., None].to(xtype) * x6.permute(0, 3, 4, 1, 2, 5)  # [B, G, hg, nC, Q, P]
+    seg = a_cum[..., :, None] - a_cum[..., None, :]  # [B, G, hg, nC, Q, Q]
+    decay = torch.exp(torch.where(_causal_mask(q, x.device), seg, -math.inf)).to(xtype)
+    y_diag = (decay * (Cc @ Bc.transpose(-1, -2))[:, :, None]) @ xdt
+
+    # 2. Chunk-final states: [B, G, nC, hg*P, N] = [B, G, nC, hg, P, N].
+    w_state = (torch.exp(a_last - a_cum) * dt_h).to(xtype).permute(0, 3, 4, 1, 2)[..., None]
+    xs = (x6 * w_state).reshape(b, nc, q, g, hg * p).permute(0, 3, 1, 2, 4)  # [B, G, nC, Q, hg*P]
+    states = xs.transpose(-1, -2) @ Bc
+
+    # 3. States entering each chunk: enter[c] = sum_{c'<c} exp(sum_{c'<m<c} a_last[m]) states[c'].
+    #    The exponent is a masked cumsum, not a difference of global cumsums (whose magnitude
+    #    grows with L and would cost float32 digits).
+    tot = a_last[..., 0]  # [B, G, hg, nC]
+    after = _causal_mask(nc, x.device, strict=True)  # [m, c']: m > c'
+    contrib = torch.where(after, tot[..., :, None], 0.0)  # [B, G, hg, nC(m), nC(c')]
+    expo = contrib.cumsum(-2) - contrib  # row c: sum over c' < m < c
+    chunk_decay = torch.exp(torch.where(after, expo, -math.inf))  # [B, G, hg, nC, nC]
+    states_h = states.to(wdt).reshape(b, g, nc, hg, p * n).transpose(2, 3)  # strided view
+    enter = chunk_decay @ states_h  # [B, G, hg, nC, P*N]
+    enter = enter.to(xtype).transpose(2, 3).reshape(b, g, nc, hg * p, n)
+
+    # 4. Entering state -> outputs, decayed per head to each position; then add the rest.
+    y_off = (Cc @ enter.transpose(-1, -2)).reshape(b, g, nc, q, hg, p).permute(0, 2, 3, 1, 4, 5)
+    y = y_off * torch.exp(a_cum).to(xtype).permute(0, 3, 4, 1, 2)[..., None]  # [B, nC, Q, G, hg, P]
+    y = y + y_diag.permute(0, 3, 4, 1, 2, 5)
+    y = torch.addcmul(y, x6, D.to(xtype).reshape(g, hg, 1))
+    return y.reshape(b, nc * q, h, p)
+
+
+class GatedRMSNorm(nn.Module):
+    """``rmsnorm(y * silu(z)) * weight``, normalised over groups of ``group_size`` channels
+    (mamba-ssm's ``RMSNorm(norm_before_gate=False)``), computed in float32 for half inputs."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        group_size: int,
+        eps: float = 1e-5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % group_size:
+            raise ValueError(f"dim ({dim}) must be a multiple of group_size ({group_size})")
+        self.group_size, self.eps = group_size, eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        work = _work_dtype(y.dtype)
+        y = y.to(work) * F.silu(z.to(work))
+        grouped = y.unflatten(-1, (-1, self.group_size))
+        grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (grouped.flatten(-2) * self.weight.to(work)).to(z.dtype)
+
+
+class Mamba2(TokenMixer):
+    """Mamba-2 (SSD) mixer, ``[B, L, D] -> [B, L, D]``; see the module docstring.
+
+    ``chunk_size`` only changes speed, never results (beyond rounding). The default of 64 is tuned
+    for CPU eager (``benchmarks/bench_mamba2.py``); mamba-ssm's GPU default is 256.
+
+    >>> m = Mamba2(64, d_state=16, head_dim=16, chunk_size=8)
+    >>> x = torch.randn(2, 13, 64)
+    >>> y = m(x)
+    >>> y.shape
+    torch.Size([2, 13, 64])
+    >>> state = m.init_state(2)
+    >>> for t in range(13):
+    ...     y_t, state = m.step(x[:, t], state, torch.tensor(t))
+    >>> torch.allclose(y_t, y[:, -1], atol=1e-5)
+    True
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        head_dim: int = 64,
+        ngroups: int = 1,
+        chunk_size: int = 64,
+        A_init_range: tuple[float, float] = (1, 16),
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        norm_eps: float = 1e-5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        d_inner = expand * d_model
+        if d_inner % head_dim:
+            raise ValueError(
+                f"expand*d_model ({d_inner}) must be a multiple of head_dim ({head_dim})"
+            )
+        heads = d_inner // head_dim
+        if heads % ngroups:
+            raise ValueError(f"heads ({heads}) must be a multiple of ngroups ({ngroups})")
+        if not 0 < A_init_range[0] <= A_init_range[1]:
+            raise ValueError(f"A_init_range must satisfy 0 < lo <= hi, got {A_init_range}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner, self.head_dim, self.heads, self.ngroups = d_inner, head_dim, heads, ngroups
+        self.chunk_size = chunk_size
+        self.conv_dim = d_inner + 2 * ngroups * d_state
+        fk = {"device": device, "dtype": dtype}
+
+        self.in_proj = nn.Linear(
+            d_model, 2 * d_inner + 2 * ngroups * d_state + heads, bias=bias, **fk
+        )
+        self.conv1d = nn.Conv1d(
+            self.conv_dim,
+            self.conv_dim,
+            kernel_size=d_conv,
+            groups=self.conv_dim,
+            padding=d_conv - 1,
+            bias=conv_bias,
+            **fk,
+        )
+        # dt = softplus(dt_bias) starts log-uniform in [dt_min, dt_max]: store its inverse softplus.
+        dt = torch.exp(
+            torch.rand(heads, **fk) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        # A = -exp(A_log) uniform in A_init_range; drawn in float32 as mamba-ssm does.
+        A = torch.empty(heads, dtype=torch.float32, device=device).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))
+        # mamba-ssm keeps D in float32 whatever ``dtype``; we follow ``dtype`` so ``.to()`` and
+        # mixed-dtype checks stay simple (the compute path upcasts anyway).
+        self.D = nn.Parameter(torch.ones(heads, **fk))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True  # type: ignore[attr-defined]  # mamba-ssm's optimizer hint
+        self.norm = GatedRMSNorm(d_inner, group_size=d_inner // ngroups, eps=norm_eps, **fk)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **fk)
+
+    # -- shared pieces -------------------------------------------------------------------------
+    def _split_proj(self, zxbcdt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """in_proj output -> ``z [.., D_in]``, ``xBC [.., conv_dim]``, ``dt [.., H]`` (raw)."""
+        return zxbcdt.split([self.d_inner, self.conv_dim, self.heads], dim=-1)
+
+    def _split_xbc(self, xbc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Conv output -> ``x [.., H, P]``, ``B [.., G, N]``, ``C [.., G, N]``."""
+        gn = self.ngroups * self.d_state
+        x, B, C = xbc.split([self.d_inner, gn, gn], dim=-1)
+        return (
+            x.unflatten(-1, (self.heads, self.head_dim)),
+            B.unflatten(-1, (self.ngroups, self.d_state)),
+            C.unflatten(-1, (self.ngroups, self.d_state)),
+        )
+
+    def _dt_and_A(self, dt_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        work = _work_dtype(dt_raw.dtype)
+        dt = F.softplus(dt_raw.to(work) + self.dt_bias.to(work))
+        return dt, -torch.exp(self.A_log.to(work))
+
+    def _finish(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Gated norm and out_proj: ``y: [.., H, P]``, ``z: [.., D_in]`` -> ``[.., D]``."""
+        return self.out_proj(self.norm(y.flatten(-2), z))
+
+    # -- production ----------------------------------------------------------------------------
+    def _causal_conv(self, xbc: torch.Tensor) -> torch.Tensor:
+        """Depthwise causal conv + SiLU on ``xbc: [B, (d_conv - 1) + L, C]`` (left-padded) ->
+        ``[B, L, C]``, time-major.
+
+        A sum of ``d_conv`` shifted slices: on CPU this is ~2x faster than ``F.conv1d`` on the
+        transposed tensor, and it keeps the ``[B, L, C]`` layout the projections produce.
+        """
+        k = self.d_conv
+        seqlen = xbc.shape[1] - (k - 1)
+        w = self.conv1d.weight[:, 0, :].t()  # [k, C]
+        bias = self.conv1d.bias
+        first = xbc[:, :seqlen]
+        out = first * w[0] if bias is None else torch.addcmul(bias, first, w[0])
+        for j in range(1, k):  # over taps (d_conv), not time
+            out = torch.addcmul(out, xbc[:, j : j + seqlen], w[j])
+        return F.silu(out)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        seqlen, k = u.shape[1], self.d_conv
+        # The tail pads L to whole chunks; causality makes the padded outputs the only ones that
+        # see it, and they are sliced off. At the front, in_proj(0) = 0 (no bias) yields the
+        # conv's left padding without copying the wide conv input.
+        front = k - 1 if self.in_proj.bias is None else 0
+        tail = (-seqlen) % self.chunk_size
+        z, xbc, dt_raw = self._split_proj(self.in_proj(F.pad(u, (0, 0, front, tail))))
+        if front < k - 1:
+            xbc = F.pad(xbc, (0, 0, k - 1 - front, 0))
+        x, B, C = self._split_xbc(self._causal_conv(xbc))
+        dt, A = self._dt_and_A(dt_raw[:, front:])
+        y = ssd_chunked(x, dt, A, B, C, self.D, self.chunk_size)[:, :seqlen]
+        return self._finish(y, z[:, front : front + seqlen])
+
+    # -- reference -----------------------------------------------------------------------------
+    def reference(self, u: torch.Tensor) -> torch.Tensor:
+        """Token-by-token recurrence: conv window and state update written out per step."""
+        b, seqlen, _ = u.shape
+        z, xbc, dt_raw = self._split_proj(self.in_proj(u))
+        k = self.d_conv
+        padded = F.pad(xbc, (0, 0, k - 1, 0))
+        weight = self.conv1d.weight[:, 0, :]  # [C, k]
+        hg = self.heads // self.ngroups
+        state = u.new_zeros(b, self.heads, self.head_dim, self.d_state)
+        ys = []
+        for t in range(seqlen):
+            window = padded[:, t : t + k].transpose(1, 2)  # [B, C, k], oldest first
+            xbc_t = (window * weight).sum(-1)
+            if self.conv1d.bias is not None:
+                xbc_t = xbc_t + self.conv1d.bias
+            x_t, B_t, C_t = self._split_xbc(F.silu(xbc_t))
+            dt_t, A = self._dt_and_A(dt_raw[:, t])  # [B, H], [H]
+            B_t = B_t.repeat_interleave(hg, dim=1)  # [B, H, N]: head h uses group h // hg
+            C_t = C_t.repeat_interleave(hg, dim=1)
+            decay = torch.exp(dt_t * A)[:, :, None, None]
+            state = decay * state + (dt_t[:, :, None] * x_t)[..., None] * B_t[:, :, None, :]
+            ys.append((state * C_t[:, :, None, :]).sum(-1) + self.D[:, None] * x_t)
+        return self._finish(torch.stack(ys, 1), z)
+
+    # -- decoding: conv window + SSM state, O(1) per token ---------------------------------------
+    def init_state(
+        self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> DecodeState:
+        """``(conv [B, conv_dim, d_conv - 1], ssm [B, H, P, N])``, zeros (= empty history)."""
+        dtype = dtype or self.in_proj.weight.dtype
+        device = device or self.in_proj.weight.device
+        conv = torch.zeros(batch, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
+        ssm = torch.zeros(
+            batch, self.heads, self.head_dim, self.d_state, device=device, dtype=dtype
+        )
+        return (conv, ssm)
+
+    def step(
+        self, x: torch.Tensor, state: DecodeState, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, DecodeState]:
+        """One token ``[B, D] -> [B, D]``. ``pos`` is unused: the SSM has no positional input."""
+        conv_state, ssm_state = state
+        z, xbc, dt_raw = self._split_proj(self.in_proj(x))
+        window = torch.cat([conv_state, xbc[:, :, None].to(conv_state.dtype)], dim=-1)
+        xbc = (window * self.conv1d.weight[:, 0, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            xbc = xbc + self.conv1d.bias
+        x_t, B_t, C_t = self._split_xbc(F.silu(xbc))
+        dt, A = self._dt_and_A(dt_raw)  # [B, H], [H]
+        hg = self.heads // self.ngroups
+        B_t = B_t.repeat_interleave(hg, dim=1)  # [B, H, N]
+        C_t = C_t.repeat_interleave(hg, dim=1)
+        decay = torch.exp(dt * A)[:, :, None, None]
+        update = (dt[:, :, None] * x_t)[..., None] * B_t[:, :, None, :]
+        ssm_state = (decay * ssm_state + update).to(ssm_state.dtype)
+        y = (ssm_state @ C_t[..., None].to(ssm_state.dtype))[..., 0].to(x_t.dtype)
+        y = y + self.D.to(x_t.dtype)[:, None] * x_t
+        return self._finish(y, z), (window[..., 1:], ssm_state)
