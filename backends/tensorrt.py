@@ -1,0 +1,244 @@
+"""The tensorrt backend: the onnx backend's ``model.onnx`` -> a serialized TensorRT engine.
+
+The engine has one optimization profile over ``tokens [batch, seq]``: ``min = (1, min_seq)``,
+``opt = (batch, opt_seq)``, ``max = (max_batch, max_seq)``. Precision: float32 (TF32 disabled, so
+matmuls stay IEEE float32), float16 or bfloat16 (weakly-typed builder flags; TensorRT keeps
+layers it cannot run in reduced precision in float32 and its build log says which). Outputs and
+their names are those of ``model.onnx``: logits and one per block boundary.
+
+``tensorrt`` is imported inside functions only, so importing this module, asking
+:meth:`TensorRTBackend.is_available` and the CLI's fail-fast check need neither tensorrt nor a GPU.
+
+UNTESTED: the development machine has no GPU and no tensorrt package; only the availability
+checks and the fail-fast errors run in CI (tests/backends/test_tensorrt.py). The code follows
+the TensorRT 10 Python API (``build_serialized_network``, named I/O tensors,
+``execute_async_v3``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from archgen.backends.base import (
+    Artifact,
+    ArtifactMeta,
+    Backend,
+    LowerOptions,
+    Measurement,
+    NodeImpl,
+    UnsupportedError,
+    check_lowerable,
+    library_versions,
+    write_meta,
+)
+from archgen.backends.eager import (
+    TORCH_DTYPES,
+    implementation_name,
+    source_model,
+    torch_supports,
+)
+from archgen.ir.graph import Graph, Node
+
+from archgen.errors import ArchgenError
+
+ENGINE_FILE = "model.engine"
+ONNX_FILE = "model.onnx"
+
+
+def _require_trt() -> Any:
+    import tensorrt as trt
+
+    return trt
+
+
+def _logger() -> Any:
+    trt = _require_trt()
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def build_engine(onnx_path: Path, engine_path: Path, options: LowerOptions) -> dict[str, Any]:
+    """Parse ``onnx_path``, build with one optimization profile, write the engine atomically."""
+    trt = _require_trt()
+    assert options.min_seq and options.opt_seq and options.max_seq, "options must be resolved"
+    start = time.perf_counter()
+    logger = _logger()
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise UnsupportedError(f"TensorRT cannot parse {onnx_path.name}: " + "; ".join(errors))
+    config = builder.create_builder_config()
+    config.clear_flag(trt.BuilderFlag.TF32)  # float32 means float32: TF32 would be a fallback
+    if options.dtype == "float16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif options.dtype == "bfloat16":
+        config.set_flag(trt.BuilderFlag.BF16)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(
+        "tokens",
+        (1, options.min_seq),
+        (options.batch, options.opt_seq),
+        (options.max_batch, options.max_seq),
+    )
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UnsupportedError("TensorRT failed to build the engine (see its log above)")
+    fd, tmp = tempfile.mkstemp(prefix=engine_path.name + ".", suffix=".tmp", dir=engine_path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(bytes(serialized))
+    os.replace(tmp, engine_path)
+    return {
+        "file": engine_path.name,
+        "build_s": time.perf_counter() - start,
+        "bytes": engine_path.stat().st_size,
+        "profile": {
+            "min": [1, options.min_seq],
+            "opt": [options.batch, options.opt_seq],
+            "max": [options.max_batch, options.max_seq],
+        },
+    }
+
+
+class TensorRTArtifact(Artifact):
+    def __init__(self, graph: Graph, meta: ArtifactMeta, folder: Path, owned: Any = None) -> None:
+        trt = _require_trt()
+        self.graph, self.meta, self.folder = graph, meta, folder
+        self._owned = owned
+        self._runtime = trt.Runtime(_logger())
+        self.engine = self._runtime.deserialize_cuda_engine((folder / ENGINE_FILE).read_bytes())
+        if self.engine is None:
+            raise ArchgenError(f"{folder / ENGINE_FILE}: TensorRT could not load the engine")
+        self.context = self.engine.create_execution_context()
+        self._names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self._outputs = [
+            n for n in self._names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
+        ]
+        self._torch_dtype = {
+            trt.DataType.FLOAT: torch.float32,
+            trt.DataType.HALF: torch.float16,
+            trt.DataType.BF16: torch.bfloat16,
+            trt.DataType.INT64: torch.int64,
+            trt.DataType.INT32: torch.int32,
+        }
+
+    def _execute(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        device = torch.device("cuda")
+        tokens = tokens.to(device=device, dtype=torch.int64).contiguous()
+        self.context.set_input_shape("tokens", tuple(tokens.shape))
+        self.context.set_tensor_address("tokens", tokens.data_ptr())
+        outs = {}
+        for name in self._outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = self._torch_dtype[self.engine.get_tensor_dtype(name)]
+            outs[name] = torch.empty(shape, dtype=dtype, device=device)
+            self.context.set_tensor_address(name, outs[name].data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise ArchgenError("TensorRT execution failed")
+        stream.synchronize()
+        return outs
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor:
+        (out,) = self.graph.outputs
+        return self._execute(tokens)[out].cpu()
+
+    def boundaries(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = self._execute(tokens)
+        return {n: values[n].cpu() for n in (*self.graph.blocks(), *self.graph.outputs)}
+
+    def measure(self, tokens: torch.Tensor, warmup: int = 3, repeats: int = 20) -> Measurement:
+        tokens = tokens.cuda()
+        for _ in range(warmup):
+            self._execute(tokens)
+        times = []
+        for _ in range(repeats):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            self._execute(tokens)
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1e3)
+        return Measurement(
+            tuple(times),
+            tokens.shape[0],
+            tokens.shape[1],
+            0,
+            "cuda: " + torch.cuda.get_device_name(),
+            library_versions("tensorrt", "onnx"),
+        )
+
+    def save(self, path: str | Path) -> list[str]:
+        import shutil
+
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = [ENGINE_FILE, ONNX_FILE]
+        for name in files:
+            if folder.resolve() != self.folder.resolve():
+                shutil.copyfile(self.folder / name, folder / name)
+        return [*files, write_meta(self.meta, folder)]
+
+
+class TensorRTBackend(Backend):
+    name: ClassVar[str] = "tensorrt"
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16", "bfloat16"})
+    summary: ClassVar[str] = "ONNX -> TensorRT engine with an optimization profile (NVIDIA GPU)"
+
+    def is_available(self) -> tuple[bool, str]:
+        missing = []
+        if importlib.util.find_spec("tensorrt") is None:
+            missing.append("no module named tensorrt (pip install 'archgen[gpu]')")
+        if not torch.cuda.is_available():
+            missing.append("no CUDA GPU visible to torch")
+        if importlib.util.find_spec("onnx") is None:
+            missing.append("no module named onnx (pip install 'archgen[onnx]')")
+        return (False, "; ".join(missing)) if missing else (True, "ok")
+
+    def supports(self, node: Node) -> tuple[bool, str]:
+        # Lowered through the onnx export; TensorRT's own op coverage is checked by its parser.
+        return torch_supports(node)
+
+    def _meta(self, graph: Graph, options: LowerOptions) -> ArtifactMeta:
+        meta = ArtifactMeta(
+            self.name, options, extra={"versions": library_versions("tensorrt", "onnx")}
+        )
+        for node in graph.nodes:
+            meta.nodes[node.name] = NodeImpl(
+                f"ONNX export of {implementation_name(node)} (TensorRT engine, {options.dtype})"
+            )
+        if options.dtype != "float32":
+            meta.notes.append(
+                f"{options.dtype} is a builder preference: TensorRT keeps layers without a "
+                f"{options.dtype} kernel in float32 (listed in its verbose build log)"
+            )
+        return meta
+
+    def lower(self, graph: Graph, options: LowerOptions) -> TensorRTArtifact:
+        from archgen.backends.onnx import export_forward
+
+        options = options.resolve(graph)
+        check_lowerable(self, graph, options)
+        owned = tempfile.TemporaryDirectory(prefix="archgen-trt-")
+        folder = Path(owned.name)
+        meta = self._meta(graph, options)
+        # The ONNX graph is float32; reduced precision is TensorRT's choice per layer.
+        model = source_model(graph, options, TORCH_DTYPES["float32"])
+        meta.extra["onnx"] = export_forward(model, folder / ONNX_FILE, options)
+        meta.extra["engine"] = build_engine(folder / ONNX_FILE, folder / ENGINE_FILE, options)
+        return TensorRTArtifact(graph, meta, folder, owned)
+
+    def load(self, path: str | Path, graph: Graph, options: LowerOptions) -> TensorRTArtifact:
+        options = options.resolve(graph)
+        check_lowerable(self, graph, options)
+        folder = Path(path)
+        if not (folder / ENGINE_FILE).is_file():
+            raise ArchgenError(f"{folder}: no {ENGINE_FILE} (not a tensorrt artifact folder)")
+        return TensorRTArtifact(graph, self._meta(graph, options), folder)
