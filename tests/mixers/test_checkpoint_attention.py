@@ -124,3 +124,17 @@ def test_onnx_export_with_dynamic_length(tmp_path):
         (out,) = session.run(None, {session.get_inputs()[0].name: xn.numpy()})
         with torch.no_grad():
             assert_close(torch.from_numpy(out), m(xn), msg=f"onnxruntime at L={n}")
+
+
+def test_float32_forward_backward_against_float64_reference():
+    m32 = make(10, dtype=torch.float32)
+    m64 = make(10)
+    m64.load_state_dict({n: p.double() for n, p in m32.state_dict().items()})
+    x = torch.randn(2, 203, D, dtype=torch.float64)
+    g = torch.randn(2, 203, D, dtype=torch.float64)
+    y, dx, dp = grads(m32, m32.forward, x.float(), g.float())
+    y_ref, dx_ref, dp_ref = grads(m64, m64.reference, x, g)
+    assert_close(y, y_ref, dtype=torch.float32)
+    assert_close(dx, dx_ref, dtype=torch.float32)
+    for name in dp_ref:
+        assert_close(dp[name], dp_ref[name], dtype=torch.float32, msg=f"grad of {name}")
