@@ -1,0 +1,299 @@
+"""``archgen search``: latency-budgeted architecture search over a spec's ``search:`` section.
+
+Order of work, so that every user mistake surfaces before anything expensive runs:
+budget parsed -> space built (excluded choices listed) -> storage opened -> block latencies
+measured (cached on disk across searches) -> budget checked against the cheapest candidate's
+*measured* latency -> quality proxy prepared (teacher training and distillation, cached) ->
+Optuna trials -> Pareto models measured end to end (certification) -> report, plots, best.yaml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from archgen.errors import ArchgenError
+from archgen.ir.graph import Graph
+from archgen.spec.expand import spec_from_graph, spec_to_data
+from archgen.spec.loader import load_spec
+from archgen.spec.models import ArchSpec
+from archgen.spec.search_space import search_proposals
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ARCHGEN_CACHE", Path.home() / ".cache" / "archgen"))
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    budget: str | None = None  # overrides search.budget
+    trials: int | None = None  # overrides search.trials
+    out: Path | None = None
+    storage: str | None = None  # default: sqlite in the output folder
+    quick: bool = False
+    quality: str | None = None  # overrides search.quality.fidelity
+    export: str | None = None  # "onnx": export and validate the winner
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    out: Path
+    report: dict[str, Any]
+    best_spec: Path | None
+
+
+Log = Callable[[str], None]
+
+
+def _study_name(spec: ArchSpec, budget: str | None, trials: int, quick: bool) -> str:
+    data = json.dumps(
+        {"spec": spec_to_data(spec), "budget": budget, "quick": quick}, sort_keys=True
+    )
+    return f"{spec.model.name}-{hashlib.sha256(data.encode()).hexdigest()[:10]}"
+
+
+def prepare(spec_path: str | os.PathLike[str], options: SearchOptions) -> dict[str, Any]:
+    """Everything that can fail on bad input, before measuring or training anything."""
+    from archgen.api import compile_spec
+    from archgen.search.budget import parse_budget
+    from archgen.search.space import Choice, SearchSpace
+    from archgen.search.storage import open_storage
+
+    spec = load_spec(spec_path)
+    if spec.search is None:
+        raise ArchgenError(
+            f"{spec_path}: the spec has no 'search:' section",
+            hint="add search.slots listing which layers may change and the choices per layer "
+            "(see examples/hybrid.yaml)",
+        )
+    s = spec.search
+    budget_text = options.budget or s.budget
+    budget = parse_budget(budget_text) if budget_text else None
+    graph = compile_spec(spec)
+    proposals, _ = search_proposals(spec)
+    from archgen.backends.base import get_backend
+
+    backend = get_backend(s.workload.backend)
+    ok, why = backend.is_available()
+    if not ok:
+        from archgen.errors import UnavailableError
+
+        raise UnavailableError(f"search backend {backend.name!r} is not available here: {why}")
+
+    def supports(op: Any) -> tuple[bool, str]:
+        from archgen.ir.graph import Node
+
+        return backend.supports(Node("candidate", op, ("x",)))
+
+    space = SearchSpace.build(
+        graph,
+        {node: [Choice(label, op) for label, op in choices] for node, choices in proposals.items()},
+        supports,
+    )
+    seq_len = s.workload.seq_len or spec.model.max_seq_len
+    if seq_len > spec.model.max_seq_len:
+        raise ArchgenError(
+            f"search.workload.seq_len {seq_len} exceeds model.max_seq_len {spec.model.max_seq_len}"
+        )
+    trials = options.trials or s.trials
+    if options.quick:
+        trials = min(trials, 24)
+    out = Path(options.out or Path("runs") / f"search-{spec.model.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    storage_url = options.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    storage = open_storage(storage_url)
+    return {
+        "spec": spec,
+        "graph": graph,
+        "space": space,
+        "budget": budget,
+        "budget_text": budget_text,
+        "seq_len": seq_len,
+        "trials": trials,
+        "out": out,
+        "storage": storage,
+        "storage_url": storage_url,
+        "name": _study_name(spec, budget_text, trials, options.quick),
+    }
+
+
+def run_search(
+    spec_path: str | os.PathLike[str],
+    options: SearchOptions,
+    *,
+    log: Log = print,
+    on_trial: Callable[[Any], None] | None = None,
+) -> SearchOutcome:
+    from archgen.search.budget import format_seconds
+    from archgen.search.evaluate import CandidateEvaluator, LatencyPolicy
+    from archgen.search.latency import LatencyPredictor, LatencyTable, Workload
+    from archgen.search.measure import Measurer
+    from archgen.search.report import Certified, build_report, write_json_atomic, write_plots
+    from archgen.search.study import StudyConfig, open_study, pareto_front, run_worker
+
+    p = prepare(spec_path, options)
+    spec: ArchSpec = p["spec"]
+    s = spec.search
+    assert s is not None
+    space, budget, out = p["space"], p["budget"], p["out"]
+    for e in space.excluded:
+        log(f"excluded {e.node} = {e.label}: {e.reason}")
+    log(
+        f"search space: {len(space.slots)} slots, {space.size():,} candidates; "
+        f"budget {format_seconds(budget) if budget else 'none'}; study {p['name']} "
+        f"in {p['storage_url']}"
+    )
+
+    w = s.workload
+    workload = Workload(
+        batch=w.batch,
+        seq_len=p["seq_len"],
+        phase=w.phase,
+        dtype=w.dtype,
+        backend=w.backend,
+        device=w.device,
+        threads=w.threads,
+        repeats=5 if options.quick else w.repeats,
+    )
+    measurer = Measurer(workload)
+    table = LatencyTable(cache_dir() / "latency.sqlite", measurer.environment())
+    predictor = LatencyPredictor(table, workload, measurer.measure_block, worker=_worker_id())
+
+    # Block table: every (slot, choice) block once; identical blocks share one measurement.
+    log("measuring block latencies (cached across searches)...")
+    per_slot_best: dict[str, str] = {}
+    for slot in space.slots:
+        block = space.base.node(slot.node).block
+        assert block is not None
+        costs = {}
+        for choice in slot.choices:
+            g = space.graph_for({**_base_or_first(space), slot.node: choice.label})
+            costs[choice.label] = predictor.block_seconds(g, block)
+        per_slot_best[slot.node] = min(costs, key=costs.__getitem__)
+    log(f"  {predictor.block_measurements} block(s) measured, the rest from the cache")
+
+    evaluator = CandidateEvaluator(
+        space=space,
+        predictor=predictor,
+        measure_graph=measurer.measure_graph,
+        quality=_quality(spec, p, options, log),
+        policy=LatencyPolicy(budget=budget),
+    )
+    # The cheapest candidate, measured: a budget below it cannot be met by any candidate.
+    cheapest = space.graph_for(per_slot_best)
+    _, cheapest_s = evaluator.measure(cheapest)
+    log(f"cheapest candidate measures {format_seconds(cheapest_s)}")
+    if budget is not None and cheapest_s > budget:
+        raise ArchgenError(
+            f"the budget {format_seconds(budget)} is below the measured latency of the cheapest "
+            f"candidate ({format_seconds(cheapest_s)}, {workload.shape_key()} on {w.backend}/"
+            f"{w.device}, {w.threads} thread(s))",
+            hint="raise --budget, shorten search.workload.seq_len, or add cheaper choices",
+        )
+    base_candidate = space.base_candidate()
+    if base_candidate is not None:
+        evaluator.measure(space.graph_for(base_candidate))
+
+    config = StudyConfig(
+        name=p["name"],
+        n_trials=p["trials"],
+        seed=options.seed or s.seed,
+        sampler=s.sampler,
+        budget=budget,
+    )
+    baselines = ([base_candidate] if base_candidate else []) + space.homogeneous_candidates()
+    study = open_study(p["storage"], config, baselines)
+    run_worker(study, space, evaluator, config, on_trial=on_trial)
+
+    # Certification: every Pareto model is measured end to end, now.
+    trials = study.get_trials(deepcopy=False)
+    certified = []
+    for t in pareto_front(trials):
+        graph = space.graph_for(t.params)
+        predicted = predictor.predict(graph)
+        measured = measurer.measure_graph(graph)
+        certified.append(
+            Certified(
+                number=t.number,
+                params=dict(t.params),
+                quality=t.values[0],
+                predicted_s=predicted,
+                measured_s=measured,
+                within_budget=budget is None or measured <= budget,
+            )
+        )
+    ok = [c for c in certified if c.within_budget]
+    best = max(ok, key=lambda c: (c.quality, -c.measured_s)) if ok else None
+    best_path = None
+    if best is not None:
+        best_path = out / "best.yaml"
+        _write_best(best_path, space.graph_for(best.params), spec)
+    report = build_report(
+        spec_name=spec.model.name,
+        budget_s=budget,
+        workload=asdict(workload),
+        environment=measurer.environment(),
+        trials=trials,
+        certified=certified,
+        trust=evaluator.trust(),
+        excluded=space.excluded,
+        best=best,
+        quality_fidelity=_fidelity(spec, options),
+    )
+    report["study"] = {"name": p["name"], "storage": p["storage_url"]}
+    write_json_atomic(out / "report.json", report)
+    write_plots(out, trials, certified, budget, evaluator.checks)
+    if best is not None and options.export:
+        report["export"] = _export_best(best_path, out, options.export, log)
+        write_json_atomic(out / "report.json", report)
+    return SearchOutcome(out, report, best_path)
+
+
+def _worker_id() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _base_or_first(space: Any) -> dict[str, str]:
+    return space.base_candidate() or {s.node: s.choices[0].label for s in space.slots}
+
+
+def _fidelity(spec: ArchSpec, options: SearchOptions) -> str:
+    assert spec.search is not None
+    return options.quality or spec.search.quality.fidelity
+
+
+def _quality(spec: ArchSpec, p: dict[str, Any], options: SearchOptions, log: Log) -> Any:
+    from archgen.search.quality import AnalyticQuality
+
+    fidelity = _fidelity(spec, options)
+    if fidelity == "analytic":
+        analytic = AnalyticQuality(p["seq_len"])
+        return lambda candidate, graph: analytic(graph)
+    raise ArchgenError(f"quality fidelity {fidelity!r} is not available yet")
+
+
+def _write_best(path: Path, graph: Graph, spec: ArchSpec) -> None:
+    from archgen.search.report import write_json_atomic  # noqa: F401  (same atomic pattern)
+
+    data = spec_to_data(spec_from_graph(graph))
+    data.pop("search", None)
+    text = "# chosen by archgen search; check/build/export accept it\n" + yaml.safe_dump(
+        data, sort_keys=False
+    )
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _export_best(best: Path | None, out: Path, fmt: str, log: Log) -> dict[str, Any]:
+    raise ArchgenError("--export is not wired yet")

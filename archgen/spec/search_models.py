@@ -1,0 +1,74 @@
+"""The spec's optional ``search:`` section: what may change, the workload, budget and quality.
+
+```yaml
+search:
+  budget: 10ms                  # --budget on the command line overrides it
+  trials: 40
+  workload: {batch: 1, seq_len: 512, phase: prefill, backend: eager, device: cpu, threads: 2}
+  quality: {fidelity: blockwise}
+  slots:
+    - layers: [0, 1, 2, 4, 5, 6]          # indices of the expanded layer list, or "all"
+      token_mixer:                        # the choices; a list value expands into one choice each
+        - {kind: mamba}
+        - {kind: swa, window: [64, 256]}
+        - {kind: checkpoint_attention, segment_size: 10}
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkloadSpec(_Section):
+    batch: int = Field(1, ge=1, le=4096, description="batch size the budget applies to")
+    seq_len: int | None = Field(
+        None, ge=1, description="sequence length (prefill) or context (decode); default max_seq_len"
+    )
+    phase: Literal["prefill", "decode"] = Field(
+        "prefill", description="prefill: a whole sequence; decode: one token at context seq_len"
+    )
+    dtype: Literal["float32", "bfloat16", "float64"] = Field("float32")
+    backend: Literal["eager", "compile", "onnx", "tensorrt", "null"] = Field(
+        "eager", description="where latency is measured"
+    )
+    device: Literal["cpu", "cuda"] = Field("cpu")
+    threads: int = Field(2, ge=1, le=1024, description="intra-op threads, pinned and recorded")
+    repeats: int = Field(15, ge=3, le=10000, description="timed runs per measurement")
+
+
+class QualitySpec(_Section):
+    fidelity: Literal["analytic", "capability", "blockwise"] = Field(
+        "blockwise",
+        description="analytic: memory/params proxy; capability: synthetic recall task; "
+        "blockwise: local distillation from the trained base model",
+    )
+    teacher_steps: int = Field(300, ge=1, description="training steps of the teacher (cached)")
+    distill_steps: int = Field(60, ge=1, description="steps per blockwise distillation job")
+    finalists: int = Field(3, ge=0, description="finalists re-scored by end-to-end distillation")
+    finalist_steps: int = Field(0, ge=0, description="0 disables end-to-end finalist scoring")
+
+
+class SlotSpec(_Section):
+    layers: list[int] | Literal["all"] = Field(
+        "all", description="indices into the expanded layer list"
+    )
+    token_mixer: list[dict[str, Any]] = Field(
+        min_length=1, description="choices: mixer specs; a list-valued attribute expands"
+    )
+
+
+class SearchSpec(_Section):
+    budget: str | None = Field(None, description="latency budget, e.g. 10ms")
+    trials: int = Field(40, ge=1, le=1_000_000)
+    seed: int = Field(0, ge=0)
+    sampler: Literal["tpe", "nsga2", "random"] = Field("tpe")
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    quality: QualitySpec = Field(default_factory=QualitySpec)
+    slots: list[SlotSpec] = Field(min_length=1)

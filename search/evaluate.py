@@ -1,0 +1,65 @@
+"""One candidate -> (quality, latency): the predictor where it can be trusted, measurement where
+it cannot or where the answer is close to the budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from archgen.ir.graph import Graph
+from archgen.search.latency import LatencyPredictor, TrustReport, trust_report
+from archgen.search.space import Candidate, SearchSpace
+from archgen.search.study import Evaluation
+
+
+@dataclass
+class LatencyPolicy:
+    """Measure end to end while the predictor has too few checks or ranks badly, and whenever the
+    prediction is within ``margin`` of the budget."""
+
+    min_samples: int = 6
+    min_spearman: float = 0.9
+    margin: float = 0.15
+    budget: float | None = None
+
+    def should_measure(self, predicted: float, trust: TrustReport) -> bool:
+        if not trust.trustworthy(self.min_spearman, self.min_samples):
+            return True
+        if self.budget is None:
+            return False
+        return abs(predicted - self.budget) <= self.margin * self.budget
+
+
+@dataclass
+class CandidateEvaluator:
+    space: SearchSpace
+    predictor: LatencyPredictor
+    measure_graph: Callable[[Graph], float]
+    quality: Callable[[Candidate, Graph], float]
+    policy: LatencyPolicy
+    # honest trust: predictions made *before* the measurement was fed back to the predictor
+    checks: list[tuple[float, float]] = field(default_factory=list)
+
+    def trust(self) -> TrustReport:
+        return trust_report([p for p, _ in self.checks], [m for _, m in self.checks])
+
+    def measure(self, graph: Graph) -> tuple[float, float]:
+        predicted = self.predictor.predict(graph)
+        measured = self.measure_graph(graph)
+        self.checks.append((predicted, measured))
+        self.predictor.observe(graph, measured)
+        return predicted, measured
+
+    def __call__(self, candidate: Candidate) -> Evaluation:
+        graph = self.space.graph_for(candidate)
+        predicted = self.predictor.predict(graph)
+        measured = None
+        if self.policy.should_measure(predicted, self.trust()):
+            predicted, measured = self.measure(graph)
+        quality = self.quality(candidate, graph)
+        return Evaluation(
+            quality=quality,
+            latency=measured if measured is not None else predicted,
+            predicted=predicted,
+            measured=measured,
+        )

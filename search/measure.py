@@ -1,0 +1,130 @@
+"""Measuring candidates on the target through the backend protocol.
+
+Whole models go through ``Backend.lower(...).measure``. A block is measured the same way, as the
+difference between a graph holding only that block (embedding -> block -> head) and the bare
+*stem* (embedding -> head): so block latencies come from the same backend, threads and dtype as
+whole-model latencies, whatever the backend (eager, compile, onnxruntime, TensorRT).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+from archgen.backends.base import LowerOptions, get_backend, library_versions
+from archgen.ir.graph import TOKENS, Graph, Node
+from archgen.search.latency import Workload
+
+from archgen.errors import ArchgenError, UnavailableError
+
+
+def stem_graph(graph: Graph) -> Graph:
+    """``graph`` without its blocks: embedding -> final norm -> head."""
+    embed = next(n.name for n in graph.nodes if n.block is None)
+    nodes = [n for n in graph.nodes if n.block is None]
+    defined = {n.name for n in nodes}
+    return graph.with_nodes(tuple(_rewire(n, defined, embed) for n in nodes))
+
+
+def block_graph(graph: Graph, block: str) -> Graph:
+    """``graph`` with only ``block`` between the embedding and the head."""
+    embed = next(n.name for n in graph.nodes if n.block is None)
+    inner = [n for n in graph.nodes if n.block == block]
+    defined = {n.name for n in graph.nodes if n.block in (None, block)} | {TOKENS}
+    out: list[Node] = []
+    for n in graph.nodes:
+        if n.block is None:
+            out.append(n if n.name == embed else _rewire(n, defined, inner[-1].name))
+        elif n.block == block:
+            out.append(_rewire(n, defined, embed))
+    return graph.with_nodes(tuple(out))
+
+
+def _rewire(node: Node, defined: set[str], replacement: str) -> Node:
+    """Point every input of ``node`` that is not in ``defined`` at ``replacement``."""
+    if node.inputs == (TOKENS,):
+        return node
+    inputs = tuple(i if i in defined else replacement for i in node.inputs)
+    return replace(node, inputs=inputs)
+
+
+class Measurer:
+    def __init__(self, workload: Workload, *, warmup: int = 3) -> None:
+        self.workload = workload
+        self.warmup = warmup
+        self.backend = get_backend(workload.backend)
+        ok, why = self.backend.is_available()
+        if not ok:
+            raise UnavailableError(f"cannot measure on backend {workload.backend!r}: {why}")
+        if workload.device == "cuda" and not torch.cuda.is_available():
+            raise UnavailableError("workload device 'cuda' requested but no CUDA GPU is visible")
+        if workload.phase == "decode" and workload.backend != "eager":
+            raise ArchgenError(
+                f"phase 'decode' is measured on the eager backend only (got {workload.backend!r})"
+            )
+        self._stem: dict[str, float] = {}
+        self.measurements = 0
+
+    def environment(self) -> dict[str, str]:
+        from archgen.backends.base import cpu_name
+
+        versions = library_versions("onnxruntime", "tensorrt")
+        return {
+            **versions,
+            "backend": self.workload.backend,
+            "device": self.workload.device if self.workload.device == "cuda" else cpu_name(),
+            "threads": str(self.workload.threads),
+        }
+
+    def options(self) -> LowerOptions:
+        w = self.workload
+        return LowerOptions(
+            dtype=w.dtype,  # type: ignore[arg-type]
+            batch=w.batch,
+            min_seq=1,
+            opt_seq=w.seq_len,
+            max_seq=w.seq_len,
+            threads=w.threads,
+            decode_graph=False,
+        )
+
+    def measure_graph(self, graph: Graph) -> float:
+        """Median seconds of one forward (prefill) or one decode step at context ``seq_len``."""
+        self.measurements += 1
+        w = self.workload
+        if w.phase == "decode":
+            return self._measure_decode(graph)
+        torch.manual_seed(0)
+        tokens = torch.randint(0, graph.model.vocab_size, (w.batch, w.seq_len))
+        artifact = self.backend.lower(graph, self.options())
+        return artifact.measure(tokens, warmup=self.warmup, repeats=w.repeats).median_s
+
+    def _measure_decode(self, graph: Graph) -> float:
+        from archgen.backends.torch_model import build_model
+
+        w = self.workload
+        previous = torch.get_num_threads()
+        torch.set_num_threads(w.threads)
+        try:
+            model = build_model(graph).eval()
+            tokens = torch.randint(0, graph.model.vocab_size, (w.batch, w.seq_len + w.repeats))
+            times = []
+            with torch.no_grad():
+                state = model.init_state(w.batch)
+                for t in range(w.seq_len + w.repeats):
+                    start = time.perf_counter()
+                    _, state = model.step(tokens[:, t], state, torch.tensor(t))
+                    if t >= w.seq_len:
+                        times.append(time.perf_counter() - start)
+            return statistics.median(times)
+        finally:
+            torch.set_num_threads(previous)
+
+    def measure_block(self, graph: Graph, block: str) -> float:
+        """Seconds a block adds to the stem (never negative)."""
+        stem_key = repr(stem_graph(graph).nodes)
+        if stem_key not in self._stem:
+            self._stem[stem_key] = self.measure_graph(stem_graph(graph))
+        return max(0.0, self.measure_graph(block_graph(graph, block)) - self._stem[stem_key])

@@ -1,0 +1,127 @@
+"""The search space: which nodes of a base graph may change, and to what.
+
+A :class:`Slot` names one mixer node of the base graph (``layers.3.token_mixer``) and its
+choices (resolved IR ops). A candidate is one choice per slot; :meth:`SearchSpace.graph_for`
+swaps the ops into the base graph. Choices that break causality or that the target backend cannot
+lower are removed up front, each with its reason (:attr:`SearchSpace.excluded`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+
+from archgen.ir.graph import Graph
+from archgen.ir.ops import Op
+
+from archgen.errors import ArchgenError
+
+Supports = Callable[[Op], tuple[bool, str]]
+
+
+@dataclass(frozen=True)
+class Choice:
+    label: str
+    op: Op
+
+
+@dataclass(frozen=True)
+class Slot:
+    node: str  # the graph node this slot rewrites; also the Optuna parameter name
+    choices: tuple[Choice, ...]
+
+    def choice(self, label: str) -> Choice:
+        for c in self.choices:
+            if c.label == label:
+                return c
+        raise KeyError(f"{self.node}: no choice {label!r}")
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    node: str
+    label: str
+    reason: str
+
+
+Candidate = Mapping[str, str]  # slot node -> choice label
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    base: Graph
+    slots: tuple[Slot, ...]
+    excluded: tuple[Exclusion, ...] = ()
+
+    @classmethod
+    def build(
+        cls, base: Graph, proposals: Mapping[str, list[Choice]], supports: Supports | None = None
+    ) -> SearchSpace:
+        """Keep the proposed choices that are causal (for causal LMs) and lowerable."""
+        slots: list[Slot] = []
+        excluded: list[Exclusion] = []
+        names = {n.name for n in base.nodes}
+        for node, choices in proposals.items():
+            if node not in names:
+                raise ArchgenError(f"search slot {node!r} names no node of the model")
+            kept: list[Choice] = []
+            for choice in choices:
+                if base.model.task == "causal-lm" and not choice.op.is_causal():
+                    excluded.append(Exclusion(node, choice.label, "not causal (task causal-lm)"))
+                    continue
+                if supports is not None:
+                    ok, why = supports(choice.op)
+                    if not ok:
+                        excluded.append(Exclusion(node, choice.label, why))
+                        continue
+                kept.append(choice)
+            if kept:
+                slots.append(Slot(node, tuple(kept)))
+        space = cls(base, tuple(slots), tuple(excluded))
+        if space.size() <= 1:
+            reasons = "; ".join(f"{e.node}={e.label}: {e.reason}" for e in excluded)
+            raise ArchgenError(
+                "the search space is empty: no slot has two or more usable choices"
+                + (f" (excluded: {reasons})" if reasons else ""),
+                hint="list at least two choices for some layer in the spec's search.slots",
+            )
+        return space
+
+    def size(self) -> int:
+        n = 1
+        for slot in self.slots:
+            n *= len(slot.choices)
+        return n if self.slots else 0
+
+    def graph_for(self, candidate: Candidate) -> Graph:
+        ops = {s.node: s.choice(candidate[s.node]).op for s in self.slots}
+        nodes = tuple(replace(n, op=ops[n.name]) if n.name in ops else n for n in self.base.nodes)
+        return self.base.with_nodes(nodes)
+
+    def base_candidate(self) -> dict[str, str] | None:
+        """The base graph as a candidate, when every slot's current op is one of its choices."""
+        out = {}
+        for slot in self.slots:
+            current = self.base.node(slot.node).op
+            match = [c.label for c in slot.choices if c.op == current]
+            if not match:
+                return None
+            out[slot.node] = match[0]
+        return out
+
+    def homogeneous_candidates(self) -> list[dict[str, str]]:
+        """One candidate per choice label that every slot offers (all layers the same)."""
+        common = set(c.label for c in self.slots[0].choices)
+        for slot in self.slots[1:]:
+            common &= {c.label for c in slot.choices}
+        ordered = [c.label for c in self.slots[0].choices if c.label in common]
+        return [{s.node: label for s in self.slots} for label in ordered]
+
+    def all_candidates(self) -> Iterator[dict[str, str]]:
+        labels = [[c.label for c in s.choices] for s in self.slots]
+        for combo in itertools.product(*labels):
+            yield dict(zip([s.node for s in self.slots], combo, strict=True))
+
+    def key(self, candidate: Candidate) -> str:
+        return "|".join(f"{s.node}={candidate[s.node]}" for s in self.slots)

@@ -1,0 +1,50 @@
+"""Optuna storages from URLs, opened eagerly so a bad URL fails before any work.
+
+* ``sqlite:///path/study.db`` (the default, in the output folder) and ``postgresql://...``:
+  Optuna's RDB storage; many processes on many machines may share a PostgreSQL URL.
+* ``journal:///path/study.journal`` (or a path ending in ``.journal``): Optuna's journal file
+  storage, safe for several processes on one file system without a server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+
+from archgen.errors import ArchgenError
+
+CONNECT_TIMEOUT_S = 5
+
+
+def open_storage(url: str) -> BaseStorage:
+    try:
+        if url.startswith("journal://") or url.endswith(".journal"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url.removeprefix("journal://"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        engine_kwargs: dict = {}
+        if url.startswith("postgresql"):
+            engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+        elif url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            engine_kwargs = {"connect_args": {"timeout": 60}}
+        return RDBStorage(url, engine_kwargs=engine_kwargs)
+    except ImportError as exc:
+        raise ArchgenError(
+            f"cannot open the study storage {url!r}: {exc}",
+            hint="PostgreSQL storage needs psycopg2: pip install 'archgen[search]'",
+        ) from None
+    except Exception as exc:  # SQLAlchemy/driver errors have many types; all mean the same here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArchgenError(
+            f"cannot open the study storage {url!r}: {first}",
+            hint="check the URL, that the server is running and reachable, and the credentials",
+        ) from None
+
+
+def quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)

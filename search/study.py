@@ -1,0 +1,235 @@
+"""Running the Optuna study: resumable, multi-worker, crash-tolerant.
+
+Each worker runs an ask/tell loop over a shared storage until the study holds ``n_trials``
+complete trials:
+
+* **exact count**: a trial only runs if fewer than ``n_trials`` trials with lower numbers are
+  complete, running or waiting; so however many workers race, exactly ``n_trials`` complete.
+* **heartbeats**: a thread stamps each running trial; a trial whose stamp is older than the grace
+  period belongs to a killed worker and is marked failed and re-queued (at most ``max_retry``
+  times). Rerunning the same command after a SIGKILL therefore resumes without loss.
+* **failures**: an evaluation that raises is recorded as a failed trial with its error message,
+  and the study continues.
+* **no duplicate work**: a candidate identical to a completed one reuses its result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from archgen.search.space import Candidate, SearchSpace
+from optuna.trial import FrozenTrial, TrialState
+
+HEARTBEAT = "archgen:heartbeat"
+ERROR = "archgen:error"
+RETRIES = "archgen:retries"
+BUDGET_CONSTRAINT = "latency_over_budget_s"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    quality: float  # higher is better
+    latency: float  # seconds; what the budget is checked against (measured when measured)
+    predicted: float
+    measured: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Evaluator = Callable[[Candidate], Evaluation]
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    n_trials: int
+    seed: int = 0
+    sampler: str = "tpe"
+    budget: float | None = None
+    heartbeat_interval: float = 2.0
+    grace_period: float = 10.0
+    max_retry: int = 2
+
+
+def make_sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
+    seed = config.seed + offset
+    # Constraints reach the samplers through Trial.set_constraint (Optuna >= 5).
+    if config.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
+
+
+def open_study(
+    storage: optuna.storages.BaseStorage, config: StudyConfig, baselines: Sequence[Candidate]
+) -> optuna.Study:
+    existing = 0
+    with contextlib.suppress(KeyError):
+        existing = len(optuna.load_study(study_name=config.name, storage=storage).trials)
+    study = optuna.create_study(
+        study_name=config.name,
+        storage=storage,
+        directions=["maximize", "minimize"],
+        sampler=make_sampler(config, existing),
+        load_if_exists=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["quality", "latency_s"])
+    for candidate in baselines:
+        study.enqueue_trial(dict(candidate), user_attrs={"baseline": True}, skip_if_exists=True)
+    return study
+
+
+class _Heartbeat:
+    def __init__(self, study: optuna.Study, trial_id: int, interval: float) -> None:
+        self._study, self._trial_id, self._interval = study, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._study._storage.set_trial_user_attr(self._trial_id, HEARTBEAT, time.time())
+            except Exception:  # the trial finished meanwhile; nothing to stamp
+                return
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def fail_stale_trials(study: optuna.Study, config: StudyConfig) -> list[int]:
+    """Mark running trials without a recent heartbeat as failed and re-queue their parameters."""
+    now = time.time()
+    failed = []
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        last = trial.user_attrs.get(HEARTBEAT)
+        if last is None and trial.datetime_start is not None:
+            last = trial.datetime_start.timestamp()
+        if last is None or now - last < config.grace_period:
+            continue
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except Exception:  # another worker failed it first
+            continue
+        storage.set_trial_user_attr(
+            trial._trial_id, ERROR, "worker stopped sending heartbeats (killed?)"
+        )
+        failed.append(trial.number)
+        retries = int(trial.user_attrs.get(RETRIES, 0))
+        if retries < config.max_retry and len(trial.params) == len(trial.distributions):
+            attrs = {RETRIES: retries + 1, "retry_of": trial.number}
+            if trial.user_attrs.get("baseline"):
+                attrs["baseline"] = True
+            study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+    return failed
+
+
+def _active_before(trials: Sequence[FrozenTrial], number: int) -> int:
+    active = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    return sum(1 for t in trials if t.number < number and t.state in active)
+
+
+def _same_candidate(trials: Sequence[FrozenTrial], params: dict[str, Any]) -> FrozenTrial | None:
+    for t in trials:
+        if t.state is TrialState.COMPLETE and t.params == params:
+            return t
+    return None
+
+
+def run_worker(
+    study: optuna.Study,
+    space: SearchSpace,
+    evaluate: Evaluator,
+    config: StudyConfig,
+    *,
+    on_trial: Callable[[FrozenTrial], None] | None = None,
+) -> None:
+    """Run trials until the study holds ``config.n_trials`` complete trials."""
+    while True:
+        fail_stale_trials(study, config)
+        trials = study.get_trials(deepcopy=False)
+        complete = sum(t.state is TrialState.COMPLETE for t in trials)
+        running = sum(t.state is TrialState.RUNNING for t in trials)
+        if complete >= config.n_trials:
+            return
+        if complete + running >= config.n_trials:
+            time.sleep(config.heartbeat_interval)  # others are finishing the last trials
+            continue
+        trial = study.ask()
+        with _Heartbeat(study, trial._trial_id, config.heartbeat_interval):
+            if _active_before(study.get_trials(deepcopy=False), trial.number) >= config.n_trials:
+                study.tell(trial, state=TrialState.PRUNED)  # lost a race: enough trials exist
+                continue
+            candidate = {
+                s.node: trial.suggest_categorical(s.node, [c.label for c in s.choices])
+                for s in space.slots
+            }
+            previous = _same_candidate(study.get_trials(deepcopy=False), candidate)
+            try:
+                if previous is not None:
+                    for key, value in previous.user_attrs.items():
+                        if key not in (HEARTBEAT, "baseline", RETRIES, "retry_of"):
+                            trial.set_user_attr(key, value)
+                    for key, value in previous.constraints.items():
+                        trial.set_constraint(key, value)
+                    trial.set_user_attr("same_as", previous.number)
+                    values = previous.values
+                else:
+                    result = evaluate(candidate)
+                    _record(trial, result, config)
+                    values = [result.quality, result.latency]
+            except Exception as exc:  # a crashing candidate must not stop the study
+                trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                study.tell(trial, values)
+        if on_trial is not None:
+            on_trial(study._storage.get_trial(trial._trial_id))
+
+
+def _record(trial: optuna.Trial, result: Evaluation, config: StudyConfig) -> None:
+    trial.set_user_attr("predicted_s", result.predicted)
+    trial.set_user_attr("measured_s", result.measured)
+    if config.budget is not None:
+        trial.set_constraint(BUDGET_CONSTRAINT, result.latency - config.budget)
+    for key, value in result.extra.items():
+        trial.set_user_attr(key, value)
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    return all(c <= 0 for c in trial.constraints.values())
+
+
+def pareto_front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Complete, feasible, non-dominated trials (quality up, latency down), one per candidate."""
+    pool = {}
+    for t in trials:
+        if t.state is TrialState.COMPLETE and feasible(t) and "same_as" not in t.user_attrs:
+            pool.setdefault(tuple(sorted(t.params.items())), t)
+    cands = list(pool.values())
+    front = []
+    for t in cands:
+        q, lat = t.values
+        dominated = any(
+            (o.values[0] >= q and o.values[1] <= lat) and (o.values[0] > q or o.values[1] < lat)
+            for o in cands
+        )
+        if not dominated:
+            front.append(t)
+    return sorted(front, key=lambda t: t.values[1])
