@@ -139,6 +139,106 @@ def generate(
     )
 
 
+DataOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--data",
+        help="text files/folders/globs (repeatable), a .bin/.npy token file, a nanoGPT folder "
+        "(train.bin, val.bin) or task:NAME; default: the spec's data: section",
+    ),
+]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", "--output", "-o", help="run folder (default: runs/NAME)")
+]
+StepsOpt = Annotated[
+    int | None, typer.Option(min=1, help="optimizer steps (overrides train.steps)")
+]
+BatchOpt = Annotated[int | None, typer.Option(min=1, help="sequences per step (train.batch_size)")]
+SeqLenOpt = Annotated[int | None, typer.Option(min=1, help="tokens per sequence (train.seq_len)")]
+LrOpt = Annotated[float | None, typer.Option(min=0.0, help="peak learning rate (train.lr)")]
+Bf16Opt = Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bfloat16 autocast")]
+SeedOpt = Annotated[int | None, typer.Option(min=0, help="weights and data-order seed")]
+ResumeOpt = Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")]
+DeviceOpt = Annotated[str, typer.Option(help="torch device (cpu, cuda)")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar")]
+
+
+def _print_run(result: object, what: str) -> None:
+    first, final = result.first, result.final  # type: ignore[attr-defined]
+    parts = [f"loss {first.get('loss', float('nan')):.3f} -> {final['loss']:.3f}"]
+    for key in ("bpb", "accuracy"):
+        if key in final:
+            parts.append(f"{key} {first.get(key, float('nan')):.3f} -> {final[key]:.3f}")
+    out.print(
+        f"{what} {result.trained_steps} steps in {result.seconds:.1f} s "  # type: ignore[attr-defined]
+        f"(run at step {result.steps}) -> {result.out_dir}/; validation "  # type: ignore[attr-defined]
+        f"{', '.join(parts)}"
+    )
+
+
+@app.command()
+def train(
+    spec: SpecArg,
+    data: DataOpt = None,
+    steps: StepsOpt = None,
+    output: OutOpt = None,
+    resume: ResumeOpt = False,
+    batch_size: BatchOpt = None,
+    seq_len: SeqLenOpt = None,
+    lr: LrOpt = None,
+    bf16: Bf16Opt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = "cpu",
+    progress: ProgressOpt = True,
+) -> None:
+    """Train the spec's model (AdamW, warm-up + cosine, checkpoints, exact --resume)."""
+    from archgen import training
+
+    options = training.TrainOptions(steps, batch_size, seq_len, lr, bf16, seed)
+    result = training.train(
+        spec, data=data, options=options, out=output, resume=resume, device=device,
+        progress=progress, log=lambda m: err.print(m, markup=False),
+    )  # fmt: skip
+    _print_run(result, "trained")
+
+
+@app.command()
+def distill(
+    student: SpecArg,
+    teacher: Annotated[
+        Path, typer.Option(help="folder of the trained teacher (from archgen train or build)")
+    ],
+    data: DataOpt = None,
+    steps: StepsOpt = None,
+    output: OutOpt = None,
+    resume: ResumeOpt = False,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="logit KL temperature")] = None,
+    kd_weight: Annotated[float | None, typer.Option(min=0.0, help="logit KL weight")] = None,
+    ce_weight: Annotated[float | None, typer.Option(min=0.0, help="label CE weight")] = None,
+    feature_weight: Annotated[
+        float | None, typer.Option(min=0.0, help="block-output feature loss weight")
+    ] = None,
+    batch_size: BatchOpt = None,
+    seq_len: SeqLenOpt = None,
+    lr: LrOpt = None,
+    bf16: Bf16Opt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = "cpu",
+    progress: ProgressOpt = True,
+) -> None:
+    """Train STUDENT (a spec) to imitate a trained teacher: logit KL + block feature losses."""
+    from archgen import training
+
+    options = training.TrainOptions(steps, batch_size, seq_len, lr, bf16, seed)
+    knobs = {"temperature": temperature, "kd_weight": kd_weight, "ce_weight": ce_weight,
+             "feature_weight": feature_weight}  # fmt: skip
+    result = training.distill(
+        student, teacher, data=data, options=options, distill_options=knobs, out=output,
+        resume=resume, device=device, progress=progress, log=lambda m: err.print(m, markup=False),
+    )  # fmt: skip
+    _print_run(result, "distilled")
+
+
 @app.command()
 def version() -> None:
     """Print archgen's version."""

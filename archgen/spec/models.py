@@ -11,7 +11,18 @@ import typing
 from typing import Annotated, Any, Literal, Union
 
 from archgen.ir.ops import Op, Role, ops_with_role
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    Tag,
+    create_model,
+    model_serializer,
+)
+
+from archgen.spec.training import DataSpec, TrainSpec
 
 
 class StrictModel(BaseModel):
@@ -116,6 +127,19 @@ class ArchSpec(StrictModel):
     """A whole spec file."""
 
     model: ModelSpec
+    data: DataSpec | None = Field(  # type: ignore[valid-type]
+        None, description="training data (archgen train; default: the built-in text corpus)"
+    )
+    train: TrainSpec | None = Field(None, description="training options (archgen train)")  # type: ignore[valid-type]
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_sections(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A spec without data:/train: dumps (--resolved, spec hash) exactly as before they existed.
+        out = handler(self)
+        for key in ("data", "train"):
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
 
 
 RepeatSpec.model_rebuild()

@@ -1,0 +1,221 @@
+"""Training and distillation from specs: the API behind ``archgen train`` and ``archgen distill``.
+
+This layer reads the spec's ``data:`` and ``train:`` sections, applies command-line overrides,
+turns them into :mod:`archgen.train`'s typed configs and calls the training loop. Relative data
+paths in a spec are relative to the spec file; on the command line, to the working directory.
+
+>>> from archgen import training
+>>> result = training.train("examples/transformer.yaml", steps=20)  # doctest: +SKIP
+>>> result.final["bpb"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from archgen.errors import ArchgenError
+from archgen.spec.training import data_source, train_config
+from archgen.train.config import DataSource, TextData, TokenData, TrainConfig, as_plain
+from archgen.train.tasks import TASKS, Task
+
+SpecLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Command-line overrides of the spec's ``train:`` section (None = keep the spec's)."""
+
+    steps: int | None = None
+    batch_size: int | None = None
+    seq_len: int | None = None
+    lr: float | None = None
+    bf16: bool | None = None
+    seed: int | None = None
+
+    def as_overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def data_from_cli(values: Sequence[str]) -> DataSource:
+    """``--data`` values -> a data source.
+
+    * ``task:NAME`` -- a capability task with its default knobs (set knobs in the spec);
+    * a ``.bin``/``.npy`` file -- token ids (nanoGPT's flat uint16 binaries);
+    * a folder holding ``train.bin`` and ``val.bin`` -- nanoGPT's prepared dataset;
+    * anything else -- text files, folders or glob patterns (byte-level).
+    """
+    if len(values) == 1 and values[0].startswith("task:"):
+        name = values[0].removeprefix("task:")
+        if name not in TASKS:
+            raise ArchgenError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        return TASKS[name]()
+    if len(values) == 1:
+        path = Path(values[0])
+        if path.suffix in (".bin", ".npy"):
+            return TokenData(train=str(path))
+        if (path / "train.bin").is_file() and (path / "val.bin").is_file():
+            return TokenData(train=str(path / "train.bin"), val=str(path / "val.bin"))
+    if any(v.startswith("task:") or Path(v).suffix in (".bin", ".npy") for v in values):
+        raise ArchgenError("give one --data for a task or a token file (several only for text)")
+    return TextData(paths=tuple(values))
+
+
+def _relative_to(source: DataSource, folder: Path) -> DataSource:
+    """Data paths of a spec, made relative to the spec's folder (absolute ones stay)."""
+
+    def fix(p: str) -> str:
+        path = Path(p).expanduser()
+        return str(path if path.is_absolute() else folder / path)
+
+    if isinstance(source, TextData):
+        return replace(source, paths=tuple(fix(p) for p in source.paths))
+    if isinstance(source, TokenData):
+        return replace(source, train=fix(source.train), val=fix(source.val) if source.val else None)
+    return source
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a run needs, checked: spec, graph, data, options."""
+
+    spec: Any  # ArchSpec
+    graph: Any  # ir.Graph
+    source: DataSource
+    data: Any  # train.data.TrainingData
+    config: TrainConfig
+
+
+def prepare(
+    spec: SpecLike, data: Sequence[str] | None = None, options: TrainOptions | None = None
+) -> Prepared:
+    """Load the spec, resolve data and options, load and check the data (no training yet)."""
+    from archgen import api
+    from archgen.train.data import load_data
+
+    arch = api.as_spec(spec)
+    graph = api.compile_spec(arch)
+    if data:
+        source = data_from_cli(data)
+    else:
+        source = data_source(arch.data)
+        if arch.data is not None and not isinstance(spec, api.ArchSpec):
+            source = _relative_to(source, Path(spec).parent)
+    config = train_config(arch.train, **(options or TrainOptions()).as_overrides())
+    m = graph.model
+    is_task = isinstance(source, Task)
+    seq_len = source.seq_len if isinstance(source, Task) else config.seq_len
+    if seq_len > m.max_seq_len:
+        field = "data.seq_len" if is_task else "train.seq_len"
+        raise ArchgenError(
+            f"{field} {seq_len} exceeds model.max_seq_len {m.max_seq_len}",
+            hint=f"lower {field} or raise model.max_seq_len",
+        )
+    loaded = load_data(source, vocab_size=m.vocab_size, seq_len=seq_len)
+    return Prepared(arch, graph, source, loaded, config)
+
+
+def _write_run_files(prepared: Prepared, out: Path, extra: dict[str, Any]) -> None:
+    """``spec.yaml`` (resolved, with the data and options actually used) and ``manifest.json``,
+    so the folder works with ``archgen generate --weights`` and as a ``--teacher``."""
+    from archgen import api
+    from archgen.spec.expand import resolve_spec, spec_to_data
+    from archgen.train.checkpoint import write_text_atomic
+
+    doc = spec_to_data(resolve_spec(prepared.spec))
+    doc["data"] = as_plain(prepared.source)
+    doc["train"] = as_plain(prepared.config)
+    write_text_atomic(out / "spec.yaml", yaml.safe_dump(doc, sort_keys=False))
+    manifest = {
+        **api._library_versions(),
+        "spec_hash": api.spec_hash(prepared.spec),
+        "model": prepared.graph.model.name,
+        "files": ["weights.safetensors", "spec.yaml", "metrics.jsonl", "loss.png", "checkpoints/"],
+        **extra,
+    }
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+
+
+def default_out(prepared: Prepared, what: str = "train") -> Path:
+    name = prepared.graph.model.name
+    return Path("runs") / (name if what == "train" else f"{name}-{what}")
+
+
+def train(
+    spec: SpecLike,
+    *,
+    data: Sequence[str] | None = None,
+    options: TrainOptions | None = None,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Any:
+    """Train the spec's model; returns :class:`archgen.train.loop.TrainResult`."""
+    from archgen.train.loop import train as run
+
+    prepared = prepare(spec, data, options)
+    out_dir = Path(out) if out is not None else default_out(prepared)
+    log(f"data: {prepared.data.describe()}")
+    result = run(
+        prepared.graph, prepared.data, prepared.config, out_dir,
+        resume=resume, device=device, progress=progress, log=log,
+    )  # fmt: skip
+    _write_run_files(prepared, out_dir, {"steps": result.steps, "final": result.final})
+    return result
+
+
+def load_trained(folder: str | os.PathLike[str]) -> Any:
+    """The model in a ``build``/``train`` folder (``spec.yaml`` and ``weights.safetensors``)."""
+    from archgen import api
+    from archgen.backends.torch_model import build_model
+    from archgen.backends.weights import load_weights
+
+    root = Path(folder)
+    if not (root / "spec.yaml").is_file() or not (root / "weights.safetensors").is_file():
+        raise ArchgenError(
+            f"{root} is not a model folder (needs spec.yaml and weights.safetensors)",
+            hint="give a folder written by archgen train or archgen build",
+        )
+    model = build_model(api.compile_spec(root / "spec.yaml"))
+    load_weights(model, root / "weights.safetensors")
+    return model.eval()
+
+
+def distill(
+    student: SpecLike,
+    teacher_dir: str | os.PathLike[str],
+    *,
+    data: Sequence[str] | None = None,
+    options: TrainOptions | None = None,
+    distill_options: dict[str, Any] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Any:
+    """Distill the trained model in ``teacher_dir`` into ``student`` (a spec)."""
+    from archgen.train.distill import DistillConfig
+    from archgen.train.distill import distill as run
+
+    teacher = load_trained(teacher_dir)
+    prepared = prepare(student, data, options)
+    dcfg = DistillConfig(**{k: v for k, v in (distill_options or {}).items() if v is not None})
+    out_dir = Path(out) if out is not None else default_out(prepared, "distilled")
+    log(f"data: {prepared.data.describe()}; teacher: {teacher_dir}")
+    result = run(
+        prepared.graph, teacher, prepared.data, prepared.config, out_dir,
+        distill_config=dcfg, resume=resume, device=device, progress=progress, log=log,
+    )  # fmt: skip
+    extra = {"steps": result.steps, "final": result.final, "teacher": str(teacher_dir),
+             "distill": as_plain(dcfg)}  # fmt: skip
+    _write_run_files(prepared, out_dir, extra)
+    return result

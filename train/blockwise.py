@@ -1,0 +1,297 @@
+"""Blockwise local distillation (Puzzle-style): score alternative mixers per layer cheaply.
+
+For a trained teacher and, per mixer node, a few alternative ops (``{"layers.2.token_mixer":
+{"swa64": SlidingWindowAttention(...), ...}}``), each alternative *block* -- the teacher's block
+with that node's op replaced -- is trained alone to map the teacher block's input to the teacher
+block's output (both captured with ``ArchModel.run(capture=...)``). Each (node, alternative) is
+an independent small job; its validation error fills one cell of a :class:`ScoreTable`:
+
+* ``mse``        -- mean squared error of the block output on the validation windows;
+* ``normalized`` -- that error divided by the mean square of what the teacher block adds
+  (``y - x``): 0 is a perfect replacement, 1 is as bad as deleting the block.
+
+Alternatives start from the teacher's weights where names and shapes match (attention -> swa or
+checkpoint_attention keep q/k/v/o; norms and the channel mixer are always copied) and train all
+of the block's parameters. Results are cached as JSON under ``cache_dir``, keyed by a hash of
+(teacher graph and weights, node, alternative op, data, training options), so search trials and
+reruns reuse them: a fully cached call runs no optimizer step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from archgen.backends.torch_model import ArchModel
+from archgen.ir.graph import Graph, Node
+from archgen.ir.ops import Op, ResidualAdd
+from archgen.mixers.registry import build_module
+from archgen.train.checkpoint import write_text_atomic
+from archgen.train.config import TrainConfig, as_plain
+from archgen.train.data import TrainingData
+from archgen.train.distill import copy_matching
+from archgen.train.loop import autocast, make_optimizer
+from torch import nn
+
+from archgen.errors import ArchgenError
+
+CACHE_VERSION = 1
+
+
+class BlockModule(nn.Module):
+    """One block of a graph as a module: ``x`` (the block input) -> block output."""
+
+    def __init__(self, nodes: list[Node], block: str, input_name: str, output_name: str) -> None:
+        super().__init__()
+        self.nodes, self.input_name, self.output_name = nodes, input_name, output_name
+        self.parts = nn.ModuleDict()
+        for node in nodes:
+            if not isinstance(node.op, ResidualAdd):
+                self.parts[self.key(node, block)] = build_module(node.op)
+        self.block = block
+
+    @staticmethod
+    def key(node: Node, block: str) -> str:
+        return node.name.removeprefix(block + ".").replace(".", "_")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        env = {self.input_name: x}
+        for node in self.nodes:
+            args = [env[i] for i in node.inputs]
+            if isinstance(node.op, ResidualAdd):
+                env[node.name] = args[0] + args[1]
+            else:
+                env[node.name] = self.parts[self.key(node, self.block)](*args)
+        return env[self.output_name]
+
+
+def block_io(graph: Graph, block: str) -> tuple[list[Node], str, str]:
+    """The nodes of ``block``, the value entering it and the value leaving it."""
+    nodes = [n for n in graph.nodes if n.block == block]
+    if not nodes:
+        raise ArchgenError(f"the teacher has no block {block!r}")
+    produced = {n.name for n in nodes}
+    entering = {i for n in nodes for i in n.inputs if i not in produced}
+    if len(entering) != 1:
+        raise ArchgenError(f"block {block!r} has {len(entering)} inputs; blockwise needs one")
+    return nodes, entering.pop(), graph.block_outputs()[block]
+
+
+@dataclass(frozen=True)
+class BlockScore:
+    node: str  # the replaced node, e.g. layers.2.token_mixer
+    label: str  # the alternative's name
+    op: str  # the alternative op, printed
+    mse: float
+    normalized: float
+    normalized_at_init: float  # before training (teacher-initialised parts already fit)
+    from_teacher: int  # tensors initialised from the teacher
+    steps: int
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class ScoreTable:
+    rows: tuple[BlockScore, ...]
+    optimizer_steps: int  # optimizer steps this call ran (0 when everything was cached)
+
+    def get(self, node: str, label: str) -> BlockScore:
+        for row in self.rows:
+            if row.node == node and row.label == label:
+                return row
+        raise KeyError((node, label))
+
+    def scores(self, metric: str = "normalized") -> dict[tuple[str, str], float]:
+        """``{(node, label): value}``, the shape ``archgen.search.quality.TableQuality`` takes."""
+        return {(r.node, r.label): getattr(r, metric) for r in self.rows}
+
+    def to_text(self) -> str:
+        lines = [
+            "| node | alternative | normalized | mse | at init | cached |",
+            "|---|---|---:|---:|---:|---|",
+        ]
+        lines += [
+            f"| {r.node} | {r.label} | {r.normalized:.4f} | {r.mse:.3e} | "
+            f"{r.normalized_at_init:.4f} | {'yes' if r.cached else 'no'} |"
+            for r in self.rows
+        ]
+        return "\n".join(lines)
+
+
+def teacher_digest(teacher: ArchModel) -> str:
+    """Hash of the teacher's graph and weights (the part of a cache key the teacher decides)."""
+    h = hashlib.sha256()
+    h.update(repr([(n.name, n.op, n.inputs) for n in teacher.graph.nodes]).encode())
+    for name, tensor in sorted(teacher.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _check_op(graph: Graph, node: Node, label: str, op: Op) -> Op:
+    op = op.resolved()
+    if op.role is not node.op.role:
+        raise ArchgenError(
+            f"alternative {label!r} for {node.name} is a {op.role.value}, "
+            f"not a {node.op.role.value}"
+        )
+    width = getattr(op, "d_model", graph.model.d_model)
+    if width != graph.model.d_model:
+        raise ArchgenError(
+            f"alternative {label!r} for {node.name} has d_model {width}, the teacher "
+            f"{graph.model.d_model}"
+        )
+    problems = op.problems()
+    if problems:
+        raise ArchgenError(f"alternative {label!r}: {problems[0].field}: {problems[0].message}")
+    if graph.model.task == "causal-lm" and not op.is_causal():
+        raise ArchgenError(f"alternative {label!r} for {node.name} is not causal")
+    return op
+
+
+@dataclass
+class _Job:
+    node: Node
+    label: str
+    op: Op
+    key: str
+    module: BlockModule
+    from_teacher: int
+    input_name: str
+    output_name: str
+    optimizer: torch.optim.Optimizer | None = None
+
+
+def _build_job(teacher: ArchModel, node: Node, label: str, op: Op, key: str, seed: int) -> _Job:
+    graph = teacher.graph
+    nodes, entering, leaving = block_io(graph, node.block or "")
+    swapped = [n if n.name != node.name else Node(n.name, op, n.inputs, n.block) for n in nodes]
+    with torch.random.fork_rng(devices=[]):
+        # Fresh parameters of the alternative are seeded by the job alone, so a job's result
+        # does not depend on which other jobs share the call.
+        torch.manual_seed(int(key[:15], 16) ^ seed)
+        module = BlockModule(swapped, node.block or "", entering, leaving)
+    copied = 0
+    for n in nodes:
+        if not isinstance(n.op, ResidualAdd):
+            part = module.parts[BlockModule.key(n, module.block)]
+            copied += len(copy_matching(teacher.get_submodule(n.name), part))
+    return _Job(node, label, op, key, module, copied, entering, leaving)
+
+
+def blockwise_scores(
+    teacher: ArchModel,
+    alternatives: Mapping[str, Mapping[str, Op]],
+    data: TrainingData,
+    config: TrainConfig,
+    *,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] = print,
+) -> ScoreTable:
+    """Train and score every (node, alternative) of ``alternatives`` (see the module docstring).
+
+    ``config`` gives steps, batch size, sequence length, learning rate and schedule, clipping,
+    bf16, ``eval_batches`` and the seed; jobs found in ``cache_dir`` are not retrained.
+    """
+    dev = torch.device(device)
+    graph = teacher.graph
+    teacher = teacher.to(dev).eval().requires_grad_(False)
+    seq_len = data.seq_len_for(config.seq_len)
+    if seq_len > graph.model.max_seq_len:
+        raise ArchgenError(f"seq_len {seq_len} exceeds the teacher's max_seq_len")
+    cache = Path(cache_dir) if cache_dir is not None else None
+    base = {
+        "version": CACHE_VERSION,
+        "teacher": teacher_digest(teacher),
+        "data": data.fingerprint,
+        "train": as_plain(config),
+    }
+    rows: dict[tuple[str, str], BlockScore] = {}
+    jobs: list[_Job] = []
+    for node_name, choices in alternatives.items():
+        try:
+            node = graph.node(node_name)
+        except KeyError:
+            raise ArchgenError(f"the teacher has no node {node_name!r}") from None
+        if node.block is None:
+            raise ArchgenError(f"{node_name} is not inside a block")
+        for label, raw_op in choices.items():
+            op = _check_op(graph, node, label, raw_op)
+            facts = {**base, "node": node_name, "op": repr(op)}
+            key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+            hit = cache / f"{key}.json" if cache is not None else None
+            if hit is not None and hit.is_file():
+                stored = json.loads(hit.read_text())
+                rows[node_name, label] = BlockScore(**{**stored, "label": label, "cached": True})
+                continue
+            jobs.append(_build_job(teacher, node, label, op, key, config.seed))
+    for job in jobs:
+        job.module.to(dev).train()
+        job.optimizer = make_optimizer(job.module, {}, config)
+    capture = tuple(sorted({j.input_name for j in jobs} | {j.output_name for j in jobs}))
+    val = [
+        teacher.run(torch.from_numpy(b.inputs).to(dev), capture=capture)[1]
+        for b in data.val_batches(batches=config.eval_batches, batch_size=config.batch_size,
+                                  seq_len=seq_len)
+    ] if jobs else []  # fmt: skip
+    at_init = {id(j): _validate(j, val, config, dev) for j in jobs}
+    steps_run = 0
+    if jobs:
+        log(f"blockwise distillation: {len(jobs)} jobs x {config.steps} steps")
+    for step in range(config.steps if jobs else 0):
+        raw = data.train_batch(
+            seed=config.seed, step=step, batch_size=config.batch_size, seq_len=seq_len
+        )
+        with torch.no_grad():
+            _, caps = teacher.run(torch.from_numpy(raw.inputs).to(dev), capture=capture)
+        lr = config.lr_at(step)
+        for job in jobs:
+            assert job.optimizer is not None
+            for group in job.optimizer.param_groups:
+                group["lr"] = lr
+            x, y = caps[job.input_name], caps[job.output_name]
+            with autocast(config, dev):
+                pred = job.module(x)
+            # Normalised by what the block adds, so every layer trains at the same scale.
+            loss = (pred.float() - y).pow(2).mean() / (y - x).pow(2).mean().clamp_min(1e-12)
+            job.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(job.module.parameters(), config.grad_clip)
+            job.optimizer.step()
+            steps_run += 1
+    for job in jobs:
+        mse, normalized = _validate(job, val, config, dev)
+        score = BlockScore(
+            job.node.name, job.label, repr(job.op), mse, normalized,
+            at_init[id(job)][1], job.from_teacher, config.steps,
+        )  # fmt: skip
+        rows[job.node.name, job.label] = score
+        if cache is not None:
+            stored = {k: v for k, v in asdict(score).items() if k not in ("label", "cached")}
+            write_text_atomic(cache / f"{job.key}.json", json.dumps(stored, indent=2) + "\n")
+    ordered = tuple(rows[n, label] for n, choices in alternatives.items() for label in choices)
+    return ScoreTable(ordered, steps_run)
+
+
+@torch.no_grad()
+def _validate(
+    job: _Job, val: list[dict[str, torch.Tensor]], config: TrainConfig, dev: torch.device
+) -> tuple[float, float]:
+    job.module.eval()
+    err = added = 0.0
+    count = 0
+    for caps in val:
+        x, y = caps[job.input_name], caps[job.output_name]
+        with autocast(config, dev):
+            pred = job.module(x)
+        err += float((pred.float() - y).pow(2).sum())
+        added += float((y - x).pow(2).sum())
+        count += y.numel()
+    job.module.train()
+    return err / count, err / max(added, 1e-30)
