@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -32,11 +33,11 @@ def open_storage(url: str) -> BaseStorage:
         elif url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             engine_kwargs = {"connect_args": {"timeout": 60}}
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
+        return _rdb_with_retry(url, engine_kwargs)
     except ImportError as exc:
         raise ArchgenError(
             f"cannot open the study storage {url!r}: {exc}",
-            hint="PostgreSQL storage needs psycopg2: pip install 'archgen[search]'",
+            hint="PostgreSQL storage needs psycopg (v3): pip install 'archgen[search]'",
         ) from None
     except Exception as exc:  # SQLAlchemy/driver errors have many types; all mean the same here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -48,3 +49,18 @@ def open_storage(url: str) -> BaseStorage:
 
 def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _rdb_with_retry(url: str, engine_kwargs: dict) -> RDBStorage:
+    """Workers starting together on a fresh database race to create Optuna's tables; the loser
+    sees a duplicate-key error and simply retries once the tables exist."""
+    for attempt in range(5):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs)
+        except Exception as exc:
+            text = str(exc).lower()
+            racing = "duplicate key" in text or "already exists" in text or "locked" in text
+            if not racing or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")

@@ -122,14 +122,14 @@ def fail_stale_trials(study: optuna.Study, config: StudyConfig) -> list[int]:
             last = trial.datetime_start.timestamp()
         if last is None or now - last < config.grace_period:
             continue
-        try:
+        try:  # the error goes first: a finished trial can no longer be annotated
+            storage.set_trial_user_attr(
+                trial._trial_id, ERROR, "worker stopped sending heartbeats (killed?)"
+            )
             if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 continue
         except Exception:  # another worker failed it first
             continue
-        storage.set_trial_user_attr(
-            trial._trial_id, ERROR, "worker stopped sending heartbeats (killed?)"
-        )
         failed.append(trial.number)
         retries = int(trial.user_attrs.get(RETRIES, 0))
         if retries < config.max_retry and len(trial.params) == len(trial.distributions):
