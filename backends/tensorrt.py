@@ -6,8 +6,9 @@ matmuls stay IEEE float32), float16 or bfloat16 (weakly-typed builder flags; Ten
 layers it cannot run in reduced precision in float32 and its build log says which). Outputs and
 their names are those of ``model.onnx``: logits and one per block boundary.
 
-``tensorrt`` is imported inside functions only, so importing this module, asking
-:meth:`TensorRTBackend.is_available` and the CLI's fail-fast check need neither tensorrt nor a GPU.
+``tensorrt`` and torch are imported inside functions only, so importing this module, asking
+:meth:`TensorRTBackend.is_available` and the CLI's fail-fast check need neither tensorrt nor a
+GPU, and take no torch import time when tensorrt is missing.
 
 UNTESTED: the development machine has no GPU and no tensorrt package; only the availability
 checks and the fail-fast errors run in CI (tests/backends/test_tensorrt.py). The code follows
@@ -22,9 +23,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from archgen.backends.base import (
     Artifact,
     ArtifactMeta,
@@ -37,13 +37,10 @@ from archgen.backends.base import (
     library_versions,
     write_meta,
 )
-from archgen.backends.eager import (
-    TORCH_DTYPES,
-    implementation_name,
-    source_model,
-    torch_supports,
-)
 from archgen.ir.graph import Graph, Node
+
+if TYPE_CHECKING:
+    import torch
 
 from archgen.errors import ArchgenError
 
@@ -109,6 +106,8 @@ def build_engine(onnx_path: Path, engine_path: Path, options: LowerOptions) -> d
 
 class TensorRTArtifact(Artifact):
     def __init__(self, graph: Graph, meta: ArtifactMeta, folder: Path, owned: Any = None) -> None:
+        import torch
+
         trt = _require_trt()
         self.graph, self.meta, self.folder = graph, meta, folder
         self._owned = owned
@@ -130,6 +129,8 @@ class TensorRTArtifact(Artifact):
         }
 
     def _execute(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        import torch
+
         device = torch.device("cuda")
         tokens = tokens.to(device=device, dtype=torch.int64).contiguous()
         self.context.set_input_shape("tokens", tuple(tokens.shape))
@@ -155,6 +156,8 @@ class TensorRTArtifact(Artifact):
         return {n: values[n].cpu() for n in (*self.graph.blocks(), *self.graph.outputs)}
 
     def measure(self, tokens: torch.Tensor, warmup: int = 3, repeats: int = 20) -> Measurement:
+        import torch
+
         tokens = tokens.cuda()
         for _ in range(warmup):
             self._execute(tokens)
@@ -196,17 +199,24 @@ class TensorRTBackend(Backend):
         missing = []
         if importlib.util.find_spec("tensorrt") is None:
             missing.append("no module named tensorrt (pip install 'archgen[gpu]')")
-        if not torch.cuda.is_available():
-            missing.append("no CUDA GPU visible to torch")
+        else:  # only then is the torch import worth its time
+            import torch
+
+            if not torch.cuda.is_available():
+                missing.append("no CUDA GPU visible to torch")
         if importlib.util.find_spec("onnx") is None:
             missing.append("no module named onnx (pip install 'archgen[onnx]')")
         return (False, "; ".join(missing)) if missing else (True, "ok")
 
     def supports(self, node: Node) -> tuple[bool, str]:
+        from archgen.backends.eager import torch_supports
+
         # Lowered through the onnx export; TensorRT's own op coverage is checked by its parser.
         return torch_supports(node)
 
     def _meta(self, graph: Graph, options: LowerOptions) -> ArtifactMeta:
+        from archgen.backends.eager import implementation_name
+
         meta = ArtifactMeta(
             self.name, options, extra={"versions": library_versions("tensorrt", "onnx")}
         )
@@ -222,6 +232,7 @@ class TensorRTBackend(Backend):
         return meta
 
     def lower(self, graph: Graph, options: LowerOptions) -> TensorRTArtifact:
+        from archgen.backends.eager import TORCH_DTYPES, source_model
         from archgen.backends.onnx import export_forward
 
         options = options.resolve(graph)

@@ -36,9 +36,15 @@ from archgen.errors import ArchgenError
 
 
 class NumericsError(ArchgenError):
-    """An artifact disagrees with the float64 reference beyond tolerance."""
+    """An artifact disagrees with the float64 reference beyond tolerance (exit code 4). Carries
+    the report so the CLI can show every block."""
 
     exit_code = 4
+    report: NumericsReport | None = None
+
+    def with_report(self, report: NumericsReport) -> NumericsError:
+        self.report = report
+        return self
 
 
 @dataclass(frozen=True)
@@ -71,14 +77,15 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # KL <= 1e-10; bounds are ~30x (rmse) / ~10x (abs) the worst observation.
     ("eager", "float32"): Tolerance(1e-6, 3e-5, 1e-5, 1 - 1e-8, 0.99, 1e-8),
     # bfloat16 eager (8-bit mantissa, weights rounded too): observed rmse_ratio <= 1.6e-2 and
-    # cosine >= 0.9998; top-1 agreement drops on random-init models whose logits are nearly
-    # flat (observed >= 0.80), so that bound is loose; KL observed <= 2e-4.
-    ("eager", "bfloat16"): Tolerance(1e-2, 1e-1, 5e-2, 0.998, 0.6, 2e-3),
+    # cosine >= 0.9998; KL observed <= 2e-4. Top-1 is NOT gated (0.0) in reduced precision:
+    # random-init logits are nearly flat, so argmax flips on near-ties (0.5 observed at L=1,
+    # B=2) although every logit is within the gated max_abs; KL gates the distribution instead.
+    ("eager", "bfloat16"): Tolerance(1e-2, 1e-1, 5e-2, 0.998, 0.0, 2e-3),
     # torch.compile (Inductor C++): reorders and fuses reductions; observed float32 rmse_ratio
     # <= 4e-7 and float64 ~1e-16, so the eager bounds apply unchanged.
     ("compile", "float32"): Tolerance(1e-6, 3e-5, 1e-5, 1 - 1e-8, 0.99, 1e-8),
     ("compile", "float64"): Tolerance(1e-12, 1e-9, 1e-10, 1 - 1e-12, 1.0, 1e-12),
-    ("compile", "bfloat16"): Tolerance(1e-2, 1e-1, 5e-2, 0.998, 0.6, 2e-3),
+    ("compile", "bfloat16"): Tolerance(1e-2, 1e-1, 5e-2, 0.998, 0.0, 2e-3),
     # onnxruntime CPU, float32: observed rmse_ratio <= 4e-7, max_abs <= 2e-6 (absolute, at the
     # logits) on the examples; ORT fuses RMSNorm/GELU/attention-like patterns at opt level
     # "all", which is where the difference from eager comes from. Bounds ~30x/10x.
@@ -87,8 +94,8 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # bounds widened 100x for TF32 matmuls, and the bfloat16 bounds for fp16/bf16; measure and
     # replace them on the first GPU run.
     ("tensorrt", "float32"): Tolerance(1e-4, 3e-3, 1e-3, 1 - 1e-6, 0.98, 1e-6),
-    ("tensorrt", "float16"): Tolerance(1e-2, 1e-1, 5e-2, 0.998, 0.6, 2e-3),
-    ("tensorrt", "bfloat16"): Tolerance(1e-2, 1e-1, 5e-2, 0.998, 0.6, 2e-3),
+    ("tensorrt", "float16"): Tolerance(1e-2, 1e-1, 5e-2, 0.998, 0.0, 2e-3),
+    ("tensorrt", "bfloat16"): Tolerance(1e-2, 1e-1, 5e-2, 0.998, 0.0, 2e-3),
 }
 
 

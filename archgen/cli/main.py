@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from archgen.cli.backend_cmds import register as register_backend_commands
 from archgen.errors import ArchgenError
 
 app = typer.Typer(
@@ -245,6 +246,9 @@ def version() -> None:
     from importlib.metadata import version as dist_version
 
     out.print(f"archgen {dist_version('archgen')}")
+
+
+register_backend_commands(app, out)  # export, validate, doctor
 
 
 def main() -> None:

@@ -1,0 +1,233 @@
+"""Export, validate and doctor: the typed functions behind ``archgen export | validate | doctor``.
+
+>>> from archgen import export
+>>> result = export.export("examples/transformer.yaml", "out/tiny", fmt="onnx")  # doctest: +SKIP
+>>> result.report.passed, result.files  # doctest: +SKIP
+(True, ['model.onnx', 'decode_step.onnx', 'artifact.json', 'numerics.json', 'spec.yaml', ...])
+
+An export folder appears complete and validated, or not at all: everything is written to a
+staging folder beside the target and renamed into place only after validation passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from archgen.api import SpecLike, as_spec, compile_spec, resolved_yaml, spec_hash
+from archgen.backends.base import (
+    Backend,
+    DType,
+    LowerOptions,
+    Provider,
+    backend_names,
+    check_lowerable,
+    get_backend,
+    library_versions,
+)
+from archgen.errors import ArchgenError, UnavailableError
+from archgen.ir.graph import Graph
+
+if TYPE_CHECKING:
+    from archgen.backends.base import Artifact
+    from archgen.backends.validate import NumericsReport
+
+Format = Literal["onnx", "tensorrt", "torch"]
+FORMAT_BACKEND: dict[str, str] = {"onnx": "onnx", "tensorrt": "tensorrt", "torch": "eager"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The sequence-length options shared by export and validate (None: defaults)."""
+
+    min_seq: int | None = None
+    opt_seq: int | None = None
+    max_seq: int | None = None
+
+
+def lower_options(
+    graph: Graph,
+    *,
+    dtype: DType,
+    weights: str | os.PathLike[str] | None,
+    profile: Profile,
+    seed: int = 0,
+    provider: Provider = "cpu",
+) -> LowerOptions:
+    return LowerOptions(
+        dtype=dtype,
+        min_seq=profile.min_seq,
+        opt_seq=profile.opt_seq,
+        max_seq=profile.max_seq,
+        seed=seed,
+        weights=None if weights is None else str(weights),
+        provider=provider,
+    ).resolve(graph)
+
+
+def _ready(backend_name: str, graph: Graph, options: LowerOptions) -> Backend:
+    """The backend, after checking (before any work) that it can lower ``graph`` here."""
+    backend = get_backend(backend_name)
+    check_lowerable(backend, graph, options)
+    if options.weights is not None and not Path(options.weights).is_file():
+        raise ArchgenError(f"{options.weights}: weights file not found")
+    return backend
+
+
+# -- validate ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ValidateResult:
+    report: NumericsReport
+    artifact: Artifact
+
+
+def validate(
+    spec: SpecLike,
+    *,
+    backend: str = "onnx",
+    dtype: DType = "float32",
+    weights: str | os.PathLike[str] | None = None,
+    profile: Profile = Profile(),
+    seed: int | None = None,
+    provider: Provider = "cpu",
+) -> ValidateResult:
+    """Lower ``spec`` on ``backend`` and compare it with the eager float64 reference."""
+    from archgen.backends.validate import validate as run_validation
+
+    graph = compile_spec(spec)
+    options = lower_options(graph, dtype=dtype, weights=weights, profile=profile, provider=provider)
+    artifact = _ready(backend, graph, options).lower(graph, options)
+    return ValidateResult(run_validation(artifact, seed=seed), artifact)
+
+
+# -- export ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    files: list[str]
+    report: NumericsReport
+    artifact: Artifact
+
+
+def export(
+    spec: SpecLike,
+    out_dir: str | os.PathLike[str],
+    *,
+    fmt: Format = "onnx",
+    dtype: DType = "float32",
+    weights: str | os.PathLike[str] | None = None,
+    profile: Profile = Profile(),
+    seed: int = 0,
+    validation_seed: int | None = None,
+    provider: Provider = "cpu",
+) -> ExportResult:
+    """Lower ``spec`` for ``fmt``, validate it, and write the engine(s), ``spec.yaml``
+    (resolved), ``numerics.json`` and ``manifest.json`` to ``out_dir``.
+
+    Raises :class:`~archgen.errors.UnavailableError` (exit 3) before doing anything when the
+    format's backend cannot run here, and :class:`~archgen.backends.validate.NumericsError`
+    (exit 4) when validation fails; in both cases ``out_dir`` is left untouched."""
+    if fmt not in FORMAT_BACKEND:
+        raise ArchgenError(f"unknown format {fmt!r}; known: {', '.join(FORMAT_BACKEND)}")
+    # Fail fast: an unavailable backend is reported before the spec is even compiled.
+    ok, why = get_backend(FORMAT_BACKEND[fmt]).is_available()
+    if not ok:
+        raise UnavailableError(f"cannot export {fmt} on this machine: {why}")
+    from archgen.backends.validate import NumericsError  # torch: imported after the check
+    from archgen.backends.validate import validate as run_validation
+
+    spec = as_spec(spec)
+    graph = compile_spec(spec)
+    options = lower_options(
+        graph, dtype=dtype, weights=weights, profile=profile, seed=seed, provider=provider
+    )
+    backend = _ready(FORMAT_BACKEND[fmt], graph, options)
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        artifact = backend.lower(graph, options)
+        files = artifact.save(staging)
+        report = run_validation(artifact, seed=validation_seed)
+        if not report.passed:
+            first = report.first_failure
+            assert first is not None
+            raise NumericsError(
+                f"validation failed: first failing block {first.name} at L={first.seq_len}: "
+                + "; ".join(first.failures),
+                hint=f"nothing was written to {out}; `archgen validate` shows every block",
+            ).with_report(report)
+        report.write(staging / "numerics.json")
+        (staging / "spec.yaml").write_text(resolved_yaml(spec))
+        files += ["numerics.json", "spec.yaml", "manifest.json"]
+        manifest = {
+            "versions": artifact.meta.extra.get("versions", library_versions()),
+            "spec_hash": spec_hash(spec),
+            "model": graph.model.name,
+            "format": fmt,
+            "backend": backend.name,
+            "options": options.to_json(),
+            "files": files,
+            "validation": {
+                "passed": True,
+                "reference": "eager float64",
+                "seq_lens": list(report.seq_lens),
+                "worst": report.to_json()["worst"],
+            },
+            "fallbacks": artifact.meta.fallbacks(),
+            "notes": artifact.meta.notes,
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(out, files, report, artifact)
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Rename ``staging`` to ``out``, replacing an existing folder only once the new one is
+    complete (the old one is moved aside first, then deleted)."""
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old")
+        shutil.rmtree(backup, ignore_errors=True)
+        out.rename(backup)
+        staging.rename(out)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+# -- doctor ------------------------------------------------------------------------------------
+@dataclass
+class DoctorReport:
+    backends: list[str]
+    available: dict[str, tuple[bool, str]]
+    # (node kind, role) -> backend -> "ok" or the reason it cannot lower
+    cells: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+
+
+def doctor(spec: SpecLike) -> DoctorReport:
+    """Which node kinds of ``spec`` each backend can lower on this machine, and why not."""
+    graph = compile_spec(spec)
+    names = backend_names()
+    backends = {name: get_backend(name) for name in names}
+    report = DoctorReport(names, {n: b.is_available() for n, b in backends.items()})
+    for node in graph.nodes:
+        key = (node.op.kind, node.op.role.value)
+        if key in report.cells:
+            continue
+        row = report.cells[key] = {}
+        for name, backend in backends.items():
+            ok, why = report.available[name]
+            if not ok:
+                row[name] = f"not available on this machine: {why}"
+                continue
+            ok, why = backend.supports(node)
+            row[name] = "ok" if ok else why
+    return report
