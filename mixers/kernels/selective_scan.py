@@ -1,0 +1,129 @@
+"""Fused CPU selective scan for Mamba-1, built on first use with ``load_inline``.
+
+The C++ source is ``selective_scan.cpp`` beside this file. The build goes to
+``~/.cache/archgen/torch_extensions/<name>`` (``BUILD_ROOT``); the extension name carries a hash
+of the source, the flags and the CPU, so a cache shared between different machines never hands a
+``-march=native`` binary to the wrong CPU. A failed build (no compiler, no ninja, ...) is recorded
+once: ``load(required=False)`` then returns ``None`` after one warning, ``load(required=True)``
+raises with the build error.
+
+>>> import torch
+>>> from archgen.mixers.kernels import selective_scan as ss
+>>> if ss.load(required=False) is not None:
+...     x, dt = torch.randn(1, 5, 3), torch.rand(1, 5, 3)
+...     a, b, c, d = -torch.rand(3, 4), torch.randn(1, 5, 4), torch.randn(1, 5, 4), torch.ones(3)
+...     y = ss.selective_scan(x, dt, a, b, c, d)
+...     assert y.shape == (1, 5, 3)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+SOURCE_PATH = Path(__file__).with_name("selective_scan.cpp")
+BUILD_ROOT = Path.home() / ".cache" / "archgen" / "torch_extensions"
+CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp")
+
+_module: ModuleType | None = None
+_error: str | None = None  # set after a failed build; not retried in this process
+_warned = False
+
+
+def _cpu_tag() -> str:
+    """The CPU model and flags, so a ``-march=native`` build is only reused on the same CPU."""
+    info = platform.processor() + platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        info += "".join(ln for ln in lines if ln.startswith(("model name", "flags")))[:8192]
+    except OSError:
+        pass
+    return info
+
+
+def _build() -> ModuleType:
+    from torch.utils import cpp_extension
+
+    source = SOURCE_PATH.read_text()
+    key = "\n".join([source, " ".join(CFLAGS), torch.__version__, _cpu_tag()])
+    name = "archgen_selective_scan_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    build_dir = BUILD_ROOT / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about compiler versions on every build
+        return cpp_extension.load_inline(
+            name=name,
+            cpp_sources=[source],
+            functions=["scan_fwd", "scan_bwd"],
+            extra_cflags=list(CFLAGS),
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+
+
+def load(*, required: bool) -> ModuleType | None:
+    """The compiled extension, building it on first use; ``None`` (or raise) when it cannot."""
+    global _module, _error, _warned
+    if _module is None and _error is None:
+        try:
+            _module = _build()
+        except Exception as exc:  # compiler missing, ninja missing, build error...
+            _error = f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"
+    if _module is not None:
+        return _module
+    if required:
+        raise RuntimeError(f"the fused selective-scan kernel could not be built: {_error}")
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            "archgen: the fused selective-scan kernel could not be built, Mamba(scan='auto') "
+            f"uses the chunked torch scan instead ({_error.splitlines()[0] if _error else ''})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return None
+
+
+def reset() -> None:
+    """Forget the build result so the next ``load`` tries again (tests)."""
+    global _module, _error, _warned
+    _module, _error, _warned = None, None, False
+
+
+class _FusedScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, *inputs: torch.Tensor) -> torch.Tensor:
+        ext = load(required=True)
+        assert ext is not None
+        inputs = tuple(t.contiguous() for t in inputs)
+        ctx.save_for_backward(*inputs)
+        return ext.scan_fwd(*inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ext = load(required=True)
+        assert ext is not None
+        return tuple(ext.scan_bwd(*ctx.saved_tensors, grad_y.contiguous()))
+
+
+def selective_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a_mat: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    d_skip: torch.Tensor,
+) -> torch.Tensor:
+    """``y_t = C_t · h_t + D x_t`` with ``h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t B_t``.
+
+    ``x, dt [B, L, D]``, ``a_mat [D, N]``, ``b, c [B, L, N]``, ``d_skip [D]``, one float dtype
+    (float32 or float64), CPU. Differentiable in all inputs (C++ reverse scan).
+    """
+    return _FusedScan.apply(x, dt, a_mat, b, c, d_skip)

@@ -1,0 +1,310 @@
+"""Mamba-1 token mixer (S6 selective scan), parameter-compatible with mamba-ssm's ``Mamba``.
+
+Math (research/mixers.md §R.1): ``[x, z] = in_proj(u)``; ``x = SiLU(causal depthwise conv(x))``;
+``[δ, B, C] = x_proj(x)``; ``Δ = softplus(dt_proj(δ))``; per channel ``d`` and state ``n``:
+``h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t B_t`` and ``y_t = C_t · h_t + D x_t``;
+``out = out_proj(y * SiLU(z))``.
+
+Three implementations of the scan, picked by ``scan=``:
+
+* ``"chunked"`` (pure torch, exportable). The sequence is cut into chunks of ``chunk_size`` tokens.
+  Inside a chunk the recurrence ``h_t = a_t h_{t-1} + u_t`` is solved by a Hillis-Steele doubling
+  scan (``log2(chunk_size)`` levels of ``u_t += a_t u_{t-k}``, ``a_t *= a_{t-k}``). It composes
+  *decays* multiplicatively, never exponentiates a cumulative log-decay, so it cannot overflow
+  and is exact for any ``Δ`` and ``A`` (the log-space ``exp(S_t - S_s)`` factorisation overflows
+  once a chunk's total log-decay passes ~170; trained models do reach that). The state is carried
+  across chunks by a loop over the ``L / chunk_size`` chunks: in eager mode a Python loop, under
+  ``torch.export`` / ``torch.compile`` the ``scan`` higher-order op, which the ONNX exporter
+  lowers to one ONNX ``Scan`` node whose body is the fixed-size chunk graph. The exported graph
+  therefore has the same nodes for every ``L`` and takes a dynamic sequence length.
+* ``"fused"``: a C++ kernel (``archgen.mixers.kernels.selective_scan``), one pass over
+  ``(channels, L)`` with the state in registers, plus a C++ reverse scan for backward. Built on
+  first use; CPU only. Requesting it where it cannot build is an error.
+* ``"auto"``: ``"fused"`` in eager CPU mode when the kernel builds (else ``"chunked"`` with a
+  warning, once), ``"chunked"`` while exporting/compiling and on other devices.
+
+The implementation actually used by the last ``forward`` is recorded in ``last_scan_impl``.
+The scan always runs in float32 (float64 when the inputs are float64), also for bf16 modules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from archgen.mixers.base import DecodeState, TokenMixer
+from archgen.mixers.kernels import selective_scan as fused_kernel
+from torch import nn
+
+SCAN_IMPLS = ("auto", "chunked", "fused")
+
+
+def _scan_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Decays are computed in float32 at least (bf16 decays lose the state within ~100 steps)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# -- chunked scan ------------------------------------------------------------------------------
+def _scan_chunk(
+    h: torch.Tensor,
+    dt: torch.Tensor,
+    dtx: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    a_mat: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk: carry ``h [B, D, N]``, ``dt, dtx [B, Q, D]``, ``b, c [B, Q, N]``, ``A [D, N]``
+    -> (state after the chunk ``[B, D, N]``, outputs ``C_t · h_t`` ``[B, Q, D]``)."""
+    q = dt.shape[1]
+    decay = torch.exp(dt[..., None] * a_mat)  # [B, Q, D, N], in (0, 1]
+    u = dtx[..., None] * b[:, :, None, :]  # [B, Q, D, N]
+    # The carried state enters as part of the first token's input: h_0 = a_0 h + u_0.
+    u = torch.cat([torch.addcmul(u[:, :1], decay[:, :1], h[:, None]), u[:, 1:]], dim=1)
+    k = 1
+    while k < q:  # log2(Q) doubling levels; Q is a constant of the graph
+        u = torch.cat([u[:, :k], torch.addcmul(u[:, k:], decay[:, k:], u[:, :-k])], dim=1)
+        if 2 * k < q:
+            decay = torch.cat([decay[:, :k], decay[:, k:] * decay[:, :-k]], dim=1)
+        k *= 2
+    y = (u @ c[..., None]).squeeze(-1)  # [B, Q, D]
+    return u[:, -1].clone(), y
+
+
+def selective_scan_chunked(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a_mat: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    d_skip: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
+    """``y_t = C_t · h_t + D x_t`` for ``x, dt [B, L, D]``, ``b, c [B, L, N]``, ``A [D, N]``,
+    ``D [D]``, all in the scan dtype; no Python loop over ``L`` (see the module docstring)."""
+    bsz, seq, dim = x.shape
+    n = a_mat.shape[1]
+    q = chunk_size
+    # Zero padding is inert: dt = 0 means decay 1 and input 0; padded outputs are dropped.
+    pad = (-seq) % q
+    dt_p, dtx_p = F.pad(dt, (0, 0, 0, pad)), F.pad(dt * x, (0, 0, 0, pad))
+    b_p, c_p = F.pad(b, (0, 0, 0, pad)), F.pad(c, (0, 0, 0, pad))
+    n_chunks = dt_p.shape[1] // q
+    h0 = x.new_zeros(bsz, dim, n)
+    if torch.compiler.is_compiling():
+        from torch._higher_order_ops.scan import scan
+
+        def chunks(t: torch.Tensor) -> torch.Tensor:  # [B, L', K] -> [L'/Q, B, Q, K]
+            return t.reshape(bsz, n_chunks, q, t.shape[-1]).transpose(0, 1)
+
+        xs = (chunks(dt_p), chunks(dtx_p), chunks(b_p), chunks(c_p))
+        a_scan = a_mat
+        if torch.compiler.is_exporting():
+            # Exports are for inference, and torch 2.13's scan autograd fails on a symbolic
+            # batch size when the ONNX exporter re-traces the graph with grad enabled.
+            xs, a_scan = tuple(t.detach() for t in xs), a_mat.detach()
+
+        def body(
+            h: torch.Tensor, xs: tuple[torch.Tensor, ...]
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            return _scan_chunk(h, *xs, a_scan)
+
+        _, ys = scan(body, h0, xs)
+        y = ys.transpose(0, 1).reshape(bsz, n_chunks * q, dim)
+    else:
+        h, outs = h0, []
+        for i in range(n_chunks):  # L/Q iterations, each a fixed-size parallel chunk
+            sl = slice(i * q, (i + 1) * q)
+            h, y_chunk = _scan_chunk(h, dt_p[:, sl], dtx_p[:, sl], b_p[:, sl], c_p[:, sl], a_mat)
+            outs.append(y_chunk)
+        y = torch.cat(outs, dim=1)
+    return y[:, :seq] + x * d_skip
+
+
+# -- the module --------------------------------------------------------------------------------
+class Mamba(TokenMixer):
+    """Mamba-1 mixer with mamba-ssm's parameter names, shapes and initialisation.
+
+    >>> m = Mamba(d_model=32, d_state=8, scan="chunked")
+    >>> u = torch.randn(2, 13, 32)
+    >>> m(u).shape
+    torch.Size([2, 13, 32])
+    >>> m.last_scan_impl
+    'chunked'
+    >>> torch.allclose(m(u), m.reference(u), atol=1e-5)
+    True
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        scan: str = "auto",
+        chunk_size: int = 8,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if scan not in SCAN_IMPLS:
+            raise ValueError(f"scan must be one of {SCAN_IMPLS}, got {scan!r}")
+        if chunk_size < 1 or chunk_size & (chunk_size - 1):
+            raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
+        fk = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.scan, self.chunk_size = scan, chunk_size
+        self.last_scan_impl: str | None = None
+        di, n, r = self.d_inner, d_state, self.dt_rank
+
+        self.in_proj = nn.Linear(d_model, 2 * di, bias=bias, **fk)
+        self.conv1d = nn.Conv1d(di, di, d_conv, groups=di, padding=d_conv - 1, bias=conv_bias, **fk)
+        self.x_proj = nn.Linear(di, r + 2 * n, bias=False, **fk)
+        self.dt_proj = nn.Linear(r, di, bias=True, **fk)
+        self.A_log = nn.Parameter(torch.empty(di, n, **fk))
+        self.D = nn.Parameter(torch.empty(di, **fk))
+        self.out_proj = nn.Linear(di, d_model, bias=bias, **fk)
+        self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
+        self._init_ssm_parameters()
+
+    def _init_ssm_parameters(self) -> None:
+        """mamba-ssm's init: dt bias = softplus⁻¹ of log-uniform dt, A = -(1..N), D = 1."""
+        with torch.no_grad():
+            std = self.dt_rank**-0.5
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+            bias = self.dt_proj.bias
+            lo, hi = math.log(self.dt_min), math.log(self.dt_max)
+            dt = torch.exp(torch.rand(bias.shape, device=bias.device) * (hi - lo) + lo)
+            dt = dt.clamp(min=self.dt_init_floor)
+            bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) == dt
+            n = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+            self.A_log.copy_(torch.log(n).expand(self.d_inner, -1))
+            self.D.fill_(1.0)
+        # Same markers as mamba-ssm, read by optimisers that skip weight decay / re-init.
+        self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
+        self.A_log._no_weight_decay = True  # type: ignore[attr-defined]
+        self.D._no_weight_decay = True  # type: ignore[attr-defined]
+
+    # -- shared pieces -------------------------------------------------------------------------
+    def _ssm_inputs(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Post-conv ``x [..., Din]`` -> ``Δ [..., Din]``, ``B, C [..., N]`` (scan dtype), ``A``."""
+        work = _scan_dtype(x.dtype)
+        delta, b, c = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(delta).to(work))
+        a_mat = -torch.exp(self.A_log.to(work))
+        return dt, b.to(work), c.to(work), a_mat
+
+    def _causal_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Depthwise causal conv over time on ``[B, L, Din]``, kept time-major: ``nn.Conv1d``
+        wants ``[B, Din, L]`` and the two transposing copies cost more than the conv itself."""
+        k, seq = self.d_conv, x.shape[1]
+        weight = self.conv1d.weight[:, 0]  # [Din, K]; tap K-1 multiplies the current token
+        x_pad = F.pad(x, (0, 0, k - 1, 0))
+        out = x * weight[:, k - 1]
+        if self.conv1d.bias is not None:
+            out = out + self.conv1d.bias
+        for j in range(k - 1):  # d_conv taps, a constant of the graph
+            out = torch.addcmul(out, x_pad[:, j : j + seq], weight[:, j])
+        return out
+
+    def _gate_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(y.to(z.dtype) * F.silu(z))
+
+    def _resolve_impl(self, x: torch.Tensor) -> str:
+        tracing = torch.compiler.is_compiling()
+        if self.scan == "chunked":
+            return "chunked"
+        if self.scan == "fused":
+            if tracing:
+                raise RuntimeError(
+                    "Mamba(scan='fused') cannot be exported or compiled (the C++ kernel is opaque "
+                    "to tracing); use scan='chunked' or scan='auto'"
+                )
+            if x.device.type != "cpu":
+                raise RuntimeError(f"Mamba(scan='fused') is CPU-only, got a {x.device} input")
+            fused_kernel.load(required=True)
+            return "fused"
+        if tracing or x.device.type != "cpu" or fused_kernel.load(required=False) is None:
+            return "chunked"
+        return "fused"
+
+    # -- production ----------------------------------------------------------------------------
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        x = F.silu(self._causal_conv(x))
+        dt, b, c, a_mat = self._ssm_inputs(x)
+        xs, d_skip = x.to(dt.dtype), self.D.to(dt.dtype)
+        impl = self._resolve_impl(u)
+        self.last_scan_impl = impl
+        if impl == "fused":
+            y = fused_kernel.selective_scan(xs, dt, a_mat, b, c, d_skip)
+        else:
+            y = selective_scan_chunked(xs, dt, a_mat, b, c, d_skip, self.chunk_size)
+        return self._gate_out(y, z)
+
+    # -- reference -----------------------------------------------------------------------------
+    def reference(self, u: torch.Tensor) -> torch.Tensor:
+        """Token-by-token loop: explicit conv taps and the sequential recurrence."""
+        bsz, seq, _ = u.shape
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        weight = self.conv1d.weight[:, 0]  # [Din, K]; tap K-1 multiplies the current token
+        conv = []
+        for t in range(seq):
+            acc = self.conv1d.bias if self.conv1d.bias is not None else torch.zeros_like(x[:, t])
+            for j in range(self.d_conv):
+                src = t - (self.d_conv - 1) + j
+                if src >= 0:
+                    acc = acc + weight[:, j] * x[:, src]
+            conv.append(acc)
+        x = F.silu(torch.stack(conv, dim=1))
+        dt, b, c, a_mat = self._ssm_inputs(x)
+        xs = x.to(dt.dtype)
+        h = xs.new_zeros(bsz, self.d_inner, self.d_state)
+        ys = []
+        for t in range(seq):
+            h = (
+                torch.exp(dt[:, t, :, None] * a_mat) * h
+                + (dt[:, t] * xs[:, t])[..., None] * b[:, t, None, :]
+            )
+            ys.append((h * c[:, t, None, :]).sum(-1) + self.D.to(xs.dtype) * xs[:, t])
+        return self._gate_out(torch.stack(ys, dim=1), z)
+
+    # -- decoding: conv window + SSM state, O(1) per token -------------------------------------
+    def init_state(
+        self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> DecodeState:
+        """``(conv_state [B, Din, d_conv-1], ssm_state [B, Din, N])``; the SSM state is float32
+        at least, like the decays of ``forward``."""
+        dtype = dtype or self.in_proj.weight.dtype
+        conv = torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
+        ssm = torch.zeros(
+            batch, self.d_inner, self.d_state, device=device, dtype=_scan_dtype(dtype)
+        )
+        return (conv, ssm)
+
+    def step(
+        self, x: torch.Tensor, state: DecodeState, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, DecodeState]:
+        conv_state, ssm_state = state  # pos is unused: Mamba has no positional terms
+        xi, z = self.in_proj(x).chunk(2, dim=-1)  # [B, Din]
+        window = torch.cat([conv_state, xi[..., None].to(conv_state.dtype)], dim=-1)
+        xc = (window * self.conv1d.weight[:, 0]).sum(-1)
+        if self.conv1d.bias is not None:
+            xc = xc + self.conv1d.bias
+        xc = F.silu(xc)
+        dt, b, c, a_mat = self._ssm_inputs(xc)
+        xs = xc.to(dt.dtype)
+        h = torch.exp(dt[..., None] * a_mat) * ssm_state + (dt * xs)[..., None] * b[:, None, :]
+        y = (h @ c[..., None]).squeeze(-1) + self.D.to(xs.dtype) * xs
+        return self._gate_out(y, z), (window[..., 1:], h)
