@@ -24,6 +24,7 @@ from archgen.spec.models import (
     RepeatSpec,
     expand_layers,
 )
+from archgen.spec.training import DATA_SPECS, TrainSpec
 from archgen.spec.yaml_source import Path, SourceMap, load_yaml
 
 
@@ -95,8 +96,10 @@ def _strip_tags(loc: tuple[Any, ...], data: Any) -> tuple[Path, Any, Any]:
             break
         path.append(part)
         i += 1
-        tagged = part in ("token_mixer", "channel_mixer") or (
-            isinstance(part, int) and len(path) >= 2 and path[-2] == "layers"
+        tagged = (
+            part in ("token_mixer", "channel_mixer")
+            or path == ["data"]
+            or (isinstance(part, int) and len(path) >= 2 and path[-2] == "layers")
         )
         if tagged and isinstance(node, dict) and i < len(parts) and isinstance(parts[i], str):
             i += 1
@@ -109,6 +112,11 @@ def _model_at(path: Path, parent: Any) -> type[BaseModel] | None:
         return ArchSpec
     if path == ("model",):
         return ModelSpec
+    if path == ("train",):
+        return TrainSpec
+    if path == ("data",):
+        kind = parent.get("kind") if isinstance(parent, dict) else None
+        return DATA_SPECS.get(kind) if isinstance(kind, str) else None
     if isinstance(parent, dict) and "kind" in parent:
         kind = parent["kind"]
         specs = TOKEN_MIXER_SPECS if path[-1] == "token_mixer" else CHANNEL_MIXER_SPECS
@@ -144,6 +152,8 @@ def _translate(err: dict[str, Any], data: Any, source: SourceMap) -> SpecIssue:
         loc_path = (*path, err["loc"][-1]) if err["loc"][-1] not in path else path
         return SpecIssue(fname, source.locate(path), loc_path, "missing required key")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
+        if path == ("data",):
+            return _data_kind_issue(kind, value, source)
         role = "token mixer" if path and path[-1] == "token_mixer" else "channel mixer"
         specs = TOKEN_MIXER_SPECS if role == "token mixer" else CHANNEL_MIXER_SPECS
         others = CHANNEL_MIXER_SPECS if role == "token mixer" else TOKEN_MIXER_SPECS
@@ -188,6 +198,17 @@ def _translate(err: dict[str, Any], data: Any, source: SourceMap) -> SpecIssue:
     make = words.get(kind)
     msg = make() if make else f"{err['msg']}, got {_describe(value)}"
     return SpecIssue(fname, source.locate(path), path, msg)
+
+
+def _data_kind_issue(kind: str, value: Any, source: SourceMap) -> SpecIssue:
+    known = ", ".join(DATA_SPECS)
+    if kind == "union_tag_not_found":
+        msg = f"missing 'kind'; data is one of: {known}"
+        return SpecIssue(source.filename, source.locate(("data",)), ("data",), msg)
+    written = value.get("kind") if isinstance(value, dict) else None
+    hint = did_you_mean(written, DATA_SPECS) if isinstance(written, str) else ""
+    msg = f"unknown data kind {_describe(written)}{hint}; known: {known}"
+    return SpecIssue(source.filename, source.locate(("data", "kind")), ("data", "kind"), msg)
 
 
 def _sorted_unique(issues: list[SpecIssue]) -> list[SpecIssue]:
