@@ -202,6 +202,7 @@ def run_search(
     if base_candidate is not None:
         evaluator.measure(space.graph_for(base_candidate))
 
+    setup_checks = list(evaluator.checks)
     config = StudyConfig(
         name=p["name"],
         n_trials=p["trials"],
@@ -255,6 +256,19 @@ def run_search(
         report["export"] = _export_best(best_path, out, options.export, log)
         write_json_atomic(out / "report.json", report)
     return SearchOutcome(out, report, best_path)
+
+
+def _trust(trials: list[Any], setup_checks: list[tuple[float, float]]) -> Any:
+    """Rank agreement of predictions made before measuring, over every measured trial of the
+    study (all runs and workers) plus this run's setup measurements."""
+    from archgen.search.latency import trust_report
+
+    pairs = {}
+    for t in trials:
+        if t.user_attrs.get("measured_s") is not None and "same_as" not in t.user_attrs:
+            pairs[t.number] = (t.user_attrs["predicted_s"], t.user_attrs["measured_s"])
+    checks = list(pairs.values()) + setup_checks
+    return trust_report([p for p, _ in checks], [m for _, m in checks])
 
 
 def _worker_id() -> str:

@@ -140,6 +140,48 @@ def generate(
     )
 
 
+@app.command()
+def search(
+    spec: SpecArg,
+    budget: Annotated[
+        str | None, typer.Option(help="latency budget, e.g. 10ms (overrides search.budget)")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="trials to complete")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="output folder")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage URL (default: SQLite in the output folder)"),
+    ] = None,
+    quality: Annotated[
+        str | None, typer.Option(help="quality fidelity: analytic, capability or blockwise")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="shorter defaults for a first look")] = False,
+    export: Annotated[
+        str | None, typer.Option(help="export the winner (onnx) and validate its numerics")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="sampler seed (overrides search.seed)")] = None,
+) -> None:
+    """Search mixer placements under a latency budget; rerun the same command to resume."""
+    from archgen.cli.search_view import SearchView
+    from archgen.search_api import SearchOptions, run_search
+
+    options = SearchOptions(
+        budget=budget,
+        trials=trials,
+        out=output,
+        storage=storage,
+        quick=quick,
+        quality=quality,
+        export=export,
+        seed=seed,
+    )
+    with SearchView(out) as view:
+        outcome = run_search(spec, options, log=view.log, on_trial=view.trial)
+    view.summary(outcome)
+    if outcome.best_spec is None:
+        raise typer.Exit(4)
+
+
 DataOpt = Annotated[
     list[str] | None,
     typer.Option(

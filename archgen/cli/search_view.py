@@ -64,7 +64,7 @@ class SearchView:
             )
         self.console.print(table)
         trust = report["predictor_trust"]
-        if trust["n"]:
+        if trust["spearman"] is not None:
             self.console.print(
                 f"latency predictor on {trust['n']} measured candidates: Spearman "
                 f"{trust['spearman']:.3f}, Kendall {trust['kendall']:.3f}, "

@@ -53,7 +53,13 @@ def main() -> None:
     fail_label = sys.argv[4] if len(sys.argv) > 4 else None
     quiet_optuna()
     space = fake_space()
-    config = StudyConfig(os.environ.get("ARCHGEN_FAKE_STUDY", "fake"), n, budget=12e-3, heartbeat_interval=0.3, grace_period=2.0)
+    config = StudyConfig(
+        os.environ.get("ARCHGEN_FAKE_STUDY", "fake"),
+        n,
+        budget=12e-3,
+        heartbeat_interval=0.3,
+        grace_period=2.0,
+    )
     study = open_study(open_storage(url), config, space.homogeneous_candidates())
     run_worker(study, space, fake_evaluator(sleep, fail_label), config)
 

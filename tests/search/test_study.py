@@ -40,7 +40,10 @@ def test_exact_count_failures_recorded_and_study_continues(tmp_path) -> None:
     assert all("simulated crash for mamba" in t.user_attrs["archgen:error"] for t in failed)
     # enqueued baselines (one homogeneous model per choice) ran first
     assert {tuple(set(t.params.values())) for t in study.trials[:4]} == {
-        ("attention",), ("swa",), ("mamba",), ("ckpt",)
+        ("attention",),
+        ("swa",),
+        ("mamba",),
+        ("ckpt",),
     }
 
 

@@ -1,0 +1,72 @@
+"""Budgets, robust combination of worker measurements, the block table and the predictor."""
+
+from __future__ import annotations
+
+import pytest
+
+from archgen.errors import ArchgenError
+from archgen.search.budget import parse_budget
+from archgen.search.latency import LatencyTable, fit_correction, trust_report
+from archgen.search.robust import nearest_neighbour_average, robust_combine
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10ms", 0.010), ("2.5 ms", 0.0025), ("1s", 1.0), ("800us", 0.0008), ("1e-2s", 0.01)],
+)
+def test_parse_budget(text: str, seconds: float) -> None:
+    assert parse_budget(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["10parsecs", "ms", "10", "-5ms", "0ms", "ten ms"])
+def test_bad_budgets_are_clear_errors(text: str) -> None:
+    with pytest.raises(ArchgenError, match="budget"):
+        parse_budget(text)
+
+
+def test_nna_ignores_a_faulty_worker() -> None:
+    honest = [10.0, 10.2, 9.9, 10.1]
+    assert nearest_neighbour_average(honest + [500.0], faulty=1) == pytest.approx(10.05)
+    mean = sum(honest + [500.0]) / 5
+    assert mean > 100  # what a plain mean would have reported
+
+
+def test_nna_with_no_faulty_workers_is_the_mean() -> None:
+    assert nearest_neighbour_average([1.0, 2.0, 6.0], faulty=0) == pytest.approx(3.0)
+
+
+def test_table_combines_workers_robustly(tmp_path) -> None:
+    table = LatencyTable(tmp_path / "t.sqlite", {"torch": "x"})
+    for worker, seconds in [("a", 0.010), ("b", 0.0102), ("c", 0.0099), ("throttled", 0.25)]:
+        table.add("sig", "shape", worker, seconds)
+    assert table.get("sig", "shape") == pytest.approx(0.01003, rel=0.01)
+    # a table read in another environment (other library versions) does not see these rows
+    other = LatencyTable(tmp_path / "t.sqlite", {"torch": "y"})
+    assert other.get("sig", "shape") is None
+
+
+def test_faulty_measurements_cannot_move_the_table_much(tmp_path) -> None:
+    table = LatencyTable(tmp_path / "t.sqlite", {})
+    for i in range(6):
+        table.add("s", "L", f"w{i}", 0.020 + 0.0001 * i)
+    clean = table.get("s", "L")
+    table.add("s", "L", "evil1", 5.0)
+    table.add("s", "L", "evil2", 0.000001)
+    assert table.get("s", "L") == pytest.approx(clean, rel=0.02)
+    assert robust_combine([0.02] * 6 + [5.0, 1e-6]) == pytest.approx(0.02, rel=0.02)
+
+
+def test_correction_fit_recovers_a_linear_relation() -> None:
+    samples = [(s, 1.3 * s + 0.004) for s in (0.01, 0.02, 0.05, 0.07)]
+    a, b = fit_correction(samples)
+    assert a == pytest.approx(1.3) and b == pytest.approx(0.004)
+    assert fit_correction([(0.01, 0.015)]) == pytest.approx((1.0, 0.005))
+
+
+def test_trust_report() -> None:
+    report = trust_report([1, 2, 3, 4, 5], [1.1, 2.2, 2.9, 4.4, 5.0])
+    assert report.spearman == pytest.approx(1.0) and report.kendall == pytest.approx(1.0)
+    assert 0 < report.mape < 10
+    assert report.trustworthy(min_samples=5)
+    bad = trust_report([1, 2, 3, 4, 5], [5, 4, 3, 2, 1])
+    assert bad.spearman == pytest.approx(-1.0) and not bad.trustworthy()

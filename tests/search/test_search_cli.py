@@ -1,0 +1,139 @@
+"""``archgen search`` end to end on the null backend (cost-model latency), and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+SPEC = """
+model:
+  name: tiny-hybrid
+  vocab_size: 64
+  d_model: 32
+  max_seq_len: 256
+  layers:
+    - repeat: 3
+      layers:
+        - token_mixer: {kind: mamba, d_state: 4}
+          channel_mixer: {kind: swiglu}
+search:
+  budget: 1s
+  trials: 10
+  workload: {seq_len: 128, backend: "null", threads: 1, repeats: 3}
+  quality: {fidelity: analytic}
+  slots:
+    - layers: all
+      token_mixer:
+        - {kind: mamba, d_state: 4}
+        - {kind: swa, heads: 4, window: [8, 32]}
+        - {kind: attention, heads: 4}
+        - {kind: dense, causal: false}
+"""
+
+
+def archgen(*args: str, cwd=ROOT, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "COLUMNS": "200", **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "archgen.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def test_search_on_null_backend_writes_report_plots_and_a_valid_best_spec(spec, tmp_path) -> None:
+    out = tmp_path / "out"
+    env = {"ARCHGEN_CACHE": str(tmp_path / "cache")}
+    result = archgen("search", str(spec), "-o", str(out), env_extra=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "excluded layers.0.token_mixer = dense: not causal" in result.stdout
+    assert "Pareto set" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["trials"]["complete"] == 10
+    assert report["best"]["within_budget"] and report["best"]["measured_s"] <= 1.0
+    for name in ("pareto.png", "history.png", "predicted_vs_measured.png", "best.yaml"):
+        assert (out / name).exists(), name
+    check = archgen("check", str(out / "best.yaml"))
+    assert check.returncode == 0, check.stderr
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert "search" not in best
+    # Rerunning the same command resumes the finished study: no new trials.
+    again = archgen("search", str(spec), "-o", str(out), env_extra=env)
+    assert again.returncode == 0
+    assert json.loads((out / "report.json").read_text())["trials"]["complete"] == 10
+
+
+def _fails_fast(result: subprocess.CompletedProcess, started: float, text: str) -> None:
+    assert result.returncode != 0
+    assert text in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "measuring block latencies" not in result.stdout
+    assert time.time() - started < 60
+
+
+def test_unparsable_budget(spec) -> None:
+    t = time.time()
+    _fails_fast(archgen("search", str(spec), "--budget", "10parsecs"), t, "10parsecs")
+
+
+def test_unreachable_storage(spec, tmp_path) -> None:
+    t = time.time()
+    result = archgen(
+        "search",
+        str(spec),
+        "-o",
+        str(tmp_path / "o"),
+        "--storage",
+        "postgresql://nobody@127.0.0.1:1/none",
+    )
+    _fails_fast(result, t, "cannot open the study storage")
+
+
+def test_empty_search_space(tmp_path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        SPEC.split("      token_mixer:\n")[0] + "      token_mixer:\n"
+        "        - {kind: dense, causal: false}\n"
+    )
+    t = time.time()
+    _fails_fast(archgen("search", str(path), "-o", str(tmp_path / "o")), t, "search space is empty")
+
+
+def test_budget_below_the_cheapest_candidate(spec, tmp_path) -> None:
+    result = archgen(
+        "search",
+        str(spec),
+        "-o",
+        str(tmp_path / "o"),
+        "--budget",
+        "1us",
+        env_extra={"ARCHGEN_CACHE": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 2
+    assert "below the measured latency of the cheapest candidate" in result.stderr
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_spec_without_search_section(tmp_path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(SPEC.split("search:")[0])
+    result = archgen("search", str(path))
+    assert result.returncode == 2 and "has no 'search:' section" in result.stderr
