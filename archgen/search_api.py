@@ -244,7 +244,7 @@ def run_search(
         environment=measurer.environment(),
         trials=trials,
         certified=certified,
-        trust=evaluator.trust(),
+        trust=_trust(trials, setup_checks),
         excluded=space.excluded,
         best=best,
         quality_fidelity=_fidelity(spec, options),

@@ -35,8 +35,8 @@ def fake_space(layers: int = 4) -> SearchSpace:
     return SearchSpace.build(graph, {f"layers.{i}.token_mixer": choices for i in range(layers)})
 
 
-def fake_evaluator(sleep: float, fail_label: str | None = None):  # noqa: ANN201
-    def evaluate(candidate) -> Evaluation:  # noqa: ANN001
+def fake_evaluator(sleep: float, fail_label: str | None = None):
+    def evaluate(candidate) -> Evaluation:
         time.sleep(sleep)
         labels = list(candidate.values())
         if fail_label is not None and labels.count(fail_label) >= 2:

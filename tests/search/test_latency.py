@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
-from archgen.errors import ArchgenError
 from archgen.search.budget import parse_budget
 from archgen.search.latency import LatencyTable, fit_correction, trust_report
 from archgen.search.robust import nearest_neighbour_average, robust_combine
+
+from archgen.errors import ArchgenError
 
 
 @pytest.mark.parametrize(
@@ -26,8 +26,8 @@ def test_bad_budgets_are_clear_errors(text: str) -> None:
 
 def test_nna_ignores_a_faulty_worker() -> None:
     honest = [10.0, 10.2, 9.9, 10.1]
-    assert nearest_neighbour_average(honest + [500.0], faulty=1) == pytest.approx(10.05)
-    mean = sum(honest + [500.0]) / 5
+    assert nearest_neighbour_average([*honest, 500.0], faulty=1) == pytest.approx(10.05)
+    mean = sum([*honest, 500.0]) / 5
     assert mean > 100  # what a plain mean would have reported
 
 
