@@ -180,11 +180,12 @@ def run_search(
         per_slot_best[slot.node] = min(costs, key=costs.__getitem__)
     log(f"  {predictor.block_measurements} block(s) measured, the rest from the cache")
 
+    # Quality starts as a placeholder: nothing is trained before the budget is known feasible.
     evaluator = CandidateEvaluator(
         space=space,
         predictor=predictor,
         measure_graph=measurer.measure_graph,
-        quality=_quality(spec, p, options, log),
+        quality=_not_ready,
         policy=LatencyPolicy(budget=budget),
     )
     # The cheapest candidate, measured: a budget below it cannot be met by any candidate.
@@ -201,6 +202,7 @@ def run_search(
     base_candidate = space.base_candidate()
     if base_candidate is not None:
         evaluator.measure(space.graph_for(base_candidate))
+    evaluator.quality, quality_info = _quality(spec, p, options, log)
 
     setup_checks = list(evaluator.checks)
     config = StudyConfig(
@@ -250,6 +252,15 @@ def run_search(
         quality_fidelity=_fidelity(spec, options),
     )
     report["study"] = {"name": p["name"], "storage": p["storage_url"]}
+    report["quality"] = quality_info
+    q = s.quality
+    if q.finalist_steps > 0 and not options.quick and _fidelity(spec, options) == "blockwise":
+        from archgen.search_quality import finalist_check
+
+        top = sorted(certified, key=lambda c: -c.quality)[: q.finalists]
+        report["fidelity_check"] = finalist_check(
+            spec, [(c.params, c.quality) for c in top], space, cache_dir(), q.finalist_steps, log
+        )
     write_json_atomic(out / "report.json", report)
     write_plots(out, trials, certified, budget, evaluator.checks)
     if best is not None and options.export:
@@ -271,6 +282,10 @@ def _trust(trials: list[Any], setup_checks: list[tuple[float, float]]) -> Any:
     return trust_report([p for p, _ in checks], [m for _, m in checks])
 
 
+def _not_ready(candidate: Any, graph: Graph) -> float:
+    raise AssertionError("quality requested before the quality proxy was prepared")
+
+
 def _worker_id() -> str:
     import socket
 
@@ -287,13 +302,16 @@ def _fidelity(spec: ArchSpec, options: SearchOptions) -> str:
 
 
 def _quality(spec: ArchSpec, p: dict[str, Any], options: SearchOptions, log: Log) -> Any:
+    from archgen import search_quality
     from archgen.search.quality import AnalyticQuality
 
     fidelity = _fidelity(spec, options)
     if fidelity == "analytic":
         analytic = AnalyticQuality(p["seq_len"])
-        return lambda candidate, graph: analytic(graph)
-    raise ArchgenError(f"quality fidelity {fidelity!r} is not available yet")
+        return (lambda candidate, graph: analytic(graph)), {}
+    if fidelity == "capability":
+        return search_quality.capability_quality(spec, options.quick), {}
+    return search_quality.blockwise_quality(spec, p["space"], cache_dir(), options.quick, log)
 
 
 def _write_best(path: Path, graph: Graph, spec: ArchSpec) -> None:
@@ -310,4 +328,11 @@ def _write_best(path: Path, graph: Graph, spec: ArchSpec) -> None:
 
 
 def _export_best(best: Path | None, out: Path, fmt: str, log: Log) -> dict[str, Any]:
-    raise ArchgenError("--export is not wired yet")
+    """Export the winner's architecture (weights from the default seed) and validate it."""
+    from archgen.export import export
+
+    assert best is not None
+    log(f"exporting {best} as {fmt} and validating its numerics...")
+    result = export(best, out / f"export-{fmt}", fmt=fmt)  # type: ignore[arg-type]
+    log(f"  exported to {result.out_dir}")
+    return {"format": fmt, "folder": str(result.out_dir), "files": result.files}

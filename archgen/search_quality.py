@@ -1,0 +1,147 @@
+"""Quality proxies of ``archgen search``, wired from the spec (the fidelity ladder of DESIGN §6).
+
+* ``analytic``   -- :class:`archgen.search.quality.AnalyticQuality`, no training;
+* ``capability`` -- each candidate trained briefly on in-context associative recall; quality is
+  answer accuracy (cached per candidate in the study, so a repeated candidate is not retrained);
+* ``blockwise``  -- the default: the spec's base model is trained once on the spec's data (the
+  built-in corpus by default) as the *teacher* (cached on disk); every (layer, choice) block is
+  distilled locally from it once (cached); a candidate's quality is minus its blocks' mean
+  normalised distillation loss, so trials cost no training at all;
+* finalists      -- optionally, the best Pareto models are distilled end to end from the teacher
+  and the report says how well the cheap fidelity ranked them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from archgen.ir.graph import Graph
+from archgen.search.space import Candidate, SearchSpace
+from archgen.spec.models import ArchSpec
+
+Quality = Callable[[Candidate, Graph], float]
+Log = Callable[[str], None]
+
+
+def base_spec(spec: ArchSpec) -> ArchSpec:
+    return spec.model_copy(update={"search": None})
+
+
+def teacher_dir(spec: ArchSpec, steps: int, cache: Path) -> Path:
+    from archgen.api import spec_hash
+
+    return cache / "teachers" / f"{spec.model.name}-{spec_hash(base_spec(spec))}-{steps}"
+
+
+def train_teacher(spec: ArchSpec, steps: int, cache: Path, log: Log) -> tuple[Any, Path, Any]:
+    """The base model trained for ``steps`` on the spec's data (reused when already trained)."""
+    from archgen import training
+    from archgen.backends.torch_model import build_model
+    from archgen.backends.weights import load_weights
+    from archgen.train.loop import train as run_train
+
+    prepared = training.prepare(base_spec(spec), None, training.TrainOptions(steps=steps))
+    folder = teacher_dir(spec, steps, cache)
+    weights = folder / "weights.safetensors"
+    if weights.is_file():
+        log(f"teacher: reusing {folder}")
+    else:
+        log(f"teacher: training the base model for {steps} steps on {prepared.data.describe()}")
+        result = run_train(
+            prepared.graph, prepared.data, prepared.config, folder, resume=True, progress=True,
+            log=log,
+        )  # fmt: skip
+        training._write_run_files(prepared, folder, {"steps": result.steps, "final": result.final})
+        log(f"teacher: validation {result.final}")
+    model = build_model(prepared.graph)
+    load_weights(model, weights)
+    return model.eval(), folder, prepared
+
+
+def blockwise_quality(
+    spec: ArchSpec, space: SearchSpace, cache: Path, quick: bool, log: Log
+) -> tuple[Quality, dict[str, Any]]:
+    from archgen.search.quality import TableQuality
+    from archgen.train.blockwise import blockwise_scores
+
+    assert spec.search is not None
+    q = spec.search.quality
+    teacher_steps = min(q.teacher_steps, 150) if quick else q.teacher_steps
+    distill_steps = min(q.distill_steps, 30) if quick else q.distill_steps
+    teacher, folder, prepared = train_teacher(spec, teacher_steps, cache, log)
+    alternatives = {s.node: {c.label: c.op for c in s.choices} for s in space.slots}
+    config = replace(
+        prepared.config, steps=distill_steps, warmup_steps=min(5, distill_steps - 1),
+        eval_interval=distill_steps, checkpoint_interval=distill_steps,
+    )  # fmt: skip
+    jobs = sum(len(v) for v in alternatives.values())
+    log(f"blockwise distillation: {jobs} (layer, choice) jobs of {distill_steps} steps (cached)")
+    table = blockwise_scores(teacher, alternatives, prepared.data, config,
+                             cache_dir=cache / "blockwise", log=log)  # fmt: skip
+    log(f"  {table.optimizer_steps} optimizer steps run, the rest from the cache")
+    quality = TableQuality(table.scores("normalized"))
+    info = {"teacher": str(folder), "blockwise_optimizer_steps": table.optimizer_steps,
+            "table": [r.__dict__ for r in table.rows]}  # fmt: skip
+    return (lambda candidate, graph: quality.score(candidate)), info
+
+
+def capability_quality(spec: ArchSpec, quick: bool) -> Quality:
+    """Accuracy on in-context associative recall after a short training run."""
+    from archgen.train.config import TrainConfig
+    from archgen.train.data import load_data
+    from archgen.train.loop import train as run_train
+    from archgen.train.tasks import AssociativeRecall
+
+    task = AssociativeRecall()
+    steps = 60 if quick else 200
+    config = TrainConfig(
+        steps=steps, batch_size=32, lr=3e-3, warmup_steps=10, eval_interval=steps,
+        checkpoint_interval=steps, eval_batches=4, seed=spec.search.seed if spec.search else 0,
+    )  # fmt: skip
+
+    def score(candidate: Candidate, graph: Graph) -> float:
+        data = load_data(task, vocab_size=graph.model.vocab_size, seq_len=task.seq_len)
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_train(graph, data, config, tmp, progress=False, log=lambda _: None)
+        return float(result.final["accuracy"])
+
+    return score
+
+
+def finalist_check(
+    spec: ArchSpec, finalists: list[tuple[Candidate, float]], space: SearchSpace, cache: Path,
+    steps: int, log: Log,
+) -> dict[str, Any]:  # fmt: skip
+    """Distil each finalist end to end; rank agreement with the cheap fidelity's quality."""
+    from scipy.stats import spearmanr
+
+    from archgen import training
+    from archgen.spec.expand import spec_from_graph, spec_to_data
+
+    assert spec.search is not None
+    teacher_steps = spec.search.quality.teacher_steps
+    folder = teacher_dir(spec, teacher_steps, cache)
+    rows = []
+    for candidate, cheap in finalists:
+        graph = space.graph_for(candidate)
+        with tempfile.TemporaryDirectory() as tmp:
+            student = Path(tmp) / "student.yaml"
+            import yaml
+
+            student.write_text(yaml.safe_dump(spec_to_data(spec_from_graph(graph))))
+            result = training.distill(
+                student, folder, options=training.TrainOptions(steps=steps),
+                out=Path(tmp) / "run", progress=False, log=lambda _: None,
+            )  # fmt: skip
+        loss = float(result.final["loss"])
+        log(f"finalist {dict(candidate)}: end-to-end distillation loss {loss:.4f}")
+        rows.append({"params": dict(candidate), "cheap_quality": cheap, "e2e_loss": loss})
+    rho = None
+    if len(rows) >= 3:
+        rho = float(spearmanr([r["cheap_quality"] for r in rows],
+                              [-r["e2e_loss"] for r in rows]).statistic)  # fmt: skip
+    return {"finalists": rows, "spearman_cheap_vs_e2e": rho}
