@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -13,11 +14,17 @@ if TYPE_CHECKING:
     from archgen.spec.yaml_source import Position
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def format_path(path: Sequence[str | int]) -> str:
+    """``("model", "layers", 3, "window")`` -> ``model.layers[3].window``; odd keys are quoted."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not _PLAIN_KEY.fullmatch(part):
+            out += f"[{part!r}]"
         else:
             out += f".{part}" if out else str(part)
     return out or "<root>"

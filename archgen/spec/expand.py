@@ -11,7 +11,6 @@ from typing import Any
 
 from archgen.ir.graph import TOKENS, Graph, GraphBuilder, ModelInfo
 from archgen.ir.ops import Embedding, LayerNorm, LMHead, Op, ResidualAdd, RMSNorm, Role
-
 from archgen.spec.loader import build_op
 from archgen.spec.models import (
     CHANNEL_MIXER_SPECS,

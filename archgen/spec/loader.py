@@ -7,13 +7,14 @@ causality), which the IR node classes state in :meth:`Op.problems`.
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path as FilePath
 from typing import Any
 
-from archgen.ir.ops import Op
 from pydantic import BaseModel, ValidationError
 
-from archgen.spec.errors import SpecError, SpecIssue, did_you_mean, format_path
+from archgen.ir.ops import Op
+from archgen.spec.errors import SpecError, SpecIssue, closest, did_you_mean, format_path
 from archgen.spec.models import (
     CHANNEL_MIXER_SPECS,
     MAX_LAYERS,
@@ -58,7 +59,8 @@ def parse_spec(text: str, filename: str = "<spec>") -> ArchSpec:
     try:
         spec = ArchSpec.model_validate(data)
     except ValidationError as exc:
-        issues = [_translate(err, data, source) for err in exc.errors()]
+        errors = _without_typo_twins(exc.errors(), data)
+        issues = [_translate(err, data, source) for err in errors]
         raise SpecError(_sorted_unique(issues)) from None
     issues = semantic_issues(spec.model, source)
     if issues:
@@ -126,13 +128,57 @@ def _model_at(path: Path, parent: Any) -> type[BaseModel] | None:
     return None
 
 
+def _without_typo_twins(errors: list[Any], data: Any) -> list[Any]:
+    """Drop "missing key K" when the same mapping has an unknown key that is a typo of K.
+
+    ``d_modle: 64`` is one mistake; its suggestion (did you mean 'd_model'?) already says it all.
+    """
+    suggested: set[Path] = set()
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            path, parent, _ = _strip_tags(err["loc"], data)
+            match = _suggestion(path, parent)
+            if match:
+                suggested.add((*path[:-1], match))
+    return [
+        err
+        for err in errors
+        if err["type"] != "missing" or _missing_path(err, data) not in suggested
+    ]
+
+
+def _suggestion(path: Path, parent: Any) -> str | None:
+    """The valid key that the unknown key at ``path`` is a typo of, if any."""
+    owner = _model_at(path[:-1], parent)
+    if owner is None or (owner is ArchSpec and path[-1] in ModelSpec.model_fields):
+        return None  # a model field at the top level is misplaced, not misspelled
+    return closest(str(path[-1]), owner.model_fields)
+
+
+def _missing_path(err: Any, data: Any) -> Path:
+    path, _, _ = _strip_tags(err["loc"], data)
+    return (*path, err["loc"][-1])
+
+
+def _bound(bound: Any) -> str:
+    """A limit as the user would write it: ``0``, not pydantic's ``0.0`` for a float field."""
+    return str(int(bound)) if isinstance(bound, float) and bound.is_integer() else str(bound)
+
+
 def _describe(value: Any) -> str:
+    """A value as the user wrote it in YAML (``true``, ``null``), or what it is (a list...)."""
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime.date):
+        return f"the date {value.isoformat()} (quote it to make it a string)"
+    if isinstance(value, bytes):
+        return "binary data"
     return repr(value)
 
 
@@ -144,13 +190,21 @@ def _translate(err: dict[str, Any], data: Any, source: SourceMap) -> SpecIssue:
     if kind == "extra_forbidden":
         owner = _model_at(path[:-1], parent)
         valid = sorted(owner.model_fields) if owner else []
-        hint = did_you_mean(str(path[-1]), valid)
-        where = f"; valid keys: {', '.join(valid)}" if valid and not hint else ""
-        msg = f"unknown key {path[-1]!r}{hint}{where}"
+        match = _suggestion(path, parent)
+        if owner is ArchSpec and path[-1] in ModelSpec.model_fields:
+            where = f"; {path[-1]!r} belongs under 'model:'"
+        elif match:
+            where = f" (did you mean {match!r}?)"
+        else:
+            where = f"; valid keys: {', '.join(valid)}" if valid else ""
+        msg = f"unknown key {path[-1]!r}{where}"
         return SpecIssue(fname, source.locate(path, key=True), path, msg)
     if kind == "missing":
-        loc_path = (*path, err["loc"][-1]) if err["loc"][-1] not in path else path
-        return SpecIssue(fname, source.locate(path), loc_path, "missing required key")
+        # The walk stops at the mapping that lacks the key, so the key is never in ``path``
+        # (a repeat group's missing ``layers`` sits under ``model.layers[i]``: compare by place).
+        return SpecIssue(
+            fname, source.locate(path), _missing_path(err, data), "missing required key"
+        )
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         if path == ("data",):
             return _data_kind_issue(kind, value, source)
@@ -161,7 +215,10 @@ def _translate(err: dict[str, Any], data: Any, source: SourceMap) -> SpecIssue:
             msg = f"missing 'kind'; a {role} is one of: {', '.join(specs)}"
             return SpecIssue(fname, source.locate(path), path, msg)
         tag = str(ctx.get("tag"))
-        if tag in others:
+        written = value.get("kind") if isinstance(value, dict) else None
+        if not isinstance(written, str):
+            msg = f"expected a {role} kind, got {_describe(written)}; known: {', '.join(specs)}"
+        elif tag in others:
             other_role = "channel mixer" if role == "token mixer" else "token mixer"
             msg = f"{tag!r} is a {other_role}, not a {role}; a {role} is one of: {', '.join(specs)}"
         else:
@@ -173,13 +230,16 @@ def _translate(err: dict[str, Any], data: Any, source: SourceMap) -> SpecIssue:
         expected = [w.strip().strip("'") for w in str(ctx.get("expected", "")).split(" or ")]
         expected = [w for part in expected for w in part.split(", ")]
         expected = [w.strip("'") for w in expected]
-        hint = did_you_mean(str(value), expected) if isinstance(value, str) else ""
-        msg = f"must be one of {', '.join(expected)}; got {_describe(value)}{hint}"
+        if len(expected) == 1:
+            msg = f"must be {expected[0]!r}, got {_describe(value)}"
+        else:
+            hint = did_you_mean(str(value), expected) if isinstance(value, str) else ""
+            msg = f"must be one of {', '.join(expected)}; got {_describe(value)}{hint}"
         return SpecIssue(fname, source.locate(path), path, msg)
     words = {
-        "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}, got {_describe(value)}",
-        "greater_than": lambda: f"must be > {ctx.get('gt')}, got {_describe(value)}",
-        "less_than_equal": lambda: f"must be <= {ctx.get('le')}, got {_describe(value)}",
+        "greater_than_equal": lambda: f"must be >= {_bound(ctx['ge'])}, got {_describe(value)}",
+        "greater_than": lambda: f"must be > {_bound(ctx['gt'])}, got {_describe(value)}",
+        "less_than_equal": lambda: f"must be <= {_bound(ctx['le'])}, got {_describe(value)}",
         "int_parsing": lambda: f"expected an integer, got {_describe(value)}",
         "int_type": lambda: f"expected an integer, got {_describe(value)}",
         "int_from_float": lambda: f"expected an integer, got {_describe(value)}",
@@ -193,7 +253,11 @@ def _translate(err: dict[str, Any], data: Any, source: SourceMap) -> SpecIssue:
         "model_type": lambda: f"expected a mapping, got {_describe(value)}",
         "model_attributes_type": lambda: f"expected a mapping, got {_describe(value)}",
         "dict_type": lambda: f"expected a mapping, got {_describe(value)}",
-        "too_short": lambda: f"must have at least {ctx.get('min_length')} item(s)",
+        "too_short": lambda: (
+            "must not be empty"
+            if ctx.get("min_length") == 1
+            else f"must have at least {ctx.get('min_length')} items"
+        ),
     }
     make = words.get(kind)
     msg = make() if make else f"{err['msg']}, got {_describe(value)}"

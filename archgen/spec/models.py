@@ -7,26 +7,67 @@ so a node kind's attributes are declared in exactly one place: ``archgen.ir.ops`
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Annotated, Any, Literal, Union
 
-from archgen.ir.ops import Op, Role, ops_with_role
+import annotated_types
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
     SerializerFunctionWrapHandler,
+    Strict,
     Tag,
     create_model,
     model_serializer,
 )
+from pydantic_core import PydanticCustomError
 
+from archgen.ir.ops import Op, Role, ops_with_role
 from archgen.spec.training import DataSpec, TrainSpec
 
 
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise PydanticCustomError("float_type", "Input should be a valid number")
+    return value
+
+
+# YAML already types its scalars, so a spec says what it means: ``true``, ``'64'`` and ``64.0`` are
+# not integers, ``1`` and ``'yes'`` are not booleans (pydantic's lax mode would take them all).
+# Numbers stay lax for strings because YAML 1.1 reads ``1e-5`` (no dot) as a string.
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Number = Annotated[float, BeforeValidator(_not_bool)]
+
+
+def _spec_type(hint: Any, bounds: tuple[Any, ...] = ()) -> Any:
+    """``hint`` with int/bool/float replaced by the spec's stricter versions (inside unions too).
+
+    Bounds go inside the annotation, before the validator: pydantic cannot push a ``Field`` bound
+    through a validator into a union member, and would emit a schema keyword that is not JSON
+    Schema (``"gt"``) instead of ``exclusiveMinimum``.
+    """
+    if hint is int:
+        return Annotated[(int, Strict(), *bounds)]
+    if hint is bool:
+        return Bool
+    if hint is float:
+        return Annotated[(float, *bounds, BeforeValidator(_not_bool))]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is Union:
+        members = (a if a is type(None) else _spec_type(a, bounds) for a in typing.get_args(hint))
+        return Union[tuple(members)]  # noqa: UP007
+    return hint
+
+
+_BOUNDS = {"ge": annotated_types.Ge, "gt": annotated_types.Gt, "le": annotated_types.Le}
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MixerSpec(StrictModel):
@@ -42,10 +83,10 @@ class MixerSpec(StrictModel):
 
 def _field_for(f: dataclasses.Field, hint: Any) -> tuple[Any, Any]:
     meta = f.metadata
-    bounds = {k: meta[k] for k in ("ge", "gt", "le") if k in meta}
+    bounds = tuple(make(meta[k]) for k, make in _BOUNDS.items() if k in meta)
     default = None if meta.get("auto") else f.default
-    info = Field(default=default, description=meta.get("doc"), **bounds)
-    return hint, info
+    info = Field(default=default, description=meta.get("doc"))
+    return _spec_type(hint, bounds), info
 
 
 def mixer_spec_model(op_class: type[Op]) -> type[MixerSpec]:
@@ -104,7 +145,7 @@ LayerItem = Annotated[
 class RepeatSpec(StrictModel):
     """``repeat: N`` copies of a group of layers (weights are not shared)."""
 
-    repeat: int = Field(ge=1, le=4096, description="how many times to repeat the group")
+    repeat: Int = Field(ge=1, le=4096, description="how many times to repeat the group")
     layers: list[LayerItem] = Field(min_length=1, description="the repeated group")
 
 
@@ -114,12 +155,12 @@ MAX_LAYERS = 4096
 class ModelSpec(StrictModel):
     name: str = Field("model", description="model name (used in reports and file names)")
     task: Literal["causal-lm"] = Field("causal-lm", description="what the model computes")
-    vocab_size: int = Field(ge=2, le=1 << 24, description="vocabulary size (256 for bytes)")
-    d_model: int = Field(ge=1, le=1 << 16, description="width of the residual stream")
-    max_seq_len: int = Field(ge=1, le=1 << 24, description="longest sequence the model accepts")
+    vocab_size: Int = Field(ge=2, le=1 << 24, description="vocabulary size (256 for bytes)")
+    d_model: Int = Field(ge=1, le=1 << 16, description="width of the residual stream")
+    max_seq_len: Int = Field(ge=1, le=1 << 24, description="longest sequence the model accepts")
     norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="pre-norm kind")
-    norm_eps: float = Field(1e-5, gt=0, le=1, description="epsilon of every norm")
-    tie_embeddings: bool = Field(True, description="LM head shares the embedding table")
+    norm_eps: Number = Field(1e-5, gt=0, le=1, description="epsilon of every norm")
+    tie_embeddings: Bool = Field(True, description="LM head shares the embedding table")
     layers: list[LayerItem] = Field(min_length=1, description="blocks, bottom to top")
 
 

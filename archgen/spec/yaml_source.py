@@ -40,6 +40,13 @@ class SourceMap:
         return None
 
 
+def _yaml_word(value: Any) -> str:
+    """A scalar as YAML spells it (``null``, ``true``), else its repr."""
+    if value is None or isinstance(value, bool):
+        return yaml.safe_dump(value).split("\n")[0]
+    return repr(value)
+
+
 def _mark(node: yaml.Node) -> Position:
     return Position(node.start_mark.line + 1, node.start_mark.column + 1)
 
@@ -115,8 +122,10 @@ def _reader_error(exc: yaml.reader.ReaderError, text: str) -> tuple[Position, st
 
 def load_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
     source = SourceMap(filename)
+    loader: yaml.SafeLoader | None = None  # what yaml.compose does, keeping the loader's mark
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = yaml.SafeLoader(text)  # checks every character up front (ReaderError)
+        root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         pos = Position(mark.line + 1, mark.column + 1) if mark else None
@@ -132,6 +141,17 @@ def load_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
         raise SpecError(
             [SpecIssue(filename, None, (), "invalid YAML: the spec is nested too deeply")]
         ) from None
+    except Exception as exc:
+        # PyYAML's scanner lets some conversions fail raw, e.g. ValueError for "\U00FFFFFF".
+        mark = loader.get_mark() if loader else None
+        pos = Position(mark.line + 1, mark.column + 1) if mark else None
+        problem = " ".join(str(exc).split())
+        if "chr()" in problem:
+            problem = "this escape sequence is beyond the last Unicode character (\\U0010FFFF)"
+        raise SpecError([SpecIssue(filename, pos, (), f"invalid YAML: {problem}")]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if root is None:
         raise SpecError([SpecIssue(filename, Position(1, 1), (), "the spec is empty")])
     constructor = yaml.SafeLoader("")
@@ -153,7 +173,10 @@ def load_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
                 ]
             )
         if id(node) in active:
-            raise SpecError([SpecIssue(filename, _mark(node), path, "an alias refers to itself")])
+            # The alias itself has no mark after composing; its key (if any) is the best place.
+            pos = source.keys.get(path) or _mark(node)
+            message = "recursive alias (a value that contains itself)"
+            raise SpecError([SpecIssue(filename, pos, path, message)])
         source.values[path] = _mark(node)
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
             active.add(id(node))
@@ -167,10 +190,15 @@ def load_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
         try:
             return constructor.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
-            message = f"invalid value: {exc.problem or exc}"
-        except (yaml.YAMLError, ValueError, TypeError, ArithmeticError) as exc:
-            # PyYAML's own constructors raise plain exceptions for e.g. ``!!int x``.
-            message = f"invalid value {node.value!r} for tag {node.tag}: {exc}"
+            problem = exc.problem or str(exc)
+            if problem.startswith("could not determine a constructor"):
+                problem = f"unsupported YAML tag {node.tag!r}"
+            message = f"invalid value: {problem}"
+        except Exception:
+            # PyYAML's constructors for the standard tags raise whatever the conversion raises
+            # (ValueError for ``!!int x``, IndexError for an empty ``!!int``...).
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            message = f"invalid value: {node.value!r} is not a valid {tag}"
         raise SpecError([SpecIssue(filename, _mark(node), path, " ".join(message.split()))])
 
     def build_collection(node: yaml.Node, path: Path) -> Any:
@@ -201,7 +229,7 @@ def load_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
                             filename,
                             _mark(key_node),
                             path,
-                            f"keys must be strings, got {key!r}",
+                            f"keys must be strings, got {_yaml_word(key)}",
                         )
                     ]
                 )
