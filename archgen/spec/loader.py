@@ -63,6 +63,10 @@ def parse_spec(text: str, filename: str = "<spec>") -> ArchSpec:
         issues = [_translate(err, data, source) for err in errors]
         raise SpecError(_sorted_unique(issues)) from None
     issues = semantic_issues(spec.model, source)
+    if spec.search is not None:
+        from archgen.spec.search_space import search_proposals
+
+        issues += search_proposals(spec, source)[1]
     if issues:
         raise SpecError(issues)
     return spec
@@ -234,6 +238,8 @@ def _translate(err: dict[str, Any], data: Any, source: SourceMap) -> SpecIssue:
             msg = f"must be {expected[0]!r}, got {_describe(value)}"
         else:
             hint = did_you_mean(str(value), expected) if isinstance(value, str) else ""
+            if value is None and "null" in expected:
+                hint = " (YAML reads a bare null as 'no value': write \"null\" in quotes)"
             msg = f"must be one of {', '.join(expected)}; got {_describe(value)}{hint}"
         return SpecIssue(fname, source.locate(path), path, msg)
     words = {

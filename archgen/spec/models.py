@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from archgen.ir.ops import Op, Role, ops_with_role
+from archgen.spec.search_models import SearchSpec
 from archgen.spec.training import DataSpec, TrainSpec
 
 
@@ -168,6 +169,7 @@ class ArchSpec(StrictModel):
     """A whole spec file."""
 
     model: ModelSpec
+    search: SearchSpec | None = Field(None, description="architecture search (archgen search)")
     data: DataSpec | None = Field(  # type: ignore[valid-type]
         None, description="training data (archgen train; default: the built-in text corpus)"
     )
