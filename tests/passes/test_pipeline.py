@@ -15,15 +15,19 @@ from archgen.passes import AnnotateCost, InferShapes, PassError, Verify, run_pip
 from archgen.passes.base import Pass, PassResult
 from tests.conftest import EXAMPLES
 
+TRANSFORMER = next(p for p in EXAMPLES if p.stem == "transformer")
+
 
 def _graph() -> Graph:
     from archgen.spec.expand import graph_from_spec
 
-    return graph_from_spec(api.load_spec(EXAMPLES[0]))
+    return graph_from_spec(api.load_spec(TRANSFORMER))
 
 
 def test_cost_requires_shapes() -> None:
-    with pytest.raises(PassError, match=r"in pass annotate_cost, as the first pass: requires shapes"):
+    with pytest.raises(
+        PassError, match=r"in pass annotate_cost, as the first pass: requires shapes"
+    ):
         run_pipeline(_graph(), [AnnotateCost()])
 
 
@@ -96,6 +100,6 @@ def test_errors_inside_a_pass_name_it() -> None:
 
 
 def test_default_pipeline_is_idempotent() -> None:
-    once = api.compile_spec(EXAMPLES[0])
+    once = api.compile_spec(TRANSFORMER)
     twice = run_pipeline(once, [Verify(), InferShapes(), AnnotateCost()])
     assert twice == once and dict(twice.value_types) == dict(once.value_types)
