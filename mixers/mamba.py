@@ -33,9 +33,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from archgen.mixers.base import DecodeState, TokenMixer
 from archgen.mixers.kernels import selective_scan as fused_kernel
-from torch import nn
 
 SCAN_IMPLS = ("auto", "chunked", "fused")
 
@@ -208,14 +209,12 @@ class Mamba(TokenMixer):
     def _causal_conv(self, x: torch.Tensor) -> torch.Tensor:
         """Depthwise causal conv over time on ``[B, L, Din]``, kept time-major: ``nn.Conv1d``
         wants ``[B, Din, L]`` and the two transposing copies cost more than the conv itself."""
-        k, seq = self.d_conv, x.shape[1]
+        k = self.d_conv
         weight = self.conv1d.weight[:, 0]  # [Din, K]; tap K-1 multiplies the current token
-        x_pad = F.pad(x, (0, 0, k - 1, 0))
-        out = x * weight[:, k - 1]
-        if self.conv1d.bias is not None:
-            out = out + self.conv1d.bias
-        for j in range(k - 1):  # d_conv taps, a constant of the graph
-            out = torch.addcmul(out, x_pad[:, j : j + seq], weight[:, j])
+        bias = self.conv1d.bias
+        out = x * weight[:, k - 1] if bias is None else torch.addcmul(bias, x, weight[:, k - 1])
+        for s in range(1, k):  # tap K-1-s sees the token s steps back; K is a graph constant
+            out[:, s:] += x[:, :-s] * weight[:, k - 1 - s]
         return out
 
     def _gate_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

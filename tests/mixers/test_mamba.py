@@ -9,9 +9,9 @@ import warnings
 
 import pytest
 import torch
+
 from archgen.mixers.kernels import selective_scan as fused_kernel
 from archgen.mixers.mamba import Mamba, selective_scan_chunked
-
 from tests.tolerances import assert_close
 
 F64 = torch.float64
