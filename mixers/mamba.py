@@ -14,14 +14,15 @@ Three implementations of the scan, picked by ``scan=``:
   and is exact for any ``Δ`` and ``A`` (the log-space ``exp(S_t - S_s)`` factorisation overflows
   once a chunk's total log-decay passes ~170; trained models do reach that). The state is carried
   across chunks by a loop over the ``L / chunk_size`` chunks: in eager mode a Python loop, under
-  ``torch.export`` / ``torch.compile`` the ``scan`` higher-order op, which the ONNX exporter
-  lowers to one ONNX ``Scan`` node whose body is the fixed-size chunk graph. The exported graph
-  therefore has the same nodes for every ``L`` and takes a dynamic sequence length.
+  ``torch.export`` the ``scan`` higher-order op, which the ONNX exporter lowers to one ONNX
+  ``Scan`` node whose body is the fixed-size chunk graph. The exported graph therefore has the
+  same nodes for every ``L`` and takes a dynamic sequence length. Under ``torch.compile`` the scan
+  is a graph break (it runs eagerly, fused or chunked; the projections are compiled).
 * ``"fused"``: a C++ kernel (``archgen.mixers.kernels.selective_scan``), one pass over
   ``(channels, L)`` with the state in registers, plus a C++ reverse scan for backward. Built on
   first use; CPU only. Requesting it where it cannot build is an error.
-* ``"auto"``: ``"fused"`` in eager CPU mode when the kernel builds (else ``"chunked"`` with a
-  warning, once), ``"chunked"`` while exporting/compiling and on other devices.
+* ``"auto"``: ``"fused"`` on CPU when the kernel builds (else ``"chunked"`` with a warning,
+  once), ``"chunked"`` while exporting and on other devices.
 
 The implementation actually used by the last ``forward`` is recorded in ``last_scan_impl``.
 The scan always runs in float32 (float64 when the inputs are float64), also for bf16 modules.
@@ -92,18 +93,16 @@ def selective_scan_chunked(
     b_p, c_p = F.pad(b, (0, 0, 0, pad)), F.pad(c, (0, 0, 0, pad))
     n_chunks = dt_p.shape[1] // q
     h0 = x.new_zeros(bsz, dim, n)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_exporting():
         from torch._higher_order_ops.scan import scan
 
         def chunks(t: torch.Tensor) -> torch.Tensor:  # [B, L', K] -> [L'/Q, B, Q, K]
             return t.reshape(bsz, n_chunks, q, t.shape[-1]).transpose(0, 1)
 
-        xs = (chunks(dt_p), chunks(dtx_p), chunks(b_p), chunks(c_p))
-        a_scan = a_mat
-        if torch.compiler.is_exporting():
-            # Exports are for inference, and torch 2.13's scan autograd fails on a symbolic
-            # batch size when the ONNX exporter re-traces the graph with grad enabled.
-            xs, a_scan = tuple(t.detach() for t in xs), a_mat.detach()
+        # Exports are for inference, and torch 2.13's scan autograd fails on a symbolic batch
+        # size when the ONNX exporter re-traces the graph with grad enabled: detach.
+        xs = tuple(chunks(t).detach() for t in (dt_p, dtx_p, b_p, c_p))
+        a_scan = a_mat.detach()
 
         def body(
             h: torch.Tensor, xs: tuple[torch.Tensor, ...]
@@ -120,6 +119,26 @@ def selective_scan_chunked(
             outs.append(y_chunk)
         y = torch.cat(outs, dim=1)
     return y[:, :seq] + x * d_skip
+
+
+def _run_scan(
+    impl: str,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a_mat: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    d_skip: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
+    if impl == "fused":
+        return fused_kernel.selective_scan(x, dt, a_mat, b, c, d_skip)
+    return selective_scan_chunked(x, dt, a_mat, b, c, d_skip, chunk_size)
+
+
+# Under torch.compile the scan is a graph break and runs eagerly: Inductor (torch 2.13) fails to
+# lower the scan higher-order op, and tracing the chunk loop would unroll it into an L-sized graph.
+_run_scan_outside_graph = torch._dynamo.disable(_run_scan)
 
 
 # -- the module --------------------------------------------------------------------------------
@@ -221,20 +240,20 @@ class Mamba(TokenMixer):
         return self.out_proj(y.to(z.dtype) * F.silu(z))
 
     def _resolve_impl(self, x: torch.Tensor) -> str:
-        tracing = torch.compiler.is_compiling()
+        exporting = torch.compiler.is_exporting()
         if self.scan == "chunked":
             return "chunked"
         if self.scan == "fused":
-            if tracing:
+            if exporting:
                 raise RuntimeError(
-                    "Mamba(scan='fused') cannot be exported or compiled (the C++ kernel is opaque "
-                    "to tracing); use scan='chunked' or scan='auto'"
+                    "Mamba(scan='fused') cannot be exported (the C++ kernel is opaque to "
+                    "torch.export); use scan='chunked' or scan='auto'"
                 )
             if x.device.type != "cpu":
                 raise RuntimeError(f"Mamba(scan='fused') is CPU-only, got a {x.device} input")
             fused_kernel.load(required=True)
             return "fused"
-        if tracing or x.device.type != "cpu" or fused_kernel.load(required=False) is None:
+        if exporting or x.device.type != "cpu" or fused_kernel.load(required=False) is None:
             return "chunked"
         return "fused"
 
@@ -246,10 +265,10 @@ class Mamba(TokenMixer):
         xs, d_skip = x.to(dt.dtype), self.D.to(dt.dtype)
         impl = self._resolve_impl(u)
         self.last_scan_impl = impl
-        if impl == "fused":
-            y = fused_kernel.selective_scan(xs, dt, a_mat, b, c, d_skip)
-        else:
-            y = selective_scan_chunked(xs, dt, a_mat, b, c, d_skip, self.chunk_size)
+        run = _run_scan
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            run = _run_scan_outside_graph
+        y = run(impl, xs, dt, a_mat, b, c, d_skip, self.chunk_size)
         return self._gate_out(y, z)
 
     # -- reference -----------------------------------------------------------------------------

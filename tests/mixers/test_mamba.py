@@ -188,9 +188,9 @@ def test_bad_arguments_are_errors():
         Mamba(8, chunk_size=12)
 
 
-def test_fused_refuses_tracing(monkeypatch):
+def test_fused_refuses_export(monkeypatch):
     m = Mamba(8, scan="fused")
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
     with pytest.raises(RuntimeError, match="cannot be exported"):
         m(torch.randn(1, 5, 8))
 
