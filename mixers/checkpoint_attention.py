@@ -31,6 +31,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+
 from archgen.mixers.attention import Attention, repeat_kv
 from archgen.mixers.base import DecodeState
 

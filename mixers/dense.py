@@ -27,8 +27,9 @@ from __future__ import annotations
 import math
 
 import torch
-from archgen.mixers.base import DecodeState, TokenMixer
 from torch import nn
+
+from archgen.mixers.base import DecodeState, TokenMixer
 
 
 class DenseMixer(TokenMixer):

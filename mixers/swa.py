@@ -7,9 +7,10 @@ Hugging Face's ``sliding_window=w`` admits ``w + 1`` keys.
 The production path is blocked local attention: queries are cut into blocks of ``block_size``
 (``Bq``) and each block attends to a fixed band of keys -- the ``ceil((w - 1) / Bq)`` previous
 blocks plus its own -- through one ``F.scaled_dot_product_attention`` call with an additive band
-mask of shape ``[blocks, 1, Bq, band]``. Time and memory are ``O(L * (w + Bq))``; there is no
-``L x L`` tensor and no Python loop over blocks, so the graph exports with a dynamic ``L``
-(the sequence is padded up to a multiple of ``Bq`` inside the graph).
+mask of shape ``[blocks, 1, Bq, band]``. The key/value bands are overlapping strided views
+(``unfold``), not copies. Time and memory are ``O(L * (w + Bq))``; there is no ``L x L`` tensor
+and no Python loop over blocks, so the graph exports with a dynamic ``L`` (the sequence is padded
+up to a multiple of ``Bq`` inside the graph).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+
 from archgen.mixers.attention import Attention, repeat_kv
 from archgen.mixers.base import DecodeState
 
@@ -28,10 +30,11 @@ def _key_band(x: torch.Tensor, block: int, prev_blocks: int, n_blocks: int) -> t
     b, h, n, d = x.shape
     # Left padding gives the first blocks their (masked-out) "previous" keys; right padding
     # completes the last block.
-    padded = F.pad(x, (0, 0, prev_blocks * block, n_blocks * block - n))
-    blocks = padded.reshape(b * h, n_blocks + prev_blocks, block, d).transpose(0, 1)
-    # One contiguous copy of prev_blocks + 1 shifted views: a Python loop over a constant, not L.
-    return torch.cat([blocks[j : j + n_blocks] for j in range(prev_blocks + 1)], dim=2)
+    padded = F.pad(x, (0, 0, prev_blocks * block, n_blocks * block - n)).reshape(b * h, -1, d)
+    # Overlapping windows as a strided view (no copy of the band; SDPA reads the strides).
+    # It exports as Range + Gather, keeping n_blocks dynamic.
+    band = padded.unfold(1, (prev_blocks + 1) * block, block)  # [B*H, n_blocks, Dh, band]
+    return band.permute(1, 0, 3, 2)
 
 
 def _band_mask(

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from archgen.mixers.attention import Attention
 from archgen.mixers.checkpoint_attention import CheckpointAttention, checkpoint_attention
-
 from tests.tolerances import assert_close
 
 D, HEADS, KV_HEADS = 24, 4, 2

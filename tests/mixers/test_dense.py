@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from archgen.mixers.dense import DenseMixer
 
+from archgen.mixers.dense import DenseMixer
 from tests.tolerances import assert_close
 
 D, L_MAX = 24, 40

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from archgen.mixers.attention import Attention
 from archgen.mixers.swa import SlidingWindowAttention, sliding_window_attention
-
 from tests.tolerances import assert_close
 
 D, HEADS, KV_HEADS = 24, 4, 2
