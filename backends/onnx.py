@@ -27,6 +27,7 @@ import importlib.util
 import io
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -38,6 +39,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
+
 from archgen.backends.base import (
     Artifact,
     ArtifactMeta,
@@ -60,12 +63,10 @@ from archgen.backends.eager import (
     torch_supports,
 )
 from archgen.backends.torch_model import ArchModel
+from archgen.errors import ArchgenError, UnavailableError
 from archgen.ir import ops
 from archgen.ir.graph import Graph, Node
 from archgen.ir.ops import Role
-from torch import nn
-
-from archgen.errors import ArchgenError, UnavailableError
 
 FORWARD_FILE = "model.onnx"
 DECODE_FILE = "decode_step.onnx"
@@ -103,15 +104,30 @@ def _quiet_exporter() -> Any:
     """The dynamo exporter prints progress lines and warns about torchvision; keep the log for
     error messages instead of the terminal."""
     log = io.StringIO()
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
+    # torchvision notices, and guard errors torch logs before raising the exception we report
+    loggers = [logging.getLogger(n) for n in ("torch.onnx._internal.exporter", "torch._guards")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log):
             warnings.simplefilter("ignore")
             yield log
     finally:
-        registration.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+class SpecialisedError(UnsupportedError):
+    """The exporter returned a graph with a static size where a dynamic dim was asked for."""
+
+
+def _capture_strategy(log: str) -> str | None:
+    """How the exporter obtained the graph (it retries other strategies when one fails, e.g.
+    ``torch.export.export(..., strict=True)``): recorded so a retry is never silent."""
+    done = [ln for ln in log.splitlines() if "Obtain model graph" in ln and "✅" in ln]
+    found = re.findall(r"with `([^`]*)`", done[-1]) if done else []
+    return found[-1] if found else None
 
 
 def _export(
@@ -120,11 +136,16 @@ def _export(
     path: Path,
     *,
     dynamic_shapes: tuple[Any, ...],
+    expect_dynamic: dict[str, tuple[int, ...]],
     input_names: list[str],
     output_names: list[str],
     opset: int | None,
 ) -> dict[str, Any]:
-    """Export, check and atomically write one ONNX file; returns facts for the meta."""
+    """Export, check and atomically write one ONNX file; returns facts for the meta.
+
+    ``expect_dynamic`` names the input axes that must stay symbolic: when torch.export cannot
+    keep a dim dynamic, the ONNX exporter may fall back to a strategy that specialises it to the
+    example's size; that graph would reject every other length, so it is an error here."""
     import onnx
 
     start = time.perf_counter()
@@ -139,7 +160,7 @@ def _export(
                 input_names=input_names,
                 output_names=output_names,
                 opset_version=opset,
-                verbose=False,
+                verbose=None,  # progress lines go to the captured log (capture strategy)
             )
         except Exception as exc:  # the exporter raises many types; all mean "cannot export"
             summary = str(exc).strip().splitlines()
@@ -148,6 +169,20 @@ def _export(
                 f"torch.onnx export of {path.name} failed: {type(exc).__name__}: {detail[:500]}",
                 hint="the exporter's log: " + " | ".join(log.getvalue().splitlines()[-3:]),
             ) from exc
+    proto = program.model_proto
+    static = [
+        f"{inp.name}[{axis}] = {inp.type.tensor_type.shape.dim[axis].dim_value}"
+        for inp in proto.graph.input
+        for axis in expect_dynamic.get(inp.name, ())
+        if not inp.type.tensor_type.shape.dim[axis].dim_param
+    ]
+    capture = _capture_strategy(log.getvalue())
+    if static:
+        raise SpecialisedError(
+            f"torch.onnx export of {path.name} made dynamic dims static ({', '.join(static)}): "
+            f"torch.export could not keep them symbolic and the exporter applied its suggested "
+            f"fixes (graph captured with {capture})"
+        )
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -157,15 +192,39 @@ def _export(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    proto = onnx.load(str(path), load_external_data=False)
     return {
         "file": path.name,
         "export_s": time.perf_counter() - start,
+        "capture": capture,
         "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
         "nodes": len(proto.graph.node),
         "op_counts": dict(Counter(n.op_type for n in proto.graph.node).most_common()),
         "bytes": path.stat().st_size,
     }
+
+
+def dynamic_length_culprits(model: ArchModel, example_len: int) -> list[str]:
+    """Mixer nodes (one per kind) that torch.export cannot trace with a dynamic length, each
+    with the first line of its error: what to fix when the whole model specialises."""
+    seq = torch.export.Dim("seq", min=1, max=max(example_len, 2) * 64)
+    found, seen = [], set()
+    for node in model.graph.nodes:
+        if node.op.role not in (Role.TOKEN_MIXER, Role.CHANNEL_MIXER) or node.op.kind in seen:
+            continue
+        seen.add(node.op.kind)
+        module = model.get_submodule(node.name)
+        x = torch.randn(2, example_len, model.graph.model.d_model, dtype=_param_dtype(module))
+        try:
+            with _quiet_exporter():
+                torch.export.export(module, (x,), dynamic_shapes=({1: seq},), strict=False)
+        except Exception as exc:  # any failure means "not dynamic in L"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            found.append(f"{node.name} ({node.op.kind}): {first[:300]}")
+    return found
+
+
+def _param_dtype(module: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in module.parameters()), torch.float32)
 
 
 def export_forward(model: ArchModel, path: Path, options: LowerOptions) -> dict[str, Any]:
@@ -174,18 +233,27 @@ def export_forward(model: ArchModel, path: Path, options: LowerOptions) -> dict[
     batch = torch.export.Dim("batch", min=1, max=options.max_batch)
     seq = torch.export.Dim("seq", min=1, max=options.max_seq)
     # The example must not be 0/1-sized in a dynamic dim (torch.export specialises those).
-    example = torch.randint(0, graph.model.vocab_size, (2, min(8, max(2, options.max_seq))))
-    if options.max_seq < 2:
-        seq = None  # a profile of length 1 only: nothing to make dynamic
-    return _export(
-        BoundaryModule(model).eval(),
-        (example,),
-        path,
-        dynamic_shapes=({0: batch, 1: seq} if seq is not None else {0: batch},),
-        input_names=["tokens"],
-        output_names=[*graph.outputs, *graph.blocks()],
-        opset=options.opset,
-    )
+    example_len = min(8, max(2, options.max_seq))
+    example = torch.randint(0, graph.model.vocab_size, (2, example_len))
+    dynamic = options.max_seq >= 2  # a profile of length 1 only: nothing to make dynamic
+    try:
+        return _export(
+            BoundaryModule(model).eval(),
+            (example,),
+            path,
+            dynamic_shapes=({0: batch, 1: seq} if dynamic else {0: batch},),
+            expect_dynamic={"tokens": (0, 1) if dynamic else (0,)},
+            input_names=["tokens"],
+            output_names=[*graph.outputs, *graph.blocks()],
+            opset=options.opset,
+        )
+    except SpecialisedError as exc:
+        culprits = dynamic_length_culprits(model, example_len)
+        raise SpecialisedError(
+            exc.message + (": " + "; ".join(culprits) if culprits else ""),
+            hint="these mixers' forward must trace with a symbolic sequence length "
+            "(torch.export.export with dynamic_shapes) to export for every length",
+        ) from None
 
 
 def decode_support(graph: Graph) -> tuple[bool, str]:
@@ -255,16 +323,17 @@ def export_decode(model: ArchModel, path: Path, options: LowerOptions) -> dict[s
         layout, state = probe_state(model, 2)
     flat = layout.flatten(state)
     shapes = tuple({0: batch, **{d: past for d in dims}} for dims in layout.growing)
+    growing = dict(zip(layout.names("state"), layout.growing, strict=True))
     facts = _export(
         DecodeStepModule(model, layout).eval(),
         (torch.zeros(2, dtype=torch.long), torch.tensor(2), *flat),
         path,
         dynamic_shapes=({0: batch}, None, shapes),
+        expect_dynamic={"token": (0,), **{n: (0, *dims) for n, dims in growing.items()}},
         input_names=["token", "pos", *layout.names("state")],
         output_names=["logits", *layout.names("new_state")],
         opset=options.opset,
     )
-    growing = dict(zip(layout.names("state"), layout.growing, strict=True))
     return {**facts, "dynamic_state_dims": growing}
 
 

@@ -1,0 +1,61 @@
+"""The tensorrt backend on a machine without it: availability says what is missing, and every
+entry point fails fast with a clear error. (The engine-building path needs an NVIDIA GPU and the
+tensorrt package; it is not exercised here.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from archgen.backends.base import LowerOptions, get_backend
+from archgen.errors import UnavailableError
+from tests.backends.conformance import tiny_graph
+from tests.conftest import ROOT
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+pytestmark = pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed: these test its absence")
+
+
+def test_is_available_names_what_is_missing() -> None:
+    ok, reason = get_backend("tensorrt").is_available()
+    assert not ok and "no module named tensorrt" in reason
+
+
+def test_lowering_raises_unavailable_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(UnavailableError, match="'tensorrt' is not available here") as info:
+        get_backend("tensorrt").lower(tiny_graph(tmp_path), LowerOptions())
+    assert info.value.exit_code == 3
+
+
+def test_cli_export_fails_fast_with_exit_code_3_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "engine"
+    start = time.perf_counter()
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "archgen.cli.main", "export"),
+            *(str(ROOT / "examples/transformer.yaml"), "--format", "tensorrt", "-o", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 3, result.stderr
+    assert "cannot export tensorrt on this machine: no module named tensorrt" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert elapsed < 3.0  # before torch is even imported (about 0.5 s)
+
+
+def test_importing_the_module_needs_neither_tensorrt_nor_torch() -> None:
+    code = (
+        "import sys; from archgen.backends.base import get_backend;"
+        "ok, why = get_backend('tensorrt').is_available(); assert not ok, why;"
+        "assert 'tensorrt' not in sys.modules and 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
