@@ -5,12 +5,12 @@ from __future__ import annotations
 import doctest
 import math
 
-import archgen.mixers.mamba2 as mamba2_module
 import pytest
 import torch
 import torch.nn.functional as F
-from archgen.mixers.mamba2 import GatedRMSNorm, Mamba2, ssd_chunked
 
+import archgen.mixers.mamba2 as mamba2_module
+from archgen.mixers.mamba2 import GatedRMSNorm, Mamba2, ssd_chunked
 from tests.tolerances import FLOAT32_PARAM_GRAD, assert_close
 
 D_MODEL = 24

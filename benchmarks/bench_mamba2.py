@@ -1,0 +1,184 @@
+"""archgen ``Mamba2`` vs Hugging Face transformers' ``Mamba2Mixer`` (its pure-torch CPU path).
+
+Both mixers are built at hidden 768, head_dim 64, state 64 (24 heads), HF defaults otherwise
+(``n_groups=8``, ``chunk_size=256``); ``--ngroups 1`` adds the single-group configuration used in
+``research/perf-anchors.md`` §3. HF's random weights are copied into archgen's module by name, the
+outputs are checked to agree, then both are timed in the same process, interleaved call by call
+(the dev machine is shared, so drift hits both sides alike), and the median is reported.
+
+Needs ``pip install transformers`` (benchmark only; nothing is downloaded)::
+
+    python benchmarks/bench_mamba2.py                     # table + results/mamba2_cpu.md
+    python benchmarks/bench_mamba2.py --chunks 32,64,128  # chunk-size sweep for archgen
+    python benchmarks/bench_mamba2.py --profile 4096      # op-level profile of archgen
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from archgen.mixers.mamba2 import Mamba2
+
+HIDDEN, HEAD_DIM, STATE = 768, 64, 64
+RESULTS = Path(__file__).resolve().parent / "results" / "mamba2_cpu.md"
+
+
+def build_pair(ngroups: int, chunk_size: int) -> tuple[torch.nn.Module, Mamba2]:
+    from transformers import Mamba2Config
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+    heads = 2 * HIDDEN // HEAD_DIM
+    config = Mamba2Config(
+        hidden_size=HIDDEN, head_dim=HEAD_DIM, state_size=STATE, num_heads=heads, n_groups=ngroups
+    )
+    hf = Mamba2Mixer(config, layer_idx=0).eval()
+    ours = Mamba2(
+        HIDDEN, d_state=STATE, head_dim=HEAD_DIM, ngroups=ngroups, chunk_size=chunk_size
+    ).eval()
+    ours.load_state_dict(hf.state_dict(), strict=True)
+    return hf, ours
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def time_interleaved(
+    fns: dict[str, object], x: torch.Tensor, warmup: int, repeats: int
+) -> dict[str, list[float]]:
+    """Wall times in ms; one call of each variant per round so drift hits all variants alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn(x)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(x)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def profile(length: int, ngroups: int, chunk: int) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    _, ours = build_pair(ngroups, chunk)
+    x = torch.randn(1, length, HIDDEN)
+    ours(x)
+    ours(x)
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        ours(x)
+    table = prof.key_averages(group_by_input_shape=True)
+    print(table.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=24))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", default="1024,4096")
+    parser.add_argument("--ngroups", default="8,1", help="n_groups values (HF default is 8)")
+    parser.add_argument("--chunks", default="64", help="archgen chunk sizes to time")
+    parser.add_argument("--hf-chunk", type=int, default=256, help="HF chunk_size (default 256)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", type=int, default=0, help="profile archgen at this L, exit")
+    parser.add_argument("--write", type=Path, default=RESULTS, help="markdown output ('' = none)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    lengths = [int(v) for v in args.lengths.split(",")]
+    groups = [int(v) for v in args.ngroups.split(",")]
+    chunks = [int(v) for v in args.chunks.split(",")]
+    if args.profile:
+        with torch.inference_mode():
+            profile(args.profile, groups[0], chunks[0])
+        return
+
+    import transformers
+
+    load_before = os.getloadavg()
+    rows: list[str] = []
+    header = f"| n_groups | L | HF chunk {args.hf_chunk} med (min) ms | "
+    header += " | ".join(f"archgen chunk {c} med (min) ms | HF / archgen{c}" for c in chunks)
+    header += " | max abs diff |"
+    print(header)
+    with torch.inference_mode():
+        for ngroups in groups:
+            hf, ours = build_pair(ngroups, chunks[0])
+            hf.chunk_size = args.hf_chunk
+            for length in lengths:
+                x = torch.randn(1, length, HIDDEN)
+                ref = hf(x)
+                diff = 0.0
+                variants: dict[str, object] = {"hf": hf}
+                for chunk in chunks:
+                    model = Mamba2(
+                        HIDDEN, d_state=STATE, head_dim=HEAD_DIM, ngroups=ngroups, chunk_size=chunk
+                    ).eval()
+                    model.load_state_dict(ours.state_dict())
+                    out = model(x)
+                    diff = max(diff, (out - ref).abs().max().item())
+                    scale = ref.abs().max().item()
+                    if diff > 1e-4 * max(scale, 1.0):  # both are float32 versions of one function
+                        raise SystemExit(f"outputs disagree: max abs diff {diff:.3g} (L={length})")
+                    variants[f"c{chunk}"] = model
+                times = time_interleaved(variants, x, args.warmup, args.repeats)
+                med = {k: statistics.median(v) for k, v in times.items()}
+                cells = [f"{med['hf']:.1f} ({min(times['hf']):.1f})"]
+                for chunk in chunks:
+                    key = f"c{chunk}"
+                    cells.append(f"{med[key]:.1f} ({min(times[key]):.1f})")
+                    cells.append(f"**{med['hf'] / med[key]:.2f}x**")
+                row = f"| {ngroups} | {length} | " + " | ".join(cells) + f" | {diff:.1e} |"
+                rows.append(row)
+                print(row, flush=True)
+    load_after = os.getloadavg()
+
+    if not args.write or str(args.write) == ".":
+        return
+    lines = [
+        "# Mamba-2 mixer on CPU: archgen vs Hugging Face `Mamba2Mixer`",
+        "",
+        f"- Date: {datetime.datetime.now().isoformat(timespec='minutes')}",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; `torch.set_num_threads"
+        f"({args.threads})`",
+        f"- torch {torch.__version__}, transformers {transformers.__version__}, Python "
+        f"{platform.python_version()}",
+        f"- Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}. The "
+        "machine is shared with other engineers' jobs; calls are interleaved (HF, archgen, HF, "
+        "...) so drift hits both sides, but absolute ms move by 20-30 % between runs.",
+        f"- Config: hidden {HIDDEN}, head_dim {HEAD_DIM}, state {STATE}, expand 2 (24 heads), "
+        "conv 4, float32, batch 1, inference mode. HF defaults otherwise (`n_groups=8`, "
+        f"`chunk_size={args.hf_chunk}`); n_groups=1 is the configuration of perf-anchors §3. "
+        "HF runs its pure-torch path (no `mamba_ssm` / `causal_conv1d`).",
+        f"- Method: HF weights copied into archgen by name (`load_state_dict(strict=True)`), "
+        f"outputs checked to agree (max abs diff column), {args.warmup} warm-up rounds, then "
+        f"{args.repeats} interleaved rounds; median (min) wall time per call.",
+        "- Command: `python benchmarks/bench_mamba2.py "
+        f"--lengths {args.lengths} --ngroups {args.ngroups} --chunks {args.chunks}`",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+        *rows,
+        "",
+    ]
+    args.write.parent.mkdir(parents=True, exist_ok=True)
+    args.write.write_text("\n".join(lines))
+    print(f"wrote {args.write}")
+
+
+if __name__ == "__main__":
+    main()
