@@ -18,6 +18,10 @@ Three implementations of the scan, picked by ``scan=``:
   ``Scan`` node whose body is the fixed-size chunk graph. The exported graph therefore has the
   same nodes for every ``L`` and takes a dynamic sequence length. Under ``torch.compile`` the scan
   is a graph break (it runs eagerly, fused or chunked; the projections are compiled).
+  Numerical limits: none beyond rounding; a decay product below ~1e-38 underflows to 0 exactly
+  as in the sequential loop. Cost: ~5 elementwise passes over ``[B, Q, D_in, N]`` per doubling
+  level; ``chunk_size=8`` was fastest on the 2-core CPU (hidden 768, L=4096: Q=4/8/16/32 took
+  489/462/546/688 ms for the whole mixer).
 * ``"fused"``: a C++ kernel (``archgen.mixers.kernels.selective_scan``), one pass over
   ``(channels, L)`` with the state in registers, plus a C++ reverse scan for backward. Built on
   first use; CPU only. Requesting it where it cannot build is an error.
@@ -43,7 +47,7 @@ SCAN_IMPLS = ("auto", "chunked", "fused")
 
 
 def _scan_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Decays are computed in float32 at least (bf16 decays lose the state within ~100 steps)."""
+    """Decays are computed in float32 at least: bf16 rounds a decay of 0.999 to 1.0."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
