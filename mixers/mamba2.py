@@ -290,18 +290,16 @@ class Mamba2(TokenMixer):
         """Depthwise causal conv + SiLU on ``xbc: [B, (d_conv - 1) + L, C]`` (left-padded) ->
         ``[B, L, C]``, time-major.
 
-        A sum of ``d_conv`` shifted slices: on CPU this is ~2x faster than ``F.conv1d`` on the
-        transposed tensor, and it keeps the ``[B, L, C]`` layout the projections produce.
+        Run as a 2-D convolution over ``[B, C, 1, L]`` viewed from the time-major tensor, i.e. in
+        channels-last layout: oneDNN's depthwise kernel then makes one pass without transposes.
+        On CPU (L=4096, C=2560) that is ~2x faster than a sum of shifted slices and ~3x faster
+        than ``F.conv1d`` (which has no channels-last path).
         """
-        k = self.d_conv
-        seqlen = xbc.shape[1] - (k - 1)
-        w = self.conv1d.weight[:, 0, :].t()  # [k, C]
-        bias = self.conv1d.bias
-        first = xbc[:, :seqlen]
-        out = first * w[0] if bias is None else torch.addcmul(bias, first, w[0])
-        for j in range(1, k):  # over taps (d_conv), not time
-            out = torch.addcmul(out, xbc[:, j : j + seqlen], w[j])
-        return F.silu(out)
+        weight = self.conv1d.weight[:, :, None, :]  # [C, 1, 1, k]
+        out = F.conv2d(
+            xbc.transpose(1, 2)[:, :, None], weight, self.conv1d.bias, groups=xbc.shape[-1]
+        )
+        return F.silu(out)[:, :, 0].transpose(1, 2)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         seqlen, k = u.shape[1], self.d_conv
