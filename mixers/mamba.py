@@ -237,7 +237,7 @@ class Mamba(TokenMixer):
         bias = self.conv1d.bias
         out = x * weight[:, k - 1] if bias is None else torch.addcmul(bias, x, weight[:, k - 1])
         for s in range(1, k):  # tap K-1-s sees the token s steps back; K is a graph constant
-            out[:, s:] += x[:, :-s] * weight[:, k - 1 - s]
+            out[:, s:].addcmul_(x[:, :-s], weight[:, k - 1 - s])
         return out
 
     def _gate_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
