@@ -1,0 +1,46 @@
+"""The compile backend (torch.compile, Inductor C++) against the conformance suite.
+
+Kept small: torch.compile takes tens of seconds per graph on the 2 shared cores, so examples are
+shrunk to one copy of each repeat group and compiled once with dynamic shapes for both lengths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+
+from archgen.backends.base import Artifact
+from tests.backends.conformance import BackendConformance, scale_block_parameter, tiny_graph
+
+
+class TestCompile(BackendConformance):
+    backend_name = "compile"
+    shrink_examples = True
+    extra_options: ClassVar[dict[str, object]] = {"compile_dynamic": True}
+    known_gaps: ClassVar[dict[str, str]] = {
+        "mamba": "forward (scan='auto') calls the C++ kernel loader, a torch.compiler.disable()d "
+        "function, under torch.compile: a graph break, which fullgraph=True makes an error"
+    }
+
+    def inject_fault(self, artifact: Artifact, block: str, tmp_path: Path) -> Artifact:
+        # Parameters are inputs of the compiled graph (not frozen constants): an in-place change
+        # is what the next call computes with.
+        scale_block_parameter(artifact.model, block)  # type: ignore[attr-defined]
+        return artifact
+
+    def test_first_call_compile_time_is_recorded_per_shape(self, tmp_path: Path) -> None:
+        graph = tiny_graph(tmp_path)
+        artifact = self.lower(graph)
+        artifact.run(torch.zeros(1, 6, dtype=torch.long))
+        assert list(artifact.meta.extra["compile_s"]) == ["1x6"]
+        assert artifact.meta.extra["compile_s"]["1x6"] > 0
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> None:
+    """Each test compiles its own graphs; stale caches of earlier tests would count against
+    the recompile limit the backend turns into an error."""
+    torch._dynamo.reset()
