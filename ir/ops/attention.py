@@ -136,6 +136,9 @@ class CheckpointAttention(_SoftmaxAttentionBase):
     summary: ClassVar[str] = "SCOUT checkpoint attention over segment summaries"
 
     segment_size: int = attr("tokens per segment (s); s=1 is full attention", default=10, ge=1)
+    rope_theta: float | None = attr(
+        "RoPE base (SCOUT's configs use 1e6); null disables RoPE", default=1_000_000.0, gt=0
+    )
 
     def key_pairs(self, seq_len: int) -> int:
         # sum over i of (1 + floor(i / s)), in closed form.
