@@ -26,7 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from archgen.backends.torch_model import ArchModel
+from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph, Node
 from archgen.ir.ops import Op, ResidualAdd
 from archgen.mixers.registry import build_module
@@ -35,9 +38,6 @@ from archgen.train.config import TrainConfig, as_plain
 from archgen.train.data import TrainingData
 from archgen.train.distill import copy_matching
 from archgen.train.loop import autocast, make_optimizer
-from torch import nn
-
-from archgen.errors import ArchgenError
 
 CACHE_VERSION = 1
 

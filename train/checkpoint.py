@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from archgen.backends.weights import load_weights, save_weights
 from torch import nn
 
+from archgen.backends.weights import load_weights, save_weights
 from archgen.errors import ArchgenError
 
 LATEST = "latest"

@@ -22,10 +22,10 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from archgen.train.config import DataSource, TextData, TokenData, as_plain
-from archgen.train.tasks import Task, TaskBatch
 
 from archgen.errors import ArchgenError
+from archgen.train.config import DataSource, TextData, TokenData, as_plain
+from archgen.train.tasks import Task, TaskBatch
 
 # Windows of the training split are drawn from this stream, validation ones from another.
 _TRAIN_STREAM, _VAL_STREAM = 0, 1

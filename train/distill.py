@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from archgen.backends.torch_model import ArchModel
+from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph
 from archgen.train.config import TrainConfig, as_plain, check_bounds, option
 from archgen.train.data import TrainingData
 from archgen.train.loop import Batch, TrainResult, masked_cross_entropy, train
-from torch import nn
-
-from archgen.errors import ArchgenError
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,11 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from archgen.backends.torch_model import ArchModel, build_model
 from archgen.backends.weights import save_weights
+from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph
 from archgen.train.checkpoint import (
     latest_checkpoint,
@@ -41,9 +44,6 @@ from archgen.train.config import TrainConfig, as_plain
 from archgen.train.data import TrainingData
 from archgen.train.metrics import MetricsLog, plot_curves, read_metrics
 from archgen.train.tasks import TaskBatch, answer_accuracy
-from torch import nn
-
-from archgen.errors import ArchgenError
 
 # Options that change the math of a run; the others (intervals, keep) may differ on --resume.
 _BOOKKEEPING = {"eval_interval", "eval_batches", "checkpoint_interval", "keep_checkpoints",

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from archgen.train.config import DataSource, option
 
 from archgen.errors import ArchgenError
+from archgen.train.config import DataSource, option
 
 PAD = 0
 

@@ -18,9 +18,10 @@ import typing
 from typing import Annotated, Any, Literal, Union
 
 import annotated_types
-from archgen.train.config import DataSource, TextData, TrainConfig, data_source_classes
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model
 from pydantic_core import PydanticCustomError
+
+from archgen.train.config import DataSource, TextData, TrainConfig, data_source_classes
 
 
 def _not_bool(value: Any) -> Any:
