@@ -204,6 +204,9 @@ def _publish(staging: Path, out: Path) -> None:
 
 
 # -- doctor ------------------------------------------------------------------------------------
+DECODE_COLUMN = "onnx decode"
+
+
 @dataclass
 class DoctorReport:
     backends: list[str]
@@ -212,12 +215,19 @@ class DoctorReport:
     cells: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
-def doctor(spec: SpecLike) -> DoctorReport:
-    """Which node kinds of ``spec`` each backend can lower on this machine, and why not."""
+def doctor(spec: SpecLike, *, deep: bool = True) -> DoctorReport:
+    """Which node kinds of ``spec`` each backend can lower on this machine, and why not.
+
+    ``deep`` also runs the backends' slower probes (the onnx backend traces each mixer alone
+    with a symbolic sequence length: seconds per kind)."""
+    from archgen.ir.ops import Role
+
     graph = compile_spec(spec)
     names = backend_names()
     backends = {name: get_backend(name) for name in names}
-    report = DoctorReport(names, {n: b.is_available() for n, b in backends.items()})
+    available = {n: b.is_available() for n, b in backends.items()}
+    # The onnx backend's second graph: one decode step, for token mixers with a traceable step.
+    report = DoctorReport([*names, DECODE_COLUMN], {**available, DECODE_COLUMN: available["onnx"]})
     for node in graph.nodes:
         key = (node.op.kind, node.op.role.value)
         if key in report.cells:
@@ -228,6 +238,14 @@ def doctor(spec: SpecLike) -> DoctorReport:
             if not ok:
                 row[name] = f"not available on this machine: {why}"
                 continue
-            ok, why = backend.supports(node)
+            probe = getattr(backend, "probe", None) if deep else None
+            ok, why = probe(node) if probe is not None else backend.supports(node)
             row[name] = "ok" if ok else why
+        if not available["onnx"][0] or node.op.role is not Role.TOKEN_MIXER:
+            row[DECODE_COLUMN] = "ok" if available["onnx"][0] else "unavailable"
+            continue
+        from archgen.backends.onnx import DECODE_EXPORTABLE
+
+        traceable = type(node.op) in DECODE_EXPORTABLE
+        row[DECODE_COLUMN] = "ok" if traceable else "no traceable decode step"
     return report

@@ -203,23 +203,44 @@ def _export(
     }
 
 
+def traces_with_dynamic_length(
+    module: nn.Module, d_model: int, example_len: int = 8, max_len: int = 1024
+) -> str:
+    """ "ok", or why ``module`` ([B, L, D] -> [B, L, D]) exported alone through the same ONNX
+    exporter does not keep L symbolic (the guard torch.export could not prove)."""
+    seq = torch.export.Dim("seq", min=1, max=max(max_len, example_len))
+    x = torch.randn(2, example_len, d_model, dtype=_param_dtype(module))
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                module, (x,), None, dynamo=True, dynamic_shapes=({1: seq},), verbose=None
+            )
+    except Exception as exc:  # any failure means "does not export"
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if program.model_proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param:
+        return "ok"
+    try:  # the exporter hid torch.export's complaint when it made L static: ask it directly
+        with _quiet_exporter():
+            torch.export.export(module, (x,), dynamic_shapes=({1: seq},), strict=False)
+    except Exception as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        detail = next((ln for ln in lines if ln.startswith("- Not all values")), lines[0])
+        return f"L was made static ({detail[:240]})"
+    return "L was made static by the exporter"
+
+
 def dynamic_length_culprits(model: ArchModel, example_len: int) -> list[str]:
     """Mixer nodes (one per kind) that torch.export cannot trace with a dynamic length, each
     with the first line of its error: what to fix when the whole model specialises."""
-    seq = torch.export.Dim("seq", min=1, max=max(example_len, 2) * 64)
     found, seen = [], set()
     for node in model.graph.nodes:
         if node.op.role not in (Role.TOKEN_MIXER, Role.CHANNEL_MIXER) or node.op.kind in seen:
             continue
         seen.add(node.op.kind)
         module = model.get_submodule(node.name)
-        x = torch.randn(2, example_len, model.graph.model.d_model, dtype=_param_dtype(module))
-        try:
-            with _quiet_exporter():
-                torch.export.export(module, (x,), dynamic_shapes=({1: seq},), strict=False)
-        except Exception as exc:  # any failure means "not dynamic in L"
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            found.append(f"{node.name} ({node.op.kind}): {first[:300]}")
+        why = traces_with_dynamic_length(module, model.graph.model.d_model, example_len)
+        if why != "ok":
+            found.append(f"{node.name} ({node.op.kind}): {why}")
     return found
 
 
@@ -466,6 +487,18 @@ class OnnxBackend(Backend):
 
     def supports(self, node: Node) -> tuple[bool, str]:
         return torch_supports(node)
+
+    def probe(self, node: Node) -> tuple[bool, str]:
+        """Slower than :meth:`supports` (seconds): traces the node's module alone with a
+        symbolic sequence length, which the forward export needs. For ``archgen doctor``."""
+        ok, why = self.supports(node)
+        if not ok or node.op.role not in (Role.TOKEN_MIXER, Role.CHANNEL_MIXER):
+            return ok, why
+        from archgen.mixers.registry import build_module
+
+        module = build_module(node.op).eval()
+        why = traces_with_dynamic_length(module, node.op.d_model)  # type: ignore[attr-defined]
+        return (True, "ok") if why == "ok" else (False, f"no dynamic-length export: {why}")
 
     def check_provider(self, options: LowerOptions) -> None:
         """Fail before exporting when the requested execution provider is not in this build."""

@@ -17,7 +17,6 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from archgen.backends.validate import NumericsReport
-
     from archgen.export import DoctorReport
 
 SpecArg = Annotated[Path, typer.Argument(help="architecture spec (YAML)", show_default=False)]
@@ -183,9 +182,8 @@ def register(app: typer.Typer, out: Console) -> None:
         ] = None,
     ) -> None:
         """Compare a backend with the eager float64 reference at every block boundary."""
-        from archgen.backends.validate import NumericsError
-
         from archgen import export as api
+        from archgen.backends.validate import NumericsError
 
         _check_choice(dtype, DTYPES, "dtype")
         result = api.validate(
@@ -205,8 +203,13 @@ def register(app: typer.Typer, out: Console) -> None:
             raise NumericsError(f"{backend} {dtype}: first failing block {first.name}")
 
     @app.command()
-    def doctor(spec: SpecArg) -> None:
+    def doctor(
+        spec: SpecArg,
+        deep: Annotated[
+            bool, typer.Option("--deep/--quick", help="also trace each mixer for onnx (slower)")
+        ] = True,
+    ) -> None:
         """Which backend can lower each node kind of SPEC on this machine, and why not."""
         from archgen import export as api
 
-        print_doctor(out, api.doctor(spec))
+        print_doctor(out, api.doctor(spec, deep=deep))
