@@ -77,6 +77,35 @@ def _scan_chunk(
     return u[:, -1].clone(), y
 
 
+def _scan_chunk_no_grad(
+    h: torch.Tensor,
+    dt: torch.Tensor,
+    dtx: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    a_mat: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_scan_chunk`` without autograd: the same operations in the same order (bitwise equal
+    results), writing each doubling level into a second buffer instead of concatenating, which
+    saves a full copy per level (~25% of the chunked scan's time)."""
+    q = dt.shape[1]
+    decay = torch.mul(dt[..., None], a_mat).exp_()
+    u = torch.mul(dtx[..., None], b[:, :, None, :])
+    u[:, 0].addcmul_(decay[:, 0], h)
+    u_next, decay_next = torch.empty_like(u), torch.empty_like(decay)
+    k = 1
+    while k < q:
+        u_next[:, :k] = u[:, :k]
+        torch.addcmul(u[:, k:], decay[:, k:], u[:, :-k], out=u_next[:, k:])
+        u, u_next = u_next, u
+        if 2 * k < q:
+            decay_next[:, :k] = decay[:, :k]
+            torch.mul(decay[:, k:], decay[:, :-k], out=decay_next[:, k:])
+            decay, decay_next = decay_next, decay
+        k *= 2
+    return u[:, -1].clone(), (u @ c[..., None]).squeeze(-1)
+
+
 def selective_scan_chunked(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -116,10 +145,12 @@ def selective_scan_chunked(
         _, ys = scan(body, h0, xs)
         y = ys.transpose(0, 1).reshape(bsz, n_chunks * q, dim)
     else:
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, a_mat, b, c))
+        step = _scan_chunk if grad else _scan_chunk_no_grad
         h, outs = h0, []
         for i in range(n_chunks):  # L/Q iterations, each a fixed-size parallel chunk
             sl = slice(i * q, (i + 1) * q)
-            h, y_chunk = _scan_chunk(h, dt_p[:, sl], dtx_p[:, sl], b_p[:, sl], c_p[:, sl], a_mat)
+            h, y_chunk = step(h, dt_p[:, sl], dtx_p[:, sl], b_p[:, sl], c_p[:, sl], a_mat)
             outs.append(y_chunk)
         y = torch.cat(outs, dim=1)
     return y[:, :seq] + x * d_skip

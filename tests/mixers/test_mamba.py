@@ -158,6 +158,17 @@ def test_selective_scan_chunked_matches_loop_directly():
     assert_close(got, torch.stack(want, 1))
 
 
+def test_inference_path_equals_autograd_path():
+    """Without autograd the chunked scan writes into buffers instead of concatenating: same
+    operations in the same order, so the outputs must be bitwise equal."""
+    m = make("chunked", dtype=torch.float32)
+    u = torch.randn(B, L, D_MODEL)
+    with_grad = m(u)
+    assert with_grad.requires_grad
+    with torch.inference_mode():
+        assert torch.equal(m(u), with_grad.detach())
+
+
 # -- decoding ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("d_conv", [1, 3])
 def test_step_matches_forward(d_conv: int):
