@@ -204,6 +204,16 @@ SeedOpt = Annotated[int | None, typer.Option(min=0, help="weights and data-order
 ResumeOpt = Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")]
 DeviceOpt = Annotated[str, typer.Option(help="torch device (cpu, cuda)")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(min=1, help="torch CPU threads (default: torch's choice)")
+]
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _print_run(result: object, what: str) -> None:
@@ -232,10 +242,13 @@ def train(
     bf16: Bf16Opt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Train the spec's model (AdamW, warm-up + cosine, checkpoints, exact --resume)."""
     from archgen import training
+
+    _set_threads(threads)
 
     options = training.TrainOptions(steps, batch_size, seq_len, lr, bf16, seed)
     result = training.train(
@@ -267,10 +280,13 @@ def distill(
     bf16: Bf16Opt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Train STUDENT (a spec) to imitate a trained teacher: logit KL + block feature losses."""
     from archgen import training
+
+    _set_threads(threads)
 
     options = training.TrainOptions(steps, batch_size, seq_len, lr, bf16, seed)
     knobs = {"temperature": temperature, "kd_weight": kd_weight, "ce_weight": ce_weight,
