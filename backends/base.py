@@ -15,6 +15,11 @@ implementation each node used. Nothing falls back silently: a fallback is a fiel
 >>> artifact.run(tokens).shape  # doctest: +SKIP
 
 This module imports no torch, so ``archgen doctor`` and the null backend stay light.
+
+Adding a backend: a module ``backends/<name>.py`` with a :class:`Backend` subclass (optional
+dependencies imported inside functions), one line in :data:`BACKENDS`, its (backend, dtype)
+entries in ``backends/validate.py``'s tolerance table (measured, with the calibration in a
+comment), and ``tests/backends/test_<name>.py`` subclassing the conformance suite.
 """
 
 from __future__ import annotations
@@ -30,9 +35,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from archgen.ir.graph import Graph, Node
-
 from archgen.errors import ArchgenError, UnavailableError
+from archgen.ir.graph import Graph, Node
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +58,7 @@ class UnsupportedError(ArchgenError):
 @dataclass(frozen=True)
 class SeqProfile:
     """Sequence lengths an artifact is built for: exported graphs accept any ``min..max``; ``opt``
-    is what TensorRT tunes for and what ``measure`` uses by default. Validation runs all three."""
+    is what TensorRT tunes for. Validation runs all three."""
 
     min: int
     opt: int

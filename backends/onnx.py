@@ -537,6 +537,12 @@ class OnnxBackend(Backend):
         folder = Path(owned.name)
         meta = self._meta(graph, options)
         meta.extra["forward"] = export_forward(model, folder / FORWARD_FILE, options)
+        einsums = meta.extra["forward"]["op_counts"].get("Einsum", 0)
+        if einsums:  # known slow in onnxruntime's CPU EP: worth lowering to MatMul later
+            meta.notes.append(
+                f"model.onnx has {einsums} Einsum node(s); onnxruntime's CPU Einsum ran 2.4x "
+                "slower than eager in research/perf-anchors.md §7"
+            )
         ok, why = decode_support(graph) if options.decode_graph else (False, "not requested")
         if ok:
             meta.extra["decode"] = export_decode(model, folder / DECODE_FILE, options)

@@ -1,0 +1,165 @@
+"""Backends on this CPU: eager vs torch.compile vs onnxruntime, per example LM, B=1.
+
+For each example spec and each L in --lengths (capped at the model's max_seq_len), in ONE run:
+lower on each backend (export / compile times recorded), then measure interleaved rounds
+(``--rounds`` x ``--repeats`` timed calls per backend after warm-up, rounds alternating
+between backends so machine drift hits all of them alike), and report medians, p90s and ratios
+against eager. ``max abs`` is the largest |logit difference| against eager float32 on the timed
+input. A backend that cannot lower a spec gets its error in the table instead of a number.
+
+    python benchmarks/backends.py                       # all examples, L = 512, 2048
+    python benchmarks/backends.py --specs transformer --lengths 512 --out /tmp/b.md
+
+Writes a markdown table (with the machine: CPU model, threads, torch/onnxruntime versions,
+date) to --out (default benchmarks/results/backends_cpu.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from archgen import api
+from archgen.backends.base import Artifact, LowerOptions, cpu_name, get_backend, library_versions
+from archgen.errors import ArchgenError
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ("eager", "compile", "onnx")
+
+
+@dataclass
+class Cell:
+    backend: str
+    lower_s: float = float("nan")
+    first_call_s: float = float("nan")
+    times: list[float] = field(default_factory=list)
+    max_abs: float = float("nan")
+    error: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times) if self.times else float("nan")
+
+    @property
+    def p90(self) -> float:
+        if not self.times:
+            return float("nan")
+        ordered = sorted(self.times)
+        return ordered[round(0.9 * (len(ordered) - 1))]
+
+
+def lower(backend: str, graph: object, seq_len: int, threads: int) -> tuple[Artifact, float]:
+    options = LowerOptions(
+        min_seq=1, opt_seq=seq_len, max_seq=seq_len, threads=threads, decode_graph=False
+    )
+    start = time.perf_counter()
+    artifact = get_backend(backend).lower(graph, options)  # type: ignore[arg-type]
+    return artifact, time.perf_counter() - start
+
+
+def bench_one(spec: Path, seq_len: int, args: argparse.Namespace) -> list[Cell]:
+    graph = api.compile_spec(spec)
+    tokens = torch.randint(0, graph.model.vocab_size, (1, seq_len), generator=torch.Generator())
+    cells, artifacts = [], {}
+    for name in BACKENDS:
+        cell = Cell(name)
+        cells.append(cell)
+        try:
+            artifact, cell.lower_s = lower(name, graph, seq_len, args.threads)
+            start = time.perf_counter()
+            artifact.run(tokens)  # compile happens here for torch.compile
+            cell.first_call_s = time.perf_counter() - start
+            artifacts[name] = artifact
+        except ArchgenError as exc:
+            cell.error = str(exc).splitlines()[0][:160]
+    reference = artifacts["eager"].run(tokens).to(torch.float64)
+    for name, artifact in artifacts.items():
+        cell = next(c for c in cells if c.backend == name)
+        cell.max_abs = (artifact.run(tokens).to(torch.float64) - reference).abs().max().item()
+    for _ in range(args.rounds):  # interleaved: drift affects every backend alike
+        for name, artifact in artifacts.items():
+            m = artifact.measure(tokens, warmup=args.warmup, repeats=args.repeats)
+            next(c for c in cells if c.backend == name).times.extend(m.times_s)
+    return cells
+
+
+def ms(x: float) -> str:
+    return "–" if x != x else f"{x * 1e3:.1f}"
+
+
+def render(rows: list[tuple[str, int, list[Cell]]], args: argparse.Namespace) -> str:
+    versions = library_versions("onnx", "onnxruntime")
+    lines = [
+        "# Backends on CPU: eager vs torch.compile vs onnxruntime",
+        "",
+        f"- machine: {cpu_name()}, {os.cpu_count()} logical CPUs; "
+        f"benchmark threads: {args.threads} (torch intra-op and onnxruntime intra-op)",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
+        f"- date: {datetime.date.today().isoformat()}",
+        "- NOTE: the machine was SHARED with other jobs (other engineers' tests) while this ran; "
+        "ratios were measured in one run with interleaved rounds, absolute times are noisy.",
+        f"- method: B=1, float32, {args.rounds} interleaved rounds x {args.repeats} timed calls "
+        f"per backend after {args.warmup} warm-up calls; median and p90 of all "
+        f"{args.rounds * args.repeats}; torch.compile is Inductor with dynamic=False, "
+        "fullgraph=True; onnxruntime is the CPU EP, graph optimisation level 'all', sequential "
+        "executor; max abs = max |logits - eager float32 logits|.",
+        f"- command: `python benchmarks/backends.py {' '.join(args.argv)}`",
+        "",
+        "| model | L | eager med / p90 ms | compile med / p90 ms | compile speed-up | "
+        "compile first call s | ORT med / p90 ms | ORT speed-up | ONNX export s | "
+        "max abs (compile; ORT) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, seq_len, cells in rows:
+        eager, comp, ort = cells
+        cols = [name, str(seq_len), f"{ms(eager.median)} / {ms(eager.p90)}"]
+        for cell, extra in ((comp, "first"), (ort, "export")):
+            if cell.error:
+                cols += [f"n/a: {cell.error}", "–", "–"]
+                continue
+            cols.append(f"{ms(cell.median)} / {ms(cell.p90)}")
+            cols.append(f"{eager.median / cell.median:.2f}x")
+            cols.append(f"{cell.first_call_s:.1f}" if extra == "first" else f"{cell.lower_s:.1f}")
+        cols.append(f"{comp.max_abs:.1e}; {ort.max_abs:.1e}")
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--specs", nargs="*", default=None, help="example names (default: all)")
+    parser.add_argument("--lengths", nargs="*", type=int, default=[512, 2048])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/backends_cpu.md")
+    args = parser.parse_args()
+    args.argv = sys.argv[1:]
+    torch.set_num_threads(args.threads)
+    specs = sorted((ROOT / "examples").glob("*.yaml"))
+    if args.specs:
+        specs = [s for s in specs if s.stem in args.specs]
+    rows = []
+    for spec in specs:
+        max_len = api.load_spec(spec).model.max_seq_len
+        for seq_len in sorted({min(n, max_len) for n in args.lengths}):
+            cells = bench_one(spec, seq_len, args)
+            rows.append((spec.stem, seq_len, cells))
+            print(render(rows[-1:], args).splitlines()[-1], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(rows, args))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
