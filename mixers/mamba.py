@@ -173,7 +173,9 @@ def _run_scan(
 
 # Under torch.compile the scan is a graph break and runs eagerly: Inductor (torch 2.13) fails to
 # lower the scan higher-order op, and tracing the chunk loop would unroll it into an L-sized graph.
-_run_scan_outside_graph = torch._dynamo.disable(_run_scan)
+# torch._disable_dynamo is torch.compiler.disable with a lazy import: importing torch._dynamo
+# here would add ~2 s to `import archgen.mixers.mamba`.
+_run_scan_outside_graph = torch._disable_dynamo(_run_scan)
 
 
 # -- the module --------------------------------------------------------------------------------

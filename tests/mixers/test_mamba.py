@@ -242,6 +242,21 @@ def test_auto_uses_fused_when_built():
     assert m.last_scan_impl == "fused"
 
 
+@pytest.mark.slow
+def test_torch_compile_runs_the_scan_outside_the_graph():
+    """torch.compile, forward and backward: the scan is a graph break (Inductor cannot lower
+    the scan op), the projections are compiled."""
+    m = make("chunked", dtype=torch.float32)
+    u = torch.randn(B, L, D_MODEL, dtype=F64, requires_grad=True)
+    gy = torch.randn(B, L, D_MODEL, dtype=F64)
+    u32 = u.detach().float().requires_grad_(True)
+    y = torch.compile(m)(u32)
+    (gu,) = torch.autograd.grad(y, u32, gy.float())
+    want = copy.deepcopy(m).double().reference(u)
+    assert_close(y, want)
+    assert_close(gu, torch.autograd.grad(want, u, gy)[0])
+
+
 # -- ONNX --------------------------------------------------------------------------------------
 def _export(m: Mamba, seq: int, path):
     dyn = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
