@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+
 from archgen.backends.base import (
     Artifact,
     ArtifactMeta,

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from torch import nn
+
 from archgen.backends.base import (
     Artifact,
     ArtifactMeta,
@@ -31,7 +33,6 @@ from archgen.backends.weights import load_weights, save_weights
 from archgen.ir.graph import Graph, Node
 from archgen.ir.ops import Embedding, LayerNorm, LMHead, ResidualAdd, RMSNorm
 from archgen.mixers.registry import has_implementation, implementation_class
-from torch import nn
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

@@ -31,11 +31,10 @@ from archgen.backends.base import (
     cpu_name,
     library_versions,
 )
+from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph, Node
 from archgen.ir.ops import OP_REGISTRY
 from archgen.ir.types import DTYPE_BYTES
-
-from archgen.errors import ArchgenError
 
 if TYPE_CHECKING:
     import torch
