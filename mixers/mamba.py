@@ -16,15 +16,16 @@ Three implementations of the scan, picked by ``scan=``:
   across chunks by a loop over the ``L / chunk_size`` chunks: in eager mode a Python loop, under
   ``torch.export`` the ``scan`` higher-order op, which the ONNX exporter lowers to one ONNX
   ``Scan`` node whose body is the fixed-size chunk graph. The exported graph therefore has the
-  same nodes for every ``L`` and takes a dynamic sequence length. Under ``torch.compile`` the scan
-  is a graph break (it runs eagerly, fused or chunked; the projections are compiled).
+  same nodes for every ``L`` and takes a dynamic sequence length. Under ``torch.compile`` this
+  scan is a graph break (it runs eagerly; the projections are compiled).
   Numerical limits: none beyond rounding; a decay product below ~1e-38 underflows to 0 exactly
   as in the sequential loop. Cost: ~5 elementwise passes over ``[B, Q, D_in, N]`` per doubling
   level; ``chunk_size=8`` was fastest on the 2-core CPU (hidden 768, L=4096: Q=4/8/16/32 took
   489/462/546/688 ms for the whole mixer).
 * ``"fused"``: a C++ kernel (``archgen.mixers.kernels.selective_scan``), one pass over
   ``(channels, L)`` with the state in registers, plus a C++ reverse scan for backward. Built on
-  first use; CPU only. Requesting it where it cannot build is an error.
+  first use; CPU only; a torch custom op, so ``torch.compile(fullgraph=True)`` keeps it in the
+  graph. Requesting it where it cannot build is an error.
 * ``"auto"``: ``"fused"`` on CPU when the kernel builds (else ``"chunked"`` with a warning,
   once), ``"chunked"`` while exporting and on other devices.
 
@@ -171,8 +172,9 @@ def _run_scan(
     return selective_scan_chunked(x, dt, a_mat, b, c, d_skip, chunk_size)
 
 
-# Under torch.compile the scan is a graph break and runs eagerly: Inductor (torch 2.13) fails to
-# lower the scan higher-order op, and tracing the chunk loop would unroll it into an L-sized graph.
+# Under torch.compile the chunked scan is a graph break and runs eagerly: Inductor (torch 2.13)
+# fails to lower the scan higher-order op, and tracing the chunk loop would unroll it into an
+# L-sized graph. (The fused kernel is a custom op and stays in the compiled graph.)
 # torch._disable_dynamo is torch.compiler.disable with a lazy import: importing torch._dynamo
 # here would add ~2 s to `import archgen.mixers.mamba`.
 _run_scan_outside_graph = torch._disable_dynamo(_run_scan)
@@ -290,7 +292,7 @@ class Mamba(TokenMixer):
                 raise RuntimeError(f"Mamba(scan='fused') is CPU-only, got a {x.device} input")
             fused_kernel.load(required=True)
             return "fused"
-        if exporting or x.device.type != "cpu" or fused_kernel.load(required=False) is None:
+        if exporting or x.device.type != "cpu" or not fused_kernel.available():
             return "chunked"
         return "fused"
 
@@ -302,9 +304,8 @@ class Mamba(TokenMixer):
         xs, d_skip = x.to(dt.dtype), self.D.to(dt.dtype)
         impl = self._resolve_impl(u)
         self.last_scan_impl = impl
-        run = _run_scan
-        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
-            run = _run_scan_outside_graph
+        compiling = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+        run = _run_scan_outside_graph if compiling and impl == "chunked" else _run_scan
         y = run(impl, xs, dt, a_mat, b, c, d_skip, self.chunk_size)
         return self._gate_out(y, z)
 

@@ -97,20 +97,84 @@ def reset() -> None:
     _module, _error, _warned = None, None, False
 
 
-class _FusedScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, *inputs: torch.Tensor) -> torch.Tensor:
-        ext = load(required=True)
-        assert ext is not None
-        inputs = tuple(t.contiguous() for t in inputs)
-        ctx.save_for_backward(*inputs)
-        return ext.scan_fwd(*inputs)
+@torch.compiler.assume_constant_result
+def available() -> bool:
+    """Whether the kernel builds here (warns once when not). Under torch.compile the answer is
+    computed once while tracing and baked into the graph, so ``load`` is never traced."""
+    return load(required=False) is not None
 
-    @staticmethod
-    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ext = load(required=True)
-        assert ext is not None
-        return tuple(ext.scan_bwd(*ctx.saved_tensors, grad_y.contiguous()))
+
+def _ext() -> ModuleType:
+    ext = load(required=True)
+    assert ext is not None
+    return ext
+
+
+# Registered as torch custom ops (not an autograd.Function) so torch.compile keeps the kernel in
+# one graph (fullgraph=True works) instead of breaking the graph around it.
+@torch.library.custom_op("archgen::selective_scan", mutates_args=())
+def _scan_op(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a_mat: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    d_skip: torch.Tensor,
+) -> torch.Tensor:
+    return _ext().scan_fwd(*(t.contiguous() for t in (x, dt, a_mat, b, c, d_skip)))
+
+
+@_scan_op.register_fake
+def _(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a_mat: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    d_skip: torch.Tensor,
+) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("archgen::selective_scan_backward", mutates_args=())
+def _scan_backward_op(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a_mat: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    d_skip: torch.Tensor,
+    grad_y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    inputs = (x, dt, a_mat, b, c, d_skip, grad_y)
+    return tuple(_ext().scan_bwd(*(t.contiguous() for t in inputs)))
+
+
+@_scan_backward_op.register_fake
+def _(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a_mat: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    d_skip: torch.Tensor,
+    grad_y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(
+        torch.empty_like(t, memory_format=torch.contiguous_format)
+        for t in (x, dt, a_mat, b, c, d_skip)
+    )
+
+
+def _setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return _scan_backward_op(*ctx.saved_tensors, grad_y)
+
+
+_scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def selective_scan(
@@ -126,4 +190,4 @@ def selective_scan(
     ``x, dt [B, L, D]``, ``a_mat [D, N]``, ``b, c [B, L, N]``, ``d_skip [D]``, one float dtype
     (float32 or float64), CPU. Differentiable in all inputs (C++ reverse scan).
     """
-    return _FusedScan.apply(x, dt, a_mat, b, c, d_skip)
+    return _scan_op(x, dt, a_mat, b, c, d_skip)

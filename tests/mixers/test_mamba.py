@@ -243,18 +243,37 @@ def test_auto_uses_fused_when_built():
 
 
 @pytest.mark.slow
-def test_torch_compile_runs_the_scan_outside_the_graph():
-    """torch.compile, forward and backward: the scan is a graph break (Inductor cannot lower
-    the scan op), the projections are compiled."""
-    m = make("chunked", dtype=torch.float32)
+@pytest.mark.parametrize(
+    "scan,fullgraph", [("chunked", False), pytest.param("fused", True, marks=needs_fused)]
+)
+def test_torch_compile(scan: str, fullgraph: bool):
+    """torch.compile, forward and backward. The chunked scan is a graph break (Inductor cannot
+    lower the scan op); the fused kernel is a custom op and compiles in one graph."""
+    m = make(scan, dtype=torch.float32)
     u = torch.randn(B, L, D_MODEL, dtype=F64, requires_grad=True)
     gy = torch.randn(B, L, D_MODEL, dtype=F64)
     u32 = u.detach().float().requires_grad_(True)
-    y = torch.compile(m)(u32)
+    y = torch.compile(m, fullgraph=fullgraph)(u32)
     (gu,) = torch.autograd.grad(y, u32, gy.float())
     want = copy.deepcopy(m).double().reference(u)
     assert_close(y, want)
     assert_close(gu, torch.autograd.grad(want, u, gy)[0])
+
+
+@needs_fused
+def test_fused_custom_op_passes_opcheck():
+    """Schema, fake (meta) implementation and autograd registration of the kernel's op."""
+    torch.manual_seed(0)
+    bsz, seq, dim, n = 2, 9, 18, 3
+    args = (
+        torch.randn(bsz, seq, dim, dtype=F64),  # x
+        torch.rand(bsz, seq, dim, dtype=F64),  # dt >= 0
+        -2 * torch.rand(dim, n, dtype=F64),  # A < 0
+        torch.randn(bsz, seq, n, dtype=F64),  # B
+        torch.randn(bsz, seq, n, dtype=F64),  # C
+        torch.randn(dim, dtype=F64),  # D
+    )
+    torch.library.opcheck(fused_kernel._scan_op, tuple(t.requires_grad_(True) for t in args))
 
 
 # -- ONNX --------------------------------------------------------------------------------------
