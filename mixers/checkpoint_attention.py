@@ -71,7 +71,7 @@ def checkpoint_attention(
         q_ext, k_ext, v_ext, is_causal=True, scale=1.0 / math.sqrt(d)
     )  # [s, B*H, G, Dh+1]
     o = o.permute(1, 2, 0, 3).reshape(b, h, n_seg * s, d + 1)[:, :, :n]
-    return o[..., :d] + o[..., d:] * v
+    return torch.addcmul(o[..., :d], o[..., d:], v)  # + weight of the self slot * v_i
 
 
 class CheckpointAttention(Attention):

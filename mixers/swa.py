@@ -48,13 +48,20 @@ def _band_mask(
     """Additive mask ``[n_blocks, 1, block, band]`` (0 = allowed, -inf = not), built from
     ``arange`` comparisons so the exported graph keeps ``n_blocks`` dynamic."""
     band = (prev_blocks + 1) * block
-    q_pos = torch.arange(n_blocks * block, device=device).view(n_blocks, 1, block, 1)
+
+    def additive(allowed: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((), dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
+
+    # The window pattern is the same for every block: key offset minus query offset.
+    rel = torch.arange(band, device=device) - prev_blocks * block
+    rel = rel - torch.arange(block, device=device).view(block, 1)  # [block, band]
+    pattern = additive((rel <= 0) & (rel > -window))
+    # Only the first blocks differ: their left-padding keys (position < 0) are masked. Padded
+    # queries past L still see themselves, so no row is fully masked (no NaN); they are sliced
+    # off afterwards.
     first_key = (torch.arange(n_blocks, device=device) - prev_blocks) * block
-    k_pos = first_key.view(n_blocks, 1, 1, 1) + torch.arange(band, device=device)
-    # k_pos >= 0 removes the left padding; padded queries past L still see themselves, so no
-    # row is fully masked (no NaN) and they are sliced off afterwards.
-    allowed = (k_pos <= q_pos) & (k_pos > q_pos - window) & (k_pos >= 0)
-    return torch.zeros((), dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
+    real_key = additive(first_key.view(n_blocks, 1) + torch.arange(band, device=device) >= 0)
+    return pattern + real_key.view(n_blocks, 1, 1, band)  # the one full-size op
 
 
 def sliding_window_attention(
