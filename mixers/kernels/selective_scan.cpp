@@ -2,11 +2,13 @@
 //
 // Layout: x, dt, y: [B, L, D] (time-major, channels contiguous); Bm, Cm: [B, L, N]; A: [D, N].
 // Work is split over (batch, block of W channels). Each block walks the sequence once with its
-// state h[N][W] in registers/L1; the inner loops run over the W channels of the block, so every
-// load/store of x, dt, y is one contiguous vector and no horizontal sum is needed in the forward
-// (vectorising over the state dim instead would need a reduction over N at every step).
-// exp() of the decays is an inlined polynomial (decay_exp) rather than a libmvec call: a call
-// clobbers every vector register, so the state would be spilled and reloaded at every step.
+// state h[N][W] in L1 (1 KiB per state row); the inner loops run over the W channels of the
+// block, so every load/store of x, dt, y is one contiguous vector and no horizontal sum is needed
+// in the forward (vectorising over the state dim instead would need a reduction over N at every
+// step). exp() of the decays is an inlined polynomial (decay_exp): a libmvec call clobbers all
+// vector registers at every call, and the inlined version measured ~15% faster here.
+// (Keeping the whole state in registers with a compile-time N = 16 was tried: it spilled and was
+// not faster.)
 //
 // Backward: the reverse scan g_t = gy_t C_t + a_{t+1} g_{t+1} needs h_{t-1}; the forward states
 // are recomputed per segment of K steps from checkpoints taken every K steps, so the extra memory
