@@ -7,7 +7,7 @@
 // in the forward (vectorising over the state dim instead would need a reduction over N at every
 // step). exp() of the decays is an inlined polynomial (decay_exp): a libmvec call clobbers all
 // vector registers at every call, and the inlined version measured ~15% faster here.
-// (Keeping the whole state in registers with a compile-time N = 16 was tried: it spilled and was
+// (A compile-time N = 16 variant meant to keep the whole state in registers was tried: it was
 // not faster.)
 //
 // Backward: the reverse scan g_t = gy_t C_t + a_{t+1} g_{t+1} needs h_{t-1}; the forward states
