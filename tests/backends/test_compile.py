@@ -20,10 +20,6 @@ class TestCompile(BackendConformance):
     backend_name = "compile"
     shrink_examples = True
     extra_options: ClassVar[dict[str, object]] = {"compile_dynamic": True}
-    known_gaps: ClassVar[dict[str, str]] = {
-        "mamba": "forward (scan='auto') calls the C++ kernel loader, a torch.compiler.disable()d "
-        "function, under torch.compile: a graph break, which fullgraph=True makes an error"
-    }
 
     def inject_fault(self, artifact: Artifact, block: str, tmp_path: Path) -> Artifact:
         # Parameters are inputs of the compiled graph (not frozen constants): an in-place change
