@@ -136,17 +136,21 @@ def ssd_chunked(
     expo = contrib.cumsum(-2) - contrib  # row c: sum over c' < m < c
     chunk_decay = torch.where(after, _decay(expo, floor), 0.0)  # [B, G, hg, nC, nC]
     states_h = states.to(wdt).reshape(b, g, nc, hg, p * n).transpose(2, 3)  # strided view
-    enter = chunk_decay @ states_h  # [B, G, hg, nC, P*N]
-    enter = enter.to(xtype).transpose(2, 3).reshape(b, g, nc, hg * p, n)
+    enter = (chunk_decay @ states_h).to(xtype)  # [B, G, hg, nC, P*N]
 
-    # 4. Entering state -> outputs, decayed per head to each position; then add the rest. The
-    #    sum stays in y_diag's head-major memory: reshaping it to [B, L, H, P] is then a view, and
-    #    the caller's next elementwise op (the gate) writes the token-major layout it needs.
-    y_off = (Cc @ enter.transpose(-1, -2)).reshape(b, g, nc, q, hg, p).permute(0, 2, 3, 1, 4, 5)
-    out_decay = _decay(a_cum, floor).to(xtype).permute(0, 3, 4, 1, 2)[..., None]
-    y = torch.addcmul(y_diag.permute(0, 3, 4, 1, 2, 5), y_off, out_decay)
-    y = torch.addcmul(y, x6, D.to(xtype).reshape(g, hg, 1))
-    return y.reshape(b, nc * q, h, p)
+    # 4. Entering state -> outputs. The decay from chunk start to each position is folded into a
+    #    per-head copy of C (one pass, which the per-head matmul needs anyway), and the product is
+    #    accumulated onto y_diag inside the GEMM (baddbmm). The sum stays in y_diag's head-major
+    #    memory: reshaping it to [B, L, H, P] is then a view, and the caller's next elementwise
+    #    op (the gate) writes the token-major layout it needs.
+    c_decayed = _decay(a_cum, floor).to(xtype)[..., None] * Cc[:, :, None]  # [B, G, hg, nC, Q, N]
+    y = torch.baddbmm(
+        y_diag.reshape(-1, q, p),
+        c_decayed.reshape(-1, q, n),
+        enter.reshape(-1, p, n).transpose(1, 2),
+    ).reshape(b, g, hg, nc, q, p)
+    y = torch.addcmul(y, x6.permute(0, 3, 4, 1, 2, 5), D.to(xtype).reshape(g, hg, 1, 1, 1))
+    return y.permute(0, 3, 4, 1, 2, 5).reshape(b, nc * q, h, p)
 
 
 class GatedRMSNorm(nn.Module):
