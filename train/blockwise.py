@@ -196,7 +196,8 @@ def blockwise_scores(
     """Train and score every (node, alternative) of ``alternatives`` (see the module docstring).
 
     ``config`` gives steps, batch size, sequence length, learning rate and schedule, clipping,
-    bf16, ``eval_batches`` and the seed; jobs found in ``cache_dir`` are not retrained.
+    bf16, ``eval_batches`` and the seed; jobs found in ``cache_dir`` are not retrained. The
+    teacher is moved to ``device`` and frozen (eval mode, no gradients).
     """
     dev = torch.device(device)
     graph = teacher.graph
