@@ -75,7 +75,9 @@ def _scan_chunk(
             decay = torch.cat([decay[:, :k], decay[:, k:] * decay[:, :-k]], dim=1)
         k *= 2
     y = (u @ c[..., None]).squeeze(-1)  # [B, Q, D]
-    return u[:, -1].clone(), y
+    # contiguous_format: the carry must have the same strides as the initial state under
+    # torch.export (a preserved slice stride would depend on the symbolic length)
+    return u[:, -1].clone(memory_format=torch.contiguous_format), y
 
 
 def _scan_chunk_no_grad(
