@@ -29,7 +29,11 @@ import torch.nn.functional as F
 
 from archgen.mixers.attention import Attention
 from archgen.mixers.checkpoint_attention import CheckpointAttention, checkpoint_attention
-from archgen.mixers.swa import SlidingWindowAttention, sliding_window_attention
+from archgen.mixers.swa import (
+    SlidingWindowAttention,
+    default_block_size,
+    sliding_window_attention,
+)
 
 HEADS, HEAD_DIM = 8, 64
 D_MODEL = HEADS * HEAD_DIM
@@ -104,8 +108,9 @@ def bench_swa(lengths: list[int], windows: list[int], rounds: int, flex: bool) -
     out = ["## Sliding-window attention vs full causal SDPA", ""]
     out += [f"Load average at start: {load()}", ""]
     out += [
-        "Core = the attention given q, k, v `[1, 8, L, 64]` (`sliding_window_attention`, default "
-        "`block_size = w // 2`). Cells: median ms (peak MiB); speed-up = full / SWA.",
+        "Core = the attention given q, k, v `[1, 8, L, 64]` (`sliding_window_attention`, "
+        "`block_size = default_block_size(w)`). Cells: median ms (peak MiB); "
+        "speed-up = full / SWA.",
         "",
         "| L | full causal SDPA | "
         + " | ".join(f"SWA w={w} | speed-up w={w}" for w in windows)
@@ -117,7 +122,7 @@ def bench_swa(lengths: list[int], windows: list[int], rounds: int, flex: bool) -
         cases: dict[str, Callable[[], object]] = {"full": partial(full_causal, q, k, v)}
         for w in windows:
             cases[f"swa{w}"] = partial(
-                sliding_window_attention, q, k, v, window=w, block_size=max(1, w // 2)
+                sliding_window_attention, q, k, v, window=w, block_size=default_block_size(w)
             )
         t = round_robin(cases, rounds)
         mem = {name: peak_mib(fn) for name, fn in cases.items()}
@@ -135,7 +140,7 @@ def bench_swa(lengths: list[int], windows: list[int], rounds: int, flex: bool) -
     out += ["| w | block | SWA ms | speed-up |", "|---|---|---|---|"]
     for w in windows:
         cases = {"full": lambda: full_causal(q, k, v)}
-        for block in (w // 4, w // 2, w):
+        for block in (w // 8, w // 4, w // 2, w):
             cases[f"b{block}"] = lambda w=w, block=block: sliding_window_attention(
                 q, k, v, window=w, block_size=block
             )
@@ -189,7 +194,9 @@ def bench_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: list[
         cases = {
             "full": lambda: full_causal(q, k, v),
             "flex": lambda mask=mask: compiled(q, k, v, block_mask=mask),
-            "ours": lambda w=w: sliding_window_attention(q, k, v, window=w, block_size=w // 2),
+            "ours": lambda w=w: sliding_window_attention(
+                q, k, v, window=w, block_size=default_block_size(w)
+            ),
         }
         t = round_robin(cases, rounds)
         out.append(

@@ -64,6 +64,14 @@ def _band_mask(
     return pattern + real_key.view(n_blocks, 1, 1, band)  # the one full-size op
 
 
+def default_block_size(window: int) -> int:
+    """``max(min(32, w), w // 4)``: the fastest query block on the 2-core CPU benchmark
+    (``benchmarks/results/attention_family_cpu.md``) for w = 64 .. 1024. Smaller blocks waste
+    fewer masked scores (the band is ``w + Bq`` keys wide); below ~32 queries SDPA's tiles get
+    too small to pay off."""
+    return max(min(32, window), window // 4)
+
+
 def sliding_window_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int, block_size: int
 ) -> torch.Tensor:
@@ -99,9 +107,9 @@ class SlidingWindowAttention(Attention):
 
     Same projections and parameter names as :class:`~archgen.mixers.attention.Attention`
     (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``), RoPE at absolute positions.
-    ``block_size`` (default ``window // 2``, the fastest on the CPU benchmark) only changes
-    speed and memory, not the result. Decoding keeps a ring buffer of ``window`` keys/values, so
-    the state has a constant size.
+    ``block_size`` (default :func:`default_block_size`) only changes speed and memory, not the
+    result. Decoding keeps a ring buffer of ``window`` keys/values, so the state has a constant
+    size.
 
     >>> m = SlidingWindowAttention(64, heads=4, kv_heads=2, window=8)
     >>> x = torch.randn(2, 19, 64)
@@ -139,7 +147,7 @@ class SlidingWindowAttention(Attention):
         )
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
-        block_size = block_size or max(1, window // 2)
+        block_size = block_size or default_block_size(window)
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         self.window, self.block_size = window, block_size

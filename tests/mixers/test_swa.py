@@ -34,7 +34,7 @@ def grads(module: torch.nn.Module, fn, x: torch.Tensor, g: torch.Tensor):
     [
         (5, 8, None),  # L < w
         (8, 8, None),  # L == w
-        (37, 8, None),  # L not a multiple of the block (4)
+        (37, 8, None),  # L not a multiple of the default block (8)
         (37, 8, 3),  # w - 1 not a multiple of the block: 3 previous blocks
         (37, 8, 16),  # block larger than the window
         (37, 1, None),  # w = 1: each token sees only itself
