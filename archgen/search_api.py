@@ -139,6 +139,9 @@ def run_search(
     from archgen.search.report import Certified, build_report, write_json_atomic, write_plots
     from archgen.search.study import StudyConfig, open_study, pareto_front, run_worker
 
+    from archgen.search.storage import quiet_optuna
+
+    quiet_optuna()
     p = prepare(spec_path, options)
     spec: ArchSpec = p["spec"]
     s = spec.search
