@@ -137,9 +137,8 @@ def run_search(
     from archgen.search.latency import LatencyPredictor, LatencyTable, Workload
     from archgen.search.measure import Measurer
     from archgen.search.report import Certified, build_report, write_json_atomic, write_plots
-    from archgen.search.study import StudyConfig, open_study, pareto_front, run_worker
-
     from archgen.search.storage import quiet_optuna
+    from archgen.search.study import StudyConfig, open_study, pareto_front, run_worker
 
     quiet_optuna()
     p = prepare(spec_path, options)

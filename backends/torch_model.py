@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from archgen.ir.graph import TOKENS, Graph, Node
 from archgen.ir.ops import Embedding, LMHead, ResidualAdd, Role
 from archgen.mixers.base import DecodeState
 from archgen.mixers.registry import build_module
-from torch import nn
 
 EMBED_INIT_STD = 0.02  # GPT-2/Llama: keeps tied logits O(1) at init (N(0,1) would not)
 

@@ -37,7 +37,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except RuntimeError as exc:  # shape mismatches
-        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc))
+        lines = str(exc).splitlines()
+        first = next((ln.strip() for ln in lines if "size mismatch" in ln), str(exc))
         raise ArchgenError(f"{path}: weights do not match the model ({first})", hint=hint) from None
     if missing or unexpected:
         raise ArchgenError(

@@ -9,9 +9,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from archgen.mixers.base import DecodeState, TokenMixer
 from archgen.mixers.rope import apply_rope, rope_angles
-from torch import nn
 
 
 def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:

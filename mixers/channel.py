@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from archgen.mixers.base import ChannelMixer
 from torch import nn
+
+from archgen.mixers.base import ChannelMixer
 
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
 

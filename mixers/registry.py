@@ -11,8 +11,9 @@ import dataclasses
 import importlib
 
 import torch
-from archgen.ir import ops
 from torch import nn
+
+from archgen.ir import ops
 
 # op class -> "module:ClassName" of its implementation
 IMPLEMENTATIONS: dict[type[ops.Op], str] = {

@@ -11,9 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from archgen.ir.graph import Graph
-
 from archgen.errors import ArchgenError
+from archgen.ir.graph import Graph
 
 
 @dataclass(frozen=True)

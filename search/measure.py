@@ -13,11 +13,11 @@ import time
 from dataclasses import replace
 
 import torch
+
 from archgen.backends.base import LowerOptions, get_backend, library_versions
+from archgen.errors import ArchgenError, UnavailableError
 from archgen.ir.graph import TOKENS, Graph, Node
 from archgen.search.latency import Workload
-
-from archgen.errors import ArchgenError, UnavailableError
 
 
 def stem_graph(graph: Graph) -> Graph:

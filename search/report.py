@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from optuna.trial import FrozenTrial, TrialState
+
 from archgen.search.latency import TrustReport
 from archgen.search.study import ERROR, feasible
-from optuna.trial import FrozenTrial, TrialState
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,9 @@ import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
+from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph
 from archgen.ir.ops import Op
-
-from archgen.errors import ArchgenError
 
 Supports = Callable[[Op], tuple[bool, str]]
 

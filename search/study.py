@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from archgen.search.space import Candidate, SearchSpace
 from optuna.trial import FrozenTrial, TrialState
+
+from archgen.search.space import Candidate, SearchSpace
 
 HEARTBEAT = "archgen:heartbeat"
 ERROR = "archgen:error"

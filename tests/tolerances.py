@@ -36,8 +36,9 @@ TOLERANCES: dict[torch.dtype, Tolerance] = {
 FLOAT32_PARAM_GRAD = Tolerance(atol=1e-4, rtol=1e-3)
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None,
-                 msg: str = "") -> None:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, msg: str = ""
+) -> None:
     tol = TOLERANCES[dtype or actual.dtype]
     torch.testing.assert_close(
         actual.to(expected.dtype), expected, atol=tol.atol, rtol=tol.rtol, msg=msg or None

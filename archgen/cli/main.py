@@ -48,10 +48,9 @@ def check(
     ] = None,
 ) -> None:
     """Validate a spec and print parameters, FLOPs and decode state per layer."""
-    from archgen.ir.printer import print_graph
-
     from archgen import api
     from archgen.cli.report import print_check
+    from archgen.ir.printer import print_graph
 
     if resolved:
         typer.echo(api.resolved_yaml(spec), nl=False)

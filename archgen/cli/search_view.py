@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from archgen.search.budget import format_seconds
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+from archgen.search.budget import format_seconds
 
 
 class SearchView:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from archgen.ir.ops import Op
 from pydantic import ValidationError
 
+from archgen.ir.ops import Op
 from archgen.spec.errors import SpecIssue, did_you_mean
 from archgen.spec.models import CHANNEL_MIXER_SPECS, TOKEN_MIXER_SPECS, ArchSpec, expand_layers
 from archgen.spec.yaml_source import Path, SourceMap

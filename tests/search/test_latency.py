@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+
+from archgen.errors import ArchgenError
 from archgen.search.budget import parse_budget
 from archgen.search.latency import LatencyTable, fit_correction, trust_report
 from archgen.search.robust import nearest_neighbour_average, robust_combine
-
-from archgen.errors import ArchgenError
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ import uuid
 
 import optuna
 import pytest
-from archgen.search.storage import open_storage
 from optuna.trial import TrialState
 
+from archgen.search.storage import open_storage
 from tests.conftest import ROOT
 
 WORKER = [sys.executable, "-m", "tests.search.fake_worker"]
