@@ -37,8 +37,9 @@ def as_spec(spec: SpecLike) -> ArchSpec:
 
 
 def spec_hash(spec: ArchSpec) -> str:
-    """A stable hash of the resolved spec (weights built from equal hashes are interchangeable)."""
-    canonical = json.dumps(spec_to_data(resolve_spec(spec)), sort_keys=True)
+    """A stable hash of the resolved ``model:`` section: weights built from specs with equal
+    hashes are interchangeable, whatever their ``data:``, ``train:`` or ``search:`` sections."""
+    canonical = json.dumps(spec_to_data(resolve_spec(spec))["model"], sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -32,9 +32,15 @@ def base_spec(spec: ArchSpec) -> ArchSpec:
 
 
 def teacher_dir(spec: ArchSpec, steps: int, cache: Path) -> Path:
-    from archgen.api import spec_hash
+    """Keyed by the model *and* its data and training sections: all of them shape the teacher."""
+    import hashlib
+    import json
 
-    return cache / "teachers" / f"{spec.model.name}-{spec_hash(base_spec(spec))}-{steps}"
+    from archgen.spec.expand import spec_to_data
+
+    data = json.dumps(spec_to_data(base_spec(spec)), sort_keys=True, default=str)
+    digest = hashlib.sha256(data.encode()).hexdigest()[:16]
+    return cache / "teachers" / f"{spec.model.name}-{digest}-{steps}"
 
 
 def train_teacher(spec: ArchSpec, steps: int, cache: Path, log: Log) -> tuple[Any, Path, Any]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from archgen.search.evaluate import LatencyPolicy
 from archgen.search.latency import LatencyPredictor, LatencyTable, Workload, trust_report
 from archgen.search.measure import Measurer
 from archgen.search.quality import AnalyticQuality
@@ -35,8 +36,10 @@ def predictor_trust(
     space: SearchSpace, predictor: LatencyPredictor, measurer: Measurer, n: int, seed: int
 ) -> None:
     rng = random.Random(seed)
-    # fit the correction on a few candidates first, as the search does
-    fit = [{s.node: rng.choice(s.choices).label for s in space.slots} for _ in range(5)]
+    # The search trusts the predictor only after LatencyPolicy.min_samples end-to-end checks:
+    # fit the correction on that many other random candidates first, as the search does.
+    n_fit = LatencyPolicy().min_samples
+    fit = [{s.node: rng.choice(s.choices).label for s in space.slots} for _ in range(n_fit)]
     for c in fit:
         g = space.graph_for(c)
         predictor.observe(g, measurer.measure_graph(g))
@@ -47,7 +50,7 @@ def predictor_trust(
         predicted.append(predictor.predict(g))
         measured.append(measurer.measure_graph(g))
     report = trust_report(predicted, measured)
-    print(f"\n## Predictor trust ({n} random candidates, correction fitted on 5 others)\n")
+    print(f"\n## Predictor trust ({n} random candidates, correction fitted on {n_fit} others)\n")
     print("| candidates | Spearman | Kendall | MAPE | latency range (ms) |")
     print("|---:|---:|---:|---:|---|")
     print(
@@ -72,6 +75,8 @@ def efficiency(
         return Evaluation(quality(g), lat, lat)
 
     scored = [(c, evaluate(c)) for c in small.all_candidates()]
+    if budget is None:  # the 40th percentile: a budget that excludes most of the space
+        budget = sorted(e.latency for _, e in scored)[int(0.4 * len(scored))]
     feasible = [e.quality for _, e in scored if e.latency <= budget]
     best = max(feasible)
     total = len(scored)
@@ -136,7 +141,7 @@ def main() -> None:
     predictor_trust(p["space"], predictor, measurer, args.candidates, seed=0)
     from archgen.search.budget import parse_budget
 
-    budget = parse_budget(args.budget) if args.budget else p["budget"]
+    budget = parse_budget(args.budget) if args.budget else None
     efficiency(p["space"], predictor, AnalyticQuality(p["seq_len"]), budget, args.slots, args.seeds)
 
 

@@ -95,54 +95,84 @@ BlockMeasurer = Callable[[Graph, str], float]  # (graph, block name) -> seconds
 
 @dataclass
 class LatencyPredictor:
+    """``predicted = offset + sum over block kinds k of weight_k * (table seconds of k-blocks)``.
+
+    The weights start at 1 (the table is taken at its word) and are refitted, ridge-regularised
+    towards 1, on every end-to-end measurement: a block kind whose cost in a whole model differs
+    from its cost measured alone (cache effects, fusion, framework overhead) gets its own factor;
+    the offset absorbs the embedding, head and per-call overhead.
+    """
+
     table: LatencyTable
     workload: Workload
     measure_block: BlockMeasurer
     worker: str = "local"
-    scale: float = 1.0
+    ridge: float = 0.5  # penalty on (weight - 1), relative to a typical block-kind total
     offset: float = 0.0
+    weights: dict[str, float] = field(default_factory=dict)
     block_measurements: int = 0  # how many blocks this predictor had to measure (cache misses)
-    samples: list[tuple[float, float]] = field(default_factory=list)  # (block sum, measured)
+    samples: list[tuple[dict[str, float], float]] = field(default_factory=list)
 
     def block_seconds(self, graph: Graph, block: str) -> float:
+        return self._block(graph, block)[1]
+
+    def _block(self, graph: Graph, block: str) -> tuple[str, float]:
         signature = block_signature(graph, block)
         shape = self.workload.shape_key()
         cached = self.table.get(signature, shape)
         if cached is not None:
-            return cached
+            return signature, cached
         seconds = self.measure_block(graph, block)
         self.block_measurements += 1
         self.table.add(signature, shape, self.worker, seconds)
-        return self.table.get(signature, shape) or seconds
+        return signature, self.table.get(signature, shape) or seconds
+
+    def features(self, graph: Graph) -> dict[str, float]:
+        """Table seconds per block kind (signature) of ``graph``."""
+        out: dict[str, float] = {}
+        for block in graph.blocks():
+            signature, seconds = self._block(graph, block)
+            out[signature] = out.get(signature, 0.0) + seconds
+        return out
 
     def block_sum(self, graph: Graph) -> float:
-        return sum(self.block_seconds(graph, b) for b in graph.blocks())
+        return sum(self.features(graph).values())
 
     def predict(self, graph: Graph) -> float:
-        return self.scale * self.block_sum(graph) + self.offset
+        f = self.features(graph)
+        return self.offset + sum(self.weights.get(k, 1.0) * v for k, v in f.items())
 
     def observe(self, graph: Graph, measured: float) -> None:
         """Add an end-to-end measurement and refit the correction."""
-        self.samples.append((self.block_sum(graph), measured))
-        self.scale, self.offset = fit_correction(self.samples)
+        self.samples.append((self.features(graph), measured))
+        self.weights, self.offset = fit_correction(self.samples, self.ridge)
 
 
-def fit_correction(samples: Sequence[tuple[float, float]]) -> tuple[float, float]:
-    """Least squares ``measured ~ a * block_sum + b``; with one sample only the offset moves."""
+def fit_correction(
+    samples: Sequence[tuple[dict[str, float], float]], ridge: float = 0.5
+) -> tuple[dict[str, float], float]:
+    """Ridge least squares of ``measured ~ offset + sum_k w_k f_k`` with ``w`` pulled towards 1.
+
+    With one or two samples only the offset moves (the weights stay 1)."""
+    import numpy as np
+
     if not samples:
-        return 1.0, 0.0
+        return {}, 0.0
     if len(samples) < 3:
-        return 1.0, sum(m - s for s, m in samples) / len(samples)
-    n = len(samples)
-    mean_s = sum(s for s, _ in samples) / n
-    mean_m = sum(m for _, m in samples) / n
-    var = sum((s - mean_s) ** 2 for s, _ in samples)
-    if var <= 0:
-        return 1.0, mean_m - mean_s
-    a = sum((s - mean_s) * (m - mean_m) for s, m in samples) / var
-    if a <= 0:  # a nonsense fit (noise dominates): keep additivity, fit the offset only
-        return 1.0, mean_m - mean_s
-    return a, mean_m - a * mean_s
+        return {}, sum(m - sum(f.values()) for f, m in samples) / len(samples)
+    kinds = sorted({k for f, _ in samples for k in f})
+    x = np.array([[f.get(k, 0.0) for k in kinds] + [1.0] for f, _ in samples])
+    y = np.array([m for _, m in samples])
+    scale = float(np.median(x[:, :-1][x[:, :-1] > 0])) if (x[:, :-1] > 0).any() else 1.0
+    lam = ridge * scale
+    # Penalty rows lam * (w_k - 1) = 0, solved for (w - 1) so the prior is the origin.
+    y_res = y - x[:, :-1].sum(axis=1)
+    penalty = np.hstack([lam * np.eye(len(kinds)), np.zeros((len(kinds), 1))])
+    a = np.vstack([x, penalty])
+    b = np.concatenate([y_res, np.zeros(len(kinds))])
+    solution, *_ = np.linalg.lstsq(a, b, rcond=None)
+    weights = {k: 1.0 + float(d) for k, d in zip(kinds, solution[:-1], strict=True)}
+    return weights, float(solution[-1])
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,9 @@ def _rewire(node: Node, defined: set[str], replacement: str) -> Node:
     return replace(node, inputs=inputs)
 
 
+BLOCK_REPEAT_FACTOR = 3
+
+
 class Measurer:
     def __init__(self, workload: Workload, *, warmup: int = 3) -> None:
         self.workload = workload
@@ -90,10 +93,12 @@ class Measurer:
             decode_graph=False,
         )
 
-    def measure_graph(self, graph: Graph) -> float:
+    def measure_graph(self, graph: Graph, *, repeats: int | None = None) -> float:
         """Median seconds of one forward (prefill) or one decode step at context ``seq_len``."""
         self.measurements += 1
         w = self.workload
+        if repeats is not None:
+            w = replace(w, repeats=repeats)
         if w.phase == "decode":
             return self._measure_decode(graph)
         torch.manual_seed(0)
@@ -124,7 +129,11 @@ class Measurer:
 
     def measure_block(self, graph: Graph, block: str) -> float:
         """Seconds a block adds to the stem (never negative)."""
+        # A block is a small difference of two timings, measured once and reused by every
+        # search: it gets BLOCK_REPEAT_FACTOR times the workload's repeats.
+        repeats = self.workload.repeats * BLOCK_REPEAT_FACTOR
         stem_key = repr(stem_graph(graph).nodes)
         if stem_key not in self._stem:
-            self._stem[stem_key] = self.measure_graph(stem_graph(graph))
-        return max(0.0, self.measure_graph(block_graph(graph, block)) - self._stem[stem_key])
+            self._stem[stem_key] = self.measure_graph(stem_graph(graph), repeats=repeats)
+        seconds = self.measure_graph(block_graph(graph, block), repeats=repeats)
+        return max(0.0, seconds - self._stem[stem_key])

@@ -56,11 +56,30 @@ def test_faulty_measurements_cannot_move_the_table_much(tmp_path) -> None:
     assert robust_combine([0.02] * 6 + [5.0, 1e-6]) == pytest.approx(0.02, rel=0.02)
 
 
-def test_correction_fit_recovers_a_linear_relation() -> None:
-    samples = [(s, 1.3 * s + 0.004) for s in (0.01, 0.02, 0.05, 0.07)]
-    a, b = fit_correction(samples)
-    assert a == pytest.approx(1.3) and b == pytest.approx(0.004)
-    assert fit_correction([(0.01, 0.015)]) == pytest.approx((1.0, 0.005))
+def test_correction_fit_recovers_per_kind_factors_and_the_offset() -> None:
+    import random
+
+    rng = random.Random(0)
+    samples = []
+    for _ in range(40):
+        a, b = rng.randint(0, 6) * 0.003, rng.randint(0, 6) * 0.002
+        samples.append(({"A": a, "B": b}, 1.3 * a + 0.8 * b + 0.004))
+    weights, offset = fit_correction(samples, ridge=1e-4)
+    assert weights["A"] == pytest.approx(1.3, rel=1e-2)
+    assert weights["B"] == pytest.approx(0.8, rel=1e-2)
+    assert offset == pytest.approx(0.004, rel=1e-2)
+
+
+def test_correction_with_few_samples_moves_only_the_offset() -> None:
+    weights, offset = fit_correction([({"A": 0.01}, 0.015)])
+    assert weights == {} and offset == pytest.approx(0.005)
+
+
+def test_ridge_keeps_unidentifiable_weights_near_one() -> None:
+    # A and B always appear together: only their sum is identified; ridge splits it evenly.
+    samples = [({"A": k * 0.01, "B": k * 0.01}, k * 0.024) for k in range(1, 6)]
+    weights, _ = fit_correction(samples, ridge=0.5)
+    assert weights["A"] == pytest.approx(weights["B"], rel=1e-6)
 
 
 def test_trust_report() -> None:
