@@ -133,6 +133,7 @@ def build(spec: SpecLike, out_dir: str | os.PathLike[str], *, seed: int = 0) -> 
     and ``manifest.json`` to ``out_dir``. The folder appears complete or not at all."""
     from archgen.backends.torch_model import build_model
     from archgen.backends.weights import save_weights
+    from archgen.staging import publish_folder
 
     spec = as_spec(spec)
     graph = compile_spec(spec)
@@ -154,14 +155,7 @@ def build(spec: SpecLike, out_dir: str | os.PathLike[str], *, seed: int = 0) -> 
             "files": ["weights.safetensors", "spec.yaml"],
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            backup = out.with_name(f".{out.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            out.rename(backup)
-            staging.rename(out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            staging.rename(out)
+        publish_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(out, params, digest)

@@ -32,6 +32,7 @@ from archgen.backends.base import (
 )
 from archgen.errors import ArchgenError, UnavailableError
 from archgen.ir.graph import Graph
+from archgen.staging import publish_folder
 
 if TYPE_CHECKING:
     from archgen.backends.base import Artifact
@@ -184,23 +185,10 @@ def export(
             "notes": artifact.meta.notes,
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _publish(staging, out)
+        publish_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(out, files, report, artifact)
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``, replacing an existing folder only once the new one is
-    complete (the old one is moved aside first, then deleted)."""
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        out.rename(backup)
-        staging.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        staging.rename(out)
 
 
 # -- doctor ------------------------------------------------------------------------------------
