@@ -33,7 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def predictor_trust(
-    space: SearchSpace, predictor: LatencyPredictor, measurer: Measurer, n: int, seed: int
+    space: SearchSpace,
+    predictor: LatencyPredictor,
+    measurer: Measurer,
+    n: int,
+    seed: int,
+    repeats: int,
 ) -> None:
     rng = random.Random(seed)
     # The search trusts the predictor only after LatencyPolicy.min_samples end-to-end checks:
@@ -42,13 +47,13 @@ def predictor_trust(
     fit = [{s.node: rng.choice(s.choices).label for s in space.slots} for _ in range(n_fit)]
     for c in fit:
         g = space.graph_for(c)
-        predictor.observe(g, measurer.measure_graph(g))
+        predictor.observe(g, measurer.measure_graph(g, repeats=repeats))
     predicted, measured = [], []
     for _ in range(n):
         c = {s.node: rng.choice(s.choices).label for s in space.slots}
         g = space.graph_for(c)
         predicted.append(predictor.predict(g))
-        measured.append(measurer.measure_graph(g))
+        measured.append(measurer.measure_graph(g, repeats=repeats))
     report = trust_report(predicted, measured)
     print(f"\n## Predictor trust ({n} random candidates, correction fitted on {n_fit} others)\n")
     print("| candidates | Spearman | Kendall | MAPE | latency range (ms) |")
@@ -118,6 +123,13 @@ def main() -> None:
     parser.add_argument("--budget", default=None)
     parser.add_argument("--slots", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--trust-seed", type=int, default=0, help="seed of the random candidates")
+    parser.add_argument(
+        "--measure-repeats",
+        type=int,
+        default=None,
+        help="timed runs per end-to-end measurement (default: the workload's repeats)",
+    )
     args = parser.parse_args()
     p = prepare(args.spec, SearchOptions(out=Path(tempfile.mkdtemp())))
     s = p["spec"].search
@@ -138,7 +150,11 @@ def main() -> None:
     measurer = Measurer(workload)
     table = LatencyTable(cache_dir() / "latency.sqlite", measurer.environment())
     predictor = LatencyPredictor(table, workload, measurer.measure_block)
-    predictor_trust(p["space"], predictor, measurer, args.candidates, seed=0)
+    repeats = args.measure_repeats or workload.repeats
+    print(f"end-to-end measurements: median of {repeats} timed runs")
+    predictor_trust(
+        p["space"], predictor, measurer, args.candidates, seed=args.trust_seed, repeats=repeats
+    )
     from archgen.search.budget import parse_budget
 
     budget = parse_budget(args.budget) if args.budget else None
