@@ -317,16 +317,12 @@ def _quality(spec: ArchSpec, p: dict[str, Any], options: SearchOptions, log: Log
 
 
 def _write_best(path: Path, graph: Graph, spec: ArchSpec) -> None:
-    from archgen.search.report import write_json_atomic  # noqa: F401  (same atomic pattern)
+    from archgen.train.checkpoint import write_text_atomic
 
     data = spec_to_data(spec_from_graph(graph))
     data.pop("search", None)
-    text = "# chosen by archgen search; check/build/export accept it\n" + yaml.safe_dump(
-        data, sort_keys=False
-    )
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    header = "# chosen by archgen search; check/build/export accept it\n"
+    write_text_atomic(path, header + yaml.safe_dump(data, sort_keys=False))
 
 
 def _export_best(best: Path | None, out: Path, fmt: str, log: Log) -> dict[str, Any]:

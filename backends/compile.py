@@ -26,22 +26,21 @@ from archgen.backends.base import (
     NodeImpl,
     UnsupportedError,
     check_lowerable,
-    cpu_name,
     library_versions,
-    write_meta,
 )
 from archgen.backends.eager import (
     TORCH_DTYPES,
     BoundaryModule,
     as_boundaries,
     implementation_name,
+    measure_torch,
+    save_torch_artifact,
     source_model,
-    time_calls,
     torch_supports,
     torch_threads,
 )
 from archgen.backends.torch_model import ArchModel, build_model
-from archgen.backends.weights import load_weights, save_weights
+from archgen.backends.weights import load_weights
 from archgen.ir.graph import Graph, Node
 
 
@@ -81,20 +80,14 @@ class CompileArtifact(Artifact):
         return as_boundaries(self.graph, self._call(tokens))
 
     def measure(self, tokens: torch.Tensor, warmup: int = 3, repeats: int = 20) -> Measurement:
-        with torch_threads(self.meta.options.threads) as threads:
+        with torch_threads(self.meta.options.threads):
             self._call(tokens)  # compile outside the timed loop
-            times = time_calls(lambda: self._call(tokens), warmup, repeats)
-        return Measurement(
-            times, tokens.shape[0], tokens.shape[1], threads, cpu_name(), library_versions()
-        )
+        return measure_torch(lambda: self._call(tokens), tokens, self.meta, warmup, repeats)
 
     def save(self, path: str | Path) -> list[str]:
         # Inductor's generated code is tied to this machine and torch build; what travels is the
         # weights, recompiled on load (the meta says so).
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_weights(self.model, folder / "weights.safetensors", {"dtype": self.meta.options.dtype})
-        return ["weights.safetensors", write_meta(self.meta, folder)]
+        return save_torch_artifact(self.model, self.meta, Path(path))
 
 
 class CompileBackend(Backend):

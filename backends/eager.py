@@ -156,18 +156,31 @@ class EagerArtifact(Artifact):
         return as_boundaries(self.graph, outs)
 
     def measure(self, tokens: torch.Tensor, warmup: int = 3, repeats: int = 20) -> Measurement:
-        with torch_threads(self.meta.options.threads) as threads, torch.inference_mode():
-            times = time_calls(lambda: self.model(tokens), warmup, repeats)
+        with torch.inference_mode():
+            result = measure_torch(lambda: self.model(tokens), tokens, self.meta, warmup, repeats)
         self._refresh_meta()
-        return Measurement(
-            times, tokens.shape[0], tokens.shape[1], threads, cpu_name(), library_versions()
-        )
+        return result
 
     def save(self, path: str | Path) -> list[str]:
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_weights(self.model, folder / "weights.safetensors", {"dtype": self.meta.options.dtype})
-        return ["weights.safetensors", write_meta(self.meta, folder)]
+        return save_torch_artifact(self.model, self.meta, Path(path))
+
+
+def measure_torch(
+    call: Callable[[], object], tokens: torch.Tensor, meta: ArtifactMeta, warmup: int, repeats: int
+) -> Measurement:
+    """Time ``call`` with the artifact's thread setting (shared by the torch-based backends)."""
+    with torch_threads(meta.options.threads) as threads:
+        times = time_calls(call, warmup, repeats)
+    return Measurement(
+        times, tokens.shape[0], tokens.shape[1], threads, cpu_name(), library_versions()
+    )
+
+
+def save_torch_artifact(model: torch.nn.Module, meta: ArtifactMeta, folder: Path) -> list[str]:
+    """Weights (safetensors) plus the artifact's meta: what a torch-based artifact saves."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(model, folder / "weights.safetensors", {"dtype": meta.options.dtype})
+    return ["weights.safetensors", write_meta(meta, folder)]
 
 
 class EagerBackend(Backend):

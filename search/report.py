@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from archgen.search.latency import TrustReport
 from archgen.search.study import ERROR, feasible
+from archgen.train.checkpoint import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -30,11 +29,7 @@ class Certified:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _finite(x: float | None) -> float | None:
