@@ -52,12 +52,15 @@ def test_sigkill_then_rerun_completes_without_loss_or_duplicates(tmp_path) -> No
     worker = _run(url, 10, 0.4)
     deadline = time.time() + 60
     while time.time() < deadline:
-        time.sleep(0.3)
+        time.sleep(0.05)
         try:
-            if len(_complete(url)) >= 3:
-                break
+            study = optuna.load_study(study_name="fake", storage=open_storage(url))
         except KeyError:  # study not created yet
             continue
+        states = [t.state for t in study.trials]
+        # kill inside a trial (each sleeps 0.4 s), not in the short gap between two trials
+        if states.count(TrialState.COMPLETE) >= 3 and TrialState.RUNNING in states:
+            break
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     before = len(_complete(url))
