@@ -140,12 +140,15 @@ def _export(
     input_names: list[str],
     output_names: list[str],
     opset: int | None,
+    dim_names: dict[tuple[str, int], str] | None = None,
 ) -> dict[str, Any]:
     """Export, check and atomically write one ONNX file; returns facts for the meta.
 
     ``expect_dynamic`` names the input axes that must stay symbolic: when torch.export cannot
     keep a dim dynamic, the ONNX exporter may fall back to a strategy that specialises it to the
-    example's size; that graph would reject every other length, so it is an error here."""
+    example's size; that graph would reject every other length, so it is an error here.
+    ``dim_names`` renames the symbols of ``(input, axis)`` dims that the exporter named itself
+    (``Dim.DYNAMIC`` dims come out as ``s27``), in every shape of the graph."""
     import onnx
 
     start = time.perf_counter()
@@ -183,10 +186,11 @@ def _export(
             f"torch.export could not keep them symbolic and the exporter applied its suggested "
             f"fixes (graph captured with {capture})"
         )
+    _rename_dims(proto, dim_names or {})
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        program.save(tmp)
+        onnx.save_model(proto, tmp)
         onnx.checker.check_model(tmp, full_check=True)
         os.replace(tmp, path)
     finally:
@@ -203,12 +207,33 @@ def _export(
     }
 
 
+def _rename_dims(proto: Any, names: dict[tuple[str, int], str]) -> None:
+    """Rename symbolic dims, including inside expressions such as ``8*((s27 + 63)//64)``."""
+    inputs = {i.name: i for i in proto.graph.input}
+    mapping = {}
+    for (name, axis), new in names.items():
+        old = inputs[name].type.tensor_type.shape.dim[axis].dim_param
+        if old and old != new:
+            mapping[old] = new
+    if not mapping:
+        return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, mapping)) + r")\b")
+    graph = proto.graph
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = pattern.sub(lambda m: mapping[m.group(1)], dim.dim_param)
+
+
 def traces_with_dynamic_length(
-    module: nn.Module, d_model: int, example_len: int = 8, max_len: int = 1024
+    module: nn.Module, d_model: int, example_len: int | None = None, max_len: int = 1024
 ) -> str:
     """ "ok", or why ``module`` ([B, L, D] -> [B, L, D]) exported alone through the same ONNX
-    exporter does not keep L symbolic (the guard torch.export could not prove)."""
-    seq = torch.export.Dim("seq", min=1, max=max(max_len, example_len))
+    exporter (and the same dynamic-dim rules as :func:`export_forward`) does not keep L
+    symbolic."""
+    if example_len is None:
+        example_len = min(max_len, max(8, 2 * getattr(module, "chunk_size", 0) + 1))
+    seq = torch.export.Dim.DYNAMIC(min=1, max=max(max_len, example_len))
     x = torch.randn(2, example_len, d_model, dtype=_param_dtype(module))
     try:
         with _quiet_exporter():
@@ -219,17 +244,10 @@ def traces_with_dynamic_length(
         return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     if program.model_proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param:
         return "ok"
-    try:  # the exporter hid torch.export's complaint when it made L static: ask it directly
-        with _quiet_exporter():
-            torch.export.export(module, (x,), dynamic_shapes=({1: seq},), strict=False)
-    except Exception as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines()]
-        detail = next((ln for ln in lines if ln.startswith("- Not all values")), lines[0])
-        return f"L was made static ({detail[:240]})"
     return "L was made static by the exporter"
 
 
-def dynamic_length_culprits(model: ArchModel, example_len: int) -> list[str]:
+def dynamic_length_culprits(model: ArchModel) -> list[str]:
     """Mixer nodes (one per kind) that torch.export cannot trace with a dynamic length, each
     with the first line of its error: what to fix when the whole model specialises."""
     found, seen = [], set()
@@ -238,7 +256,7 @@ def dynamic_length_culprits(model: ArchModel, example_len: int) -> list[str]:
             continue
         seen.add(node.op.kind)
         module = model.get_submodule(node.name)
-        why = traces_with_dynamic_length(module, model.graph.model.d_model, example_len)
+        why = traces_with_dynamic_length(module, model.graph.model.d_model)
         if why != "ok":
             found.append(f"{node.name} ({node.op.kind}): {why}")
     return found
@@ -248,13 +266,24 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
     return next((p.dtype for p in module.parameters()), torch.float32)
 
 
+def _example_length(graph: Graph, max_seq: int) -> int:
+    """Length of the export example. Never 0/1 in a dynamic dim (torch.export specialises
+    those), and at least two chunks of every chunked scan: with one chunk, the chunk count is 1
+    in the trace and may be baked into the graph (a 1x1 chunk-decay matrix)."""
+    chunks = [getattr(n.op, "chunk_size", 0) for n in graph.nodes]
+    return min(max_seq, max(8, 2 * max(chunks, default=0) + 1))
+
+
 def export_forward(model: ArchModel, path: Path, options: LowerOptions) -> dict[str, Any]:
     graph = model.graph
     assert options.max_seq is not None, "options must be resolved"
     batch = torch.export.Dim("batch", min=1, max=options.max_batch)
-    seq = torch.export.Dim("seq", min=1, max=options.max_seq)
-    # The example must not be 0/1-sized in a dynamic dim (torch.export specialises those).
-    example_len = min(8, max(2, options.max_seq))
+    # DYNAMIC rather than a named Dim: chunked scans pad L to whole chunks, and torch.export
+    # cannot prove facts such as ceil(L / Q) * Q >= L that hold for every L; with a named Dim it
+    # then refuses, with DYNAMIC it keeps L symbolic and records them as guards (checked by the
+    # numerics validation at the profile's min, typical and max lengths).
+    seq = torch.export.Dim.DYNAMIC(min=1, max=options.max_seq)
+    example_len = _example_length(graph, options.max_seq)
     example = torch.randint(0, graph.model.vocab_size, (2, example_len))
     dynamic = options.max_seq >= 2  # a profile of length 1 only: nothing to make dynamic
     try:
@@ -264,12 +293,13 @@ def export_forward(model: ArchModel, path: Path, options: LowerOptions) -> dict[
             path,
             dynamic_shapes=({0: batch, 1: seq} if dynamic else {0: batch},),
             expect_dynamic={"tokens": (0, 1) if dynamic else (0,)},
+            dim_names={("tokens", 0): "batch", ("tokens", 1): "seq"} if dynamic else None,
             input_names=["tokens"],
             output_names=[*graph.outputs, *graph.blocks()],
             opset=options.opset,
         )
     except SpecialisedError as exc:
-        culprits = dynamic_length_culprits(model, example_len)
+        culprits = dynamic_length_culprits(model)
         raise SpecialisedError(
             exc.message + (": " + "; ".join(culprits) if culprits else ""),
             hint="these mixers' forward must trace with a symbolic sequence length "

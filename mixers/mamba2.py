@@ -311,14 +311,17 @@ class Mamba2(TokenMixer):
         # see it, and they are sliced off. At the front, in_proj(0) = 0 (no bias) yields the
         # conv's left padding without copying the wide conv input.
         front = k - 1 if self.in_proj.bias is None else 0
-        tail = (-seqlen) % self.chunk_size
+        # ceil(L / Q) * Q - L rather than (-L) % Q: torch.export can then prove that the padded
+        # length is a multiple of Q, and a symbolic L survives the reshape into chunks.
+        tail = (seqlen + self.chunk_size - 1) // self.chunk_size * self.chunk_size - seqlen
+        torch._check(tail >= 0)
         z, xbc, dt_raw = self._split_proj(self.in_proj(F.pad(u, (0, 0, front, tail))))
         if front < k - 1:
             xbc = F.pad(xbc, (0, 0, k - 1 - front, 0))
         x, B, C = self._split_xbc(self._causal_conv(xbc))
         dt, A = self._dt_and_A(dt_raw[:, front:])
-        y = ssd_chunked(x, dt, A, B, C, self.D, self.chunk_size)[:, :seqlen]
-        return self._norm_out_proj(y, z[:, front : front + seqlen])
+        y = ssd_chunked(x, dt, A, B, C, self.D, self.chunk_size).narrow(1, 0, seqlen)
+        return self._norm_out_proj(y, z.narrow(1, front, seqlen))
 
     def _norm_out_proj(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``out_proj(norm(y, z))`` with fewer passes over ``[B, L, D_in]`` (3 instead of 6):

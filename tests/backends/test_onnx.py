@@ -24,12 +24,6 @@ class TestOnnx(BackendConformance):
     backend_name = "onnx"
     extra_options: ClassVar[dict[str, object]] = {"decode_graph": False}  # tested below
     shrink_examples = True  # export time grows with the graph; one copy of each group suffices
-    known_gaps: ClassVar[dict[str, str]] = {
-        kind: "forward does not trace with a symbolic sequence length under torch 2.13's "
-        "torch.export (constraint violation on L vs chunk_size); the onnx backend refuses the "
-        "graph the exporter specialises to the example length"
-        for kind in ("mamba", "mamba2")
-    }
 
     def inject_fault(self, artifact: Artifact, block: str, tmp_path: Path) -> Artifact:
         """Scale the weight of the first MatMul of ``block`` in the exported file and load it.
