@@ -59,7 +59,10 @@ def lower_options(
     profile: Profile,
     seed: int = 0,
     provider: Provider = "cpu",
+    portable: bool = False,
 ) -> LowerOptions:
+    """``portable``: standard ONNX ops only (no onnxruntime contrib ops such as the fused
+    ``GroupQueryAttention``), for other ONNX runtimes."""
     return LowerOptions(
         dtype=dtype,
         min_seq=profile.min_seq,
@@ -68,6 +71,7 @@ def lower_options(
         seed=seed,
         weights=None if weights is None else str(weights),
         provider=provider,
+        fused_attention=not portable,
     ).resolve(graph)
 
 
@@ -96,12 +100,15 @@ def validate(
     profile: Profile = Profile(),
     seed: int | None = None,
     provider: Provider = "cpu",
+    portable: bool = False,
 ) -> ValidateResult:
     """Lower ``spec`` on ``backend`` and compare it with the eager float64 reference."""
     from archgen.backends.validate import validate as run_validation
 
     graph = compile_spec(spec)
-    options = lower_options(graph, dtype=dtype, weights=weights, profile=profile, provider=provider)
+    options = lower_options(
+        graph, dtype=dtype, weights=weights, profile=profile, provider=provider, portable=portable
+    )
     artifact = _ready(backend, graph, options).lower(graph, options)
     return ValidateResult(run_validation(artifact, seed=seed), artifact)
 
@@ -126,6 +133,7 @@ def export(
     seed: int = 0,
     validation_seed: int | None = None,
     provider: Provider = "cpu",
+    portable: bool = False,
 ) -> ExportResult:
     """Lower ``spec`` for ``fmt``, validate it, and write the engine(s), ``spec.yaml``
     (resolved), ``numerics.json`` and ``manifest.json`` to ``out_dir``.
@@ -145,7 +153,13 @@ def export(
     spec = as_spec(spec)
     graph = compile_spec(spec)
     options = lower_options(
-        graph, dtype=dtype, weights=weights, profile=profile, seed=seed, provider=provider
+        graph,
+        dtype=dtype,
+        weights=weights,
+        profile=profile,
+        seed=seed,
+        provider=provider,
+        portable=portable,
     )
     backend = _ready(FORMAT_BACKEND[fmt], graph, options)
 

@@ -94,6 +94,9 @@ class LowerOptions:
     provider: Provider = "cpu"  # onnxruntime execution provider
     threads: int | None = None  # intra-op threads; None: torch.get_num_threads()
     decode_graph: bool = True  # onnx: also export the one-token decode step when possible
+    # onnx: causal self-attention as onnxruntime's fused GroupQueryAttention contrib op
+    # (backends/onnx_attention.py); False exports standard ONNX ops only (TensorRT always does)
+    fused_attention: bool = True
     compile_dynamic: bool | None = False  # torch.compile(dynamic=...): False = one graph per L
 
     def profile(self, graph: Graph) -> SeqProfile:

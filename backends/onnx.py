@@ -33,7 +33,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,6 +62,7 @@ from archgen.backends.eager import (
     time_calls,
     torch_supports,
 )
+from archgen.backends.onnx_attention import gqa_translation
 from archgen.backends.torch_model import ArchModel
 from archgen.errors import ArchgenError, UnavailableError
 from archgen.ir import ops
@@ -141,6 +142,7 @@ def _export(
     output_names: list[str],
     opset: int | None,
     dim_names: dict[tuple[str, int], str] | None = None,
+    translations: dict[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Export, check and atomically write one ONNX file; returns facts for the meta.
 
@@ -148,7 +150,8 @@ def _export(
     keep a dim dynamic, the ONNX exporter may fall back to a strategy that specialises it to the
     example's size; that graph would reject every other length, so it is an error here.
     ``dim_names`` renames the symbols of ``(input, axis)`` dims that the exporter named itself
-    (``Dim.DYNAMIC`` dims come out as ``s27``), in every shape of the graph."""
+    (``Dim.DYNAMIC`` dims come out as ``s27``), in every shape of the graph. ``translations`` is
+    the exporter's ``custom_translation_table``."""
     import onnx
 
     start = time.perf_counter()
@@ -163,6 +166,7 @@ def _export(
                 input_names=input_names,
                 output_names=output_names,
                 opset_version=opset,
+                custom_translation_table=translations,
                 verbose=None,  # progress lines go to the captured log (capture strategy)
             )
         except Exception as exc:  # the exporter raises many types; all mean "cannot export"
@@ -203,6 +207,13 @@ def _export(
         "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
         "nodes": len(proto.graph.node),
         "op_counts": dict(Counter(n.op_type for n in proto.graph.node).most_common()),
+        "fused_attention_scopes": sorted(
+            p.value
+            for n in proto.graph.node
+            if n.op_type == "GroupQueryAttention"
+            for p in n.metadata_props
+            if p.key == "pkg.torch.onnx.name_scopes"
+        ),
         "bytes": path.stat().st_size,
     }
 
@@ -297,6 +308,7 @@ def export_forward(model: ArchModel, path: Path, options: LowerOptions) -> dict[
             input_names=["tokens"],
             output_names=[*graph.outputs, *graph.blocks()],
             opset=options.opset,
+            translations=gqa_translation() if options.fused_attention else None,
         )
     except SpecialisedError as exc:
         culprits = dynamic_length_culprits(model)
@@ -495,6 +507,17 @@ class OnnxArtifact(Artifact):
         return [*files, write_meta(self.meta, folder)]
 
 
+def _note_fused_attention(meta: ArtifactMeta, graph: Graph, scopes: list[str]) -> None:
+    """Name the nodes whose attention became a ``GroupQueryAttention`` node in the meta."""
+    for node in graph.nodes:
+        if any(f"model.{node.name}" in scope for scope in scopes):
+            impl = meta.nodes[node.name]
+            meta.nodes[node.name] = replace(
+                impl,
+                impl=impl.impl + ", causal attention fused into com.microsoft.GroupQueryAttention",
+            )
+
+
 def _numpy_dtype(onnx_type: str) -> Any:
     return {
         "tensor(float)": np.float32,
@@ -567,6 +590,7 @@ class OnnxBackend(Backend):
         folder = Path(owned.name)
         meta = self._meta(graph, options)
         meta.extra["forward"] = export_forward(model, folder / FORWARD_FILE, options)
+        _note_fused_attention(meta, graph, meta.extra["forward"]["fused_attention_scopes"])
         einsums = meta.extra["forward"]["op_counts"].get("Einsum", 0)
         if einsums:  # known slow in onnxruntime's CPU EP: worth lowering to MatMul later
             meta.notes.append(

@@ -22,6 +22,7 @@ import importlib.util
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -235,7 +236,8 @@ class TensorRTBackend(Backend):
         from archgen.backends.eager import TORCH_DTYPES, source_model
         from archgen.backends.onnx import export_forward
 
-        options = options.resolve(graph)
+        # TensorRT's ONNX parser knows standard ops only: no onnxruntime contrib ops.
+        options = replace(options.resolve(graph), fused_attention=False)
         check_lowerable(self, graph, options)
         owned = tempfile.TemporaryDirectory(prefix="archgen-trt-")
         folder = Path(owned.name)

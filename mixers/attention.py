@@ -78,10 +78,9 @@ class Attention(TokenMixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(x.shape[1], device=x.device)
         q, k, v = self.project(x, positions)
-        groups = self.heads // self.kv_heads
-        y = F.scaled_dot_product_attention(
-            q, repeat_kv(k, groups), repeat_kv(v, groups), is_causal=True
-        )
+        # enable_gqa instead of repeat_kv: as fast in torch, and an exported graph keeps the
+        # kv heads unrepeated for a fused grouped-query kernel (backends/onnx_attention.py).
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         return self.merge_heads(y)
 
     # -- reference -----------------------------------------------------------------------------

@@ -35,6 +35,14 @@ SeedOpt = Annotated[
     int | None, typer.Option("--validation-seed", help="seed of the random test tokens")
 ]
 ProviderOpt = Annotated[str, typer.Option("--provider", help="onnxruntime EP: cpu|cuda|tensorrt")]
+PortableOpt = Annotated[
+    bool,
+    typer.Option(
+        "--portable",
+        help="onnx: standard ONNX ops only (no onnxruntime contrib ops such as the fused "
+        "GroupQueryAttention); slower in onnxruntime, runs in other ONNX runtimes",
+    ),
+]
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
@@ -134,6 +142,7 @@ def register(app: typer.Typer, out: Console) -> None:
         max_seq: MaxSeq = None,
         validation_seed: SeedOpt = None,
         provider: ProviderOpt = "cpu",
+        portable: PortableOpt = False,
     ) -> None:
         """Export an engine, validate it against the float64 reference, write it atomically."""
         from archgen import export as api
@@ -151,6 +160,7 @@ def register(app: typer.Typer, out: Console) -> None:
                 profile=api.Profile(min_seq, opt_seq, max_seq),
                 validation_seed=validation_seed,
                 provider=provider,  # type: ignore[arg-type]
+                portable=portable,
             )
         except ArchgenError as exc:  # NumericsError carries the report (its import needs torch)
             report = getattr(exc, "report", None)
@@ -177,6 +187,7 @@ def register(app: typer.Typer, out: Console) -> None:
         max_seq: MaxSeq = None,
         validation_seed: SeedOpt = None,
         provider: ProviderOpt = "cpu",
+        portable: PortableOpt = False,
         json_out: Annotated[
             Path | None, typer.Option("--json", help="also write the report (numerics.json)")
         ] = None,
@@ -194,6 +205,7 @@ def register(app: typer.Typer, out: Console) -> None:
             profile=api.Profile(min_seq, opt_seq, max_seq),
             seed=validation_seed,
             provider=provider,  # type: ignore[arg-type]
+            portable=portable,
         )
         print_numerics(out, result.report)
         if json_out is not None:
