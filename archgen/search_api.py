@@ -218,13 +218,14 @@ def run_search(
     study = open_study(p["storage"], config, baselines)
     run_worker(study, space, evaluator, config, on_trial=on_trial)
 
-    # Certification: every Pareto model is measured end to end, now.
+    # Certification: every Pareto model is measured end to end, now, interleaved (so that the
+    # models are compared under the same machine conditions).
     trials = study.get_trials(deepcopy=False)
+    front = pareto_front(trials)
+    graphs = [space.graph_for(t.params) for t in front]
     certified = []
-    for t in pareto_front(trials):
-        graph = space.graph_for(t.params)
+    for t, graph, measured in zip(front, graphs, measurer.measure_graphs(graphs), strict=True):
         predicted = predictor.predict(graph)
-        measured = measurer.measure_graph(graph)
         certified.append(
             Certified(
                 number=t.number,

@@ -44,16 +44,20 @@ def predictor_trust(
     # The search trusts the predictor only after LatencyPolicy.min_samples end-to-end checks:
     # fit the correction on that many other random candidates first, as the search does.
     n_fit = LatencyPolicy().min_samples
-    fit = [{s.node: rng.choice(s.choices).label for s in space.slots} for _ in range(n_fit)]
-    for c in fit:
-        g = space.graph_for(c)
-        predictor.observe(g, measurer.measure_graph(g, repeats=repeats))
-    predicted, measured = [], []
-    for _ in range(n):
-        c = {s.node: rng.choice(s.choices).label for s in space.slots}
-        g = space.graph_for(c)
-        predicted.append(predictor.predict(g))
-        measured.append(measurer.measure_graph(g, repeats=repeats))
+    fit = [
+        space.graph_for({s.node: rng.choice(s.choices).label for s in space.slots})
+        for _ in range(n_fit)
+    ]
+    for g, seconds in zip(fit, measurer.measure_graphs(fit, repeats=repeats), strict=True):
+        predictor.observe(g, seconds)
+    graphs = [
+        space.graph_for({s.node: rng.choice(s.choices).label for s in space.slots})
+        for _ in range(n)
+    ]
+    predicted = [predictor.predict(g) for g in graphs]
+    # Interleaved rounds (Measurer.measure_graphs): drift over the minutes this takes must not
+    # decide the ranking of candidates a few percent apart.
+    measured = measurer.measure_graphs(graphs, repeats=repeats)
     report = trust_report(predicted, measured)
     print(f"\n## Predictor trust ({n} random candidates, correction fitted on {n_fit} others)\n")
     print("| candidates | Spearman | Kendall | MAPE | latency range (ms) |")

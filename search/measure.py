@@ -51,6 +51,7 @@ def _rewire(node: Node, defined: set[str], replacement: str) -> Node:
 
 
 BLOCK_REPEAT_FACTOR = 3
+ROUNDS = 5  # interleaved rounds of measure_graphs
 
 
 class Measurer:
@@ -67,7 +68,6 @@ class Measurer:
             raise ArchgenError(
                 f"phase 'decode' is measured on the eager backend only (got {workload.backend!r})"
             )
-        self._stem: dict[str, float] = {}
         self.measurements = 0
 
     def environment(self) -> dict[str, str]:
@@ -127,13 +127,42 @@ class Measurer:
         finally:
             torch.set_num_threads(previous)
 
+    def measure_graphs(
+        self, graphs: list[Graph], *, repeats: int | None = None, rounds: int = ROUNDS
+    ) -> list[float]:
+        """Median seconds of each graph's forward, measured in interleaved rounds.
+
+        Every graph is lowered first; then each round times every graph in turn
+        (``repeats / rounds`` calls each, after one warm-up call). This machine's throughput
+        drifts by 10-15 % over minutes (research/perf-anchors.md §0): timed one after the other,
+        graphs measured during a slow minute would rank behind equal ones measured earlier.
+        Interleaved, drift hits every graph alike, which is what comparisons between them need.
+        Decode-phase workloads are timed one graph at a time (their loop is the measurement)."""
+        w = self.workload
+        repeats = repeats or w.repeats
+        if w.phase == "decode" or len(graphs) < 2:
+            return [self.measure_graph(g, repeats=repeats) for g in graphs]
+        self.measurements += len(graphs)
+        torch.manual_seed(0)
+        artifacts = []
+        for graph in graphs:
+            tokens = torch.randint(0, graph.model.vocab_size, (w.batch, w.seq_len))
+            artifacts.append((self.backend.lower(graph, self.options()), tokens))
+        per_round = max(1, -(-repeats // rounds))
+        times: list[list[float]] = [[] for _ in graphs]
+        for _ in range(rounds):
+            for i, (artifact, tokens) in enumerate(artifacts):
+                m = artifact.measure(tokens, warmup=1, repeats=per_round)
+                times[i].extend(m.times_s)
+        return [statistics.median(t) for t in times]
+
     def measure_block(self, graph: Graph, block: str) -> float:
         """Seconds a block adds to the stem (never negative)."""
         # A block is a small difference of two timings, measured once and reused by every
-        # search: it gets BLOCK_REPEAT_FACTOR times the workload's repeats.
+        # search: it gets BLOCK_REPEAT_FACTOR times the workload's repeats. The stem is timed
+        # again, interleaved with the block, so both sides of the difference see the same drift.
         repeats = self.workload.repeats * BLOCK_REPEAT_FACTOR
-        stem_key = repr(stem_graph(graph).nodes)
-        if stem_key not in self._stem:
-            self._stem[stem_key] = self.measure_graph(stem_graph(graph), repeats=repeats)
-        seconds = self.measure_graph(block_graph(graph, block), repeats=repeats)
-        return max(0.0, seconds - self._stem[stem_key])
+        stem, with_block = self.measure_graphs(
+            [stem_graph(graph), block_graph(graph, block)], repeats=repeats
+        )
+        return max(0.0, with_block - stem)

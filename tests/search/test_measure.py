@@ -1,0 +1,84 @@
+"""Interleaved measurement (Measurer.measure_graphs) under a machine whose speed drifts.
+
+A fake backend stands in for the machine: its artifacts report, for each timed call, the
+graph's true cost times a slowdown that grows with every call made on the machine so far.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from archgen import api
+from archgen.backends.base import LowerOptions, Measurement
+from archgen.ir.graph import Graph
+from archgen.search.latency import Workload
+from archgen.search.measure import Measurer, block_graph, stem_graph
+from tests.backends.conformance import TINY_SPEC
+
+
+class DriftingMachine:
+    """Each timed call costs ``len(graph.nodes) ms x (1 + drift x calls so far)``."""
+
+    def __init__(self, drift: float) -> None:
+        self.drift, self.calls, self.order = drift, 0, []
+
+    def lower(self, graph: Graph, options: LowerOptions) -> object:
+        machine = self
+
+        class Artifact:
+            def measure(
+                self, tokens: torch.Tensor, warmup: int = 3, repeats: int = 20
+            ) -> Measurement:
+                times = []
+                for _ in range(repeats):
+                    machine.calls += 1
+                    machine.order.append(id(graph))
+                    times.append(1e-3 * len(graph.nodes) * (1 + machine.drift * machine.calls))
+                return Measurement(tuple(times), 1, tokens.shape[1], 1, "fake", {})
+
+        return Artifact()
+
+
+@pytest.fixture
+def graph(tmp_path: Path) -> Graph:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SPEC)
+    return api.compile_spec(path)
+
+
+def measurer(machine: DriftingMachine, repeats: int = 10) -> Measurer:
+    m = Measurer(Workload(seq_len=8, repeats=repeats, threads=1))
+    m.backend = machine  # type: ignore[assignment]
+    return m
+
+
+def test_equal_graphs_measure_equal_despite_drift(graph: Graph) -> None:
+    machine = DriftingMachine(drift=0.01)
+    first, second = measurer(machine).measure_graphs([graph, graph], repeats=10)
+    interleaved_gap = abs(first - second) / first
+    sequential = [measurer(machine).measure_graph(graph, repeats=10) for _ in range(2)]
+    sequential_gap = abs(sequential[0] - sequential[1]) / sequential[0]
+    # One graph after the other, the second takes the whole first measurement's drift; in
+    # rounds, only the drift between neighbours within a round.
+    assert interleaved_gap < 0.25 * sequential_gap, (interleaved_gap, sequential_gap)
+
+
+def test_rounds_alternate_between_graphs(graph: Graph) -> None:
+    machine = DriftingMachine(drift=0.0)
+    stem = stem_graph(graph)
+    measurer(machine).measure_graphs([graph, stem], repeats=10, rounds=5)
+    runs = [machine.order[0]]
+    for g in machine.order[1:]:
+        if g != runs[-1]:
+            runs.append(g)
+    assert len(runs) == 10  # 5 rounds x 2 graphs, each a run of calls
+
+
+def test_block_is_its_difference_to_the_stem_timed_alongside(graph: Graph) -> None:
+    block = graph.blocks()[0]
+    seconds = measurer(DriftingMachine(drift=0.0)).measure_block(graph, block)
+    expected = 1e-3 * (len(block_graph(graph, block).nodes) - len(stem_graph(graph).nodes))
+    assert seconds == pytest.approx(expected)
