@@ -9,6 +9,7 @@ Optuna trials -> Pareto models measured end to end (certification) -> report, pl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import yaml
 
 from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph
+from archgen.search.budget import RelativeBudget
 from archgen.spec.expand import spec_from_graph, spec_to_data
 from archgen.spec.loader import load_spec
 from archgen.spec.models import ArchSpec
@@ -63,7 +65,7 @@ def _study_name(spec: ArchSpec, budget: str | None, trials: int, quick: bool) ->
 def prepare(spec_path: str | os.PathLike[str], options: SearchOptions) -> dict[str, Any]:
     """Everything that can fail on bad input, before measuring or training anything."""
     from archgen.api import compile_spec
-    from archgen.search.budget import parse_budget
+    from archgen.search.budget import parse_search_budget
     from archgen.search.space import Choice, SearchSpace
     from archgen.search.storage import open_storage
 
@@ -76,7 +78,7 @@ def prepare(spec_path: str | os.PathLike[str], options: SearchOptions) -> dict[s
         )
     s = spec.search
     budget_text = options.budget or s.budget
-    budget = parse_budget(budget_text) if budget_text else None
+    budget = parse_search_budget(budget_text) if budget_text else None
     graph = compile_spec(spec)
     proposals, _ = search_proposals(spec)
     from archgen.backends.base import get_backend
@@ -125,6 +127,49 @@ def prepare(spec_path: str | os.PathLike[str], options: SearchOptions) -> dict[s
     }
 
 
+STUDY_BUDGET = "budget_s"
+
+
+def _describe_budget(budget: float | RelativeBudget | None) -> str:
+    from archgen.search.budget import format_seconds
+
+    if budget is None:
+        return "none"
+    return str(budget) if isinstance(budget, RelativeBudget) else format_seconds(budget)
+
+
+def _resolve_relative_budget(
+    budget: RelativeBudget,
+    p: dict[str, Any],
+    space: Any,
+    evaluator: Any,
+    log: Callable[[str], None],
+) -> float:
+    """Seconds for ``N%`` of the base model: the value the study's first run resolved (so a
+    resumed search keeps its budget), else the base model measured now."""
+    import optuna
+
+    from archgen.search.budget import format_seconds
+
+    with contextlib.suppress(KeyError):
+        stored = optuna.load_study(study_name=p["name"], storage=p["storage"]).user_attrs
+        if STUDY_BUDGET in stored:
+            log(f"budget {format_seconds(stored[STUDY_BUDGET])} ({budget}, as first resolved)")
+            return float(stored[STUDY_BUDGET])
+    base = space.base_candidate()
+    if base is None:
+        raise ArchgenError(
+            f"a relative budget ({budget}) needs the spec's base model in the search space",
+            hint="give an absolute budget such as --budget 30ms",
+        )
+    _, base_s = evaluator.measure(space.graph_for(base))
+    seconds = budget.resolve(base_s)
+    log(
+        f"base model measures {format_seconds(base_s)}: budget {format_seconds(seconds)} ({budget})"
+    )
+    return seconds
+
+
 def run_search(
     spec_path: str | os.PathLike[str],
     options: SearchOptions,
@@ -150,7 +195,7 @@ def run_search(
         log(f"excluded {e.node} = {e.label}: {e.reason}")
     log(
         f"search space: {len(space.slots)} slots, {space.size():,} candidates; "
-        f"budget {format_seconds(budget) if budget else 'none'}; study {p['name']} "
+        f"budget {_describe_budget(budget)}; study {p['name']} "
         f"in {p['storage_url']}"
     )
 
@@ -188,8 +233,12 @@ def run_search(
         predictor=predictor,
         measure_graph=measurer.measure_graph,
         quality=_not_ready,
-        policy=LatencyPolicy(budget=budget),
+        policy=LatencyPolicy(budget=None),  # set once the budget is resolved
     )
+    base_candidate = space.base_candidate()
+    if isinstance(budget, RelativeBudget):
+        budget = _resolve_relative_budget(budget, p, space, evaluator, log)
+    evaluator.policy = LatencyPolicy(budget=budget)
     # The cheapest candidate, measured: a budget below it cannot be met by any candidate.
     cheapest = space.graph_for(per_slot_best)
     _, cheapest_s = evaluator.measure(cheapest)
@@ -201,7 +250,6 @@ def run_search(
             f"{w.device}, {w.threads} thread(s))",
             hint="raise --budget, shorten search.workload.seq_len, or add cheaper choices",
         )
-    base_candidate = space.base_candidate()
     if base_candidate is not None:
         evaluator.measure(space.graph_for(base_candidate))
     evaluator.quality, quality_info = _quality(spec, p, options, log)
@@ -216,6 +264,8 @@ def run_search(
     )
     baselines = ([base_candidate] if base_candidate else []) + space.homogeneous_candidates()
     study = open_study(p["storage"], config, baselines)
+    if budget is not None and STUDY_BUDGET not in study.user_attrs:
+        study.set_user_attr(STUDY_BUDGET, budget)  # a resumed relative budget reuses it
     run_worker(study, space, evaluator, config, on_trial=on_trial)
 
     # Certification: every Pareto model is measured end to end, now, interleaved (so that the

@@ -98,6 +98,9 @@ class LowerOptions:
     # (backends/onnx_attention.py); False exports standard ONNX ops only (TensorRT always does)
     fused_attention: bool = True
     compile_dynamic: bool | None = False  # torch.compile(dynamic=...): False = one graph per L
+    # compile: Inductor's freezing (weights become constants: folded, prepacked for oneDNN);
+    # inference only, which is all a compile artifact does
+    compile_freezing: bool = False
 
     def profile(self, graph: Graph) -> SeqProfile:
         top = self.max_seq or graph.model.max_seq_len

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from torch._inductor import config as inductor_config
 
 from archgen.backends.base import (
     Artifact,
@@ -60,7 +61,11 @@ class CompileArtifact(Artifact):
         first = key not in self.meta.extra["compile_s"]
         start = time.perf_counter()
         try:
-            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True), torch.no_grad():
+            with (
+                torch._dynamo.config.patch(fail_on_recompile_limit_hit=True),
+                inductor_config.patch(freezing=self.meta.options.compile_freezing),
+                torch.no_grad(),
+            ):
                 out = self._compiled(tokens)
         except Exception as exc:  # dynamo/inductor raise many types; all mean "cannot compile"
             if isinstance(exc, UnsupportedError):
@@ -96,9 +101,8 @@ class CompileBackend(Backend):
     summary: ClassVar[str] = "torch.compile (Inductor)"
 
     def is_available(self) -> tuple[bool, str]:
-        from torch._inductor import config
-
-        compiler = config.cpp.cxx[-1] if isinstance(config.cpp.cxx, tuple) else config.cpp.cxx
+        cxx = inductor_config.cpp.cxx
+        compiler = cxx[-1] if isinstance(cxx, tuple) else cxx
         if shutil.which(compiler or "g++") is None:
             return False, f"Inductor needs a C++ compiler on CPU; {compiler!r} is not on PATH"
         return True, "ok"
@@ -109,7 +113,8 @@ class CompileBackend(Backend):
     def _artifact(self, graph: Graph, options: LowerOptions, model: ArchModel) -> CompileArtifact:
         meta = ArtifactMeta(self.name, options, extra={"versions": library_versions()})
         dyn = options.compile_dynamic
-        how = f"torch.compile inductor fullgraph, dynamic={dyn}, {options.dtype}"
+        frozen = ", freezing" if options.compile_freezing else ""
+        how = f"torch.compile inductor fullgraph, dynamic={dyn}{frozen}, {options.dtype}"
         for node in graph.nodes:
             meta.nodes[node.name] = NodeImpl(f"{implementation_name(node)} ({how})")
         meta.notes.append("saved artifacts hold weights only; code is regenerated on load")

@@ -55,9 +55,16 @@ class Cell:
         return ordered[round(0.9 * (len(ordered) - 1))]
 
 
-def lower(backend: str, graph: object, seq_len: int, threads: int) -> tuple[Artifact, float]:
+def lower(
+    backend: str, graph: object, seq_len: int, threads: int, freezing: bool
+) -> tuple[Artifact, float]:
     options = LowerOptions(
-        min_seq=1, opt_seq=seq_len, max_seq=seq_len, threads=threads, decode_graph=False
+        min_seq=1,
+        opt_seq=seq_len,
+        max_seq=seq_len,
+        threads=threads,
+        decode_graph=False,
+        compile_freezing=freezing,
     )
     start = time.perf_counter()
     artifact = get_backend(backend).lower(graph, options)  # type: ignore[arg-type]
@@ -72,7 +79,7 @@ def bench_one(spec: Path, seq_len: int, args: argparse.Namespace) -> list[Cell]:
         cell = Cell(name)
         cells.append(cell)
         try:
-            artifact, cell.lower_s = lower(name, graph, seq_len, args.threads)
+            artifact, cell.lower_s = lower(name, graph, seq_len, args.threads, args.freezing)
             start = time.perf_counter()
             artifact.run(tokens)  # compile happens here for torch.compile
             cell.first_call_s = time.perf_counter() - start
@@ -142,6 +149,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--freezing", action="store_true", help="torch.compile with Inductor's freezing"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/backends_cpu.md")
     args = parser.parse_args()
     args.argv = sys.argv[1:]

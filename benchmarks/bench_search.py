@@ -39,6 +39,7 @@ def predictor_trust(
     n: int,
     seed: int,
     repeats: int,
+    repeat_check: bool = False,
 ) -> None:
     rng = random.Random(seed)
     # The search trusts the predictor only after LatencyPolicy.min_samples end-to-end checks:
@@ -59,6 +60,15 @@ def predictor_trust(
     # decide the ranking of candidates a few percent apart.
     measured = measurer.measure_graphs(graphs, repeats=repeats)
     report = trust_report(predicted, measured)
+    if repeat_check:
+        # The ceiling: how well do two measurements of the same candidates agree?
+        again = measurer.measure_graphs(graphs, repeats=repeats)
+        ceiling = trust_report(again, measured)
+        print(
+            f"\nrepeatability (the same {n} candidates measured again): Spearman "
+            f"{ceiling.spearman:.3f}, Kendall {ceiling.kendall:.3f}, "
+            f"mean |difference| {ceiling.mape:.1f} %"
+        )
     print(f"\n## Predictor trust ({n} random candidates, correction fitted on {n_fit} others)\n")
     print("| candidates | Spearman | Kendall | MAPE | latency range (ms) |")
     print("|---:|---:|---:|---:|---|")
@@ -66,6 +76,10 @@ def predictor_trust(
         f"| {report.n} | {report.spearman:.3f} | {report.kendall:.3f} | {report.mape:.1f} % | "
         f"{min(measured) * 1e3:.1f} - {max(measured) * 1e3:.1f} |"
     )
+    print("\nper candidate, by measured latency (ms): measured / predicted / block sum")
+    for m, pr, g in sorted(zip(measured, predicted, graphs, strict=True), key=lambda t: t[0]):
+        print(f"  {m * 1e3:6.1f} / {pr * 1e3:6.1f} / {predictor.block_sum(g) * 1e3:6.1f}")
+    print(f"correction: offset {predictor.offset * 1e3:.2f} ms, weights {predictor.weights}")
 
 
 def efficiency(
@@ -134,6 +148,13 @@ def main() -> None:
         default=None,
         help="timed runs per end-to-end measurement (default: the workload's repeats)",
     )
+    parser.add_argument("--skip-efficiency", action="store_true")
+    parser.add_argument(
+        "--repeatability",
+        action="store_true",
+        help="measure the trust candidates twice and report how well the two agree",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="override the workload's threads")
     args = parser.parse_args()
     p = prepare(args.spec, SearchOptions(out=Path(tempfile.mkdtemp())))
     s = p["spec"].search
@@ -145,10 +166,10 @@ def main() -> None:
         dtype=w.dtype,
         backend=w.backend,
         device=w.device,
-        threads=w.threads,
+        threads=args.threads or w.threads,
         repeats=w.repeats,
     )
-    torch.set_num_threads(w.threads)
+    torch.set_num_threads(workload.threads)
     print(f"machine: {machine()}")
     print(f"space: {args.spec}, {p['space'].size():,} candidates; workload {workload}")
     measurer = Measurer(workload)
@@ -157,11 +178,19 @@ def main() -> None:
     repeats = args.measure_repeats or workload.repeats
     print(f"end-to-end measurements: median of {repeats} timed runs")
     predictor_trust(
-        p["space"], predictor, measurer, args.candidates, seed=args.trust_seed, repeats=repeats
+        p["space"],
+        predictor,
+        measurer,
+        args.candidates,
+        seed=args.trust_seed,
+        repeats=repeats,
+        repeat_check=args.repeatability,
     )
     from archgen.search.budget import parse_budget
 
     budget = parse_budget(args.budget) if args.budget else None
+    if args.skip_efficiency:
+        return
     efficiency(p["space"], predictor, AnalyticQuality(p["seq_len"]), budget, args.slots, args.seeds)
 
 

@@ -1,10 +1,44 @@
-"""Latency budgets written by people: ``10ms``, ``2.5 ms``, ``1s``, ``800us``."""
+"""Latency budgets written by people: ``10ms``, ``2.5 ms``, ``1s``, ``800us``; and, where the
+search allows it, ``90%``: a fraction of the spec's base model's latency measured on this machine
+(absolute budgets belong to one machine; a relative one travels)."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from archgen.errors import ArchgenError
+
+
+@dataclass(frozen=True)
+class RelativeBudget:
+    """``fraction`` of the base model's measured latency; resolved by the search."""
+
+    fraction: float
+
+    def resolve(self, base_seconds: float) -> float:
+        return self.fraction * base_seconds
+
+    def __str__(self) -> str:
+        return f"{self.fraction * 100:g}% of the base model"
+
+
+_PERCENT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*%\s*$")
+
+
+def parse_search_budget(text: str) -> float | RelativeBudget:
+    """Seconds, or a :class:`RelativeBudget` for ``N%`` (0 < N <= 100)."""
+    match = _PERCENT.match(text)
+    if match is None:
+        return parse_budget(text)
+    fraction = float(match.group(1)) / 100
+    if not 0 < fraction <= 1:
+        raise ArchgenError(
+            f"a relative latency budget must be in (0%, 100%], got {text!r}",
+            hint="e.g. --budget 90% (of the base model's latency on this machine)",
+        )
+    return RelativeBudget(fraction)
+
 
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zµ]+)\s*$")
@@ -20,7 +54,8 @@ def parse_budget(text: str) -> float:
     if not match or match.group(2) not in _UNITS:
         raise ArchgenError(
             f"cannot read the latency budget {text!r}",
-            hint="write a number and a unit: 10ms, 2.5ms, 1s, 800us",
+            hint="write a number and a unit: 10ms, 2.5ms, 1s, 800us (archgen search also takes "
+            "a percentage of the base model's latency: 90%)",
         )
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if seconds <= 0:

@@ -51,7 +51,6 @@ def _rewire(node: Node, defined: set[str], replacement: str) -> Node:
 
 
 BLOCK_REPEAT_FACTOR = 3
-ROUNDS = 5  # interleaved rounds of measure_graphs
 
 
 class Measurer:
@@ -127,17 +126,17 @@ class Measurer:
         finally:
             torch.set_num_threads(previous)
 
-    def measure_graphs(
-        self, graphs: list[Graph], *, repeats: int | None = None, rounds: int = ROUNDS
-    ) -> list[float]:
-        """Median seconds of each graph's forward, measured in interleaved rounds.
+    def measure_graphs(self, graphs: list[Graph], *, repeats: int | None = None) -> list[float]:
+        """Median seconds of each graph's forward, measured call by call in interleaved rounds.
 
-        Every graph is lowered first; then each round times every graph in turn
-        (``repeats / rounds`` calls each, after one warm-up call). This machine's throughput
-        drifts by 10-15 % over minutes (research/perf-anchors.md §0): timed one after the other,
-        graphs measured during a slow minute would rank behind equal ones measured earlier.
-        Interleaved, drift hits every graph alike, which is what comparisons between them need.
-        Decode-phase workloads are timed one graph at a time (their loop is the measurement)."""
+        Every graph is lowered and warmed up first; then each of ``repeats`` rounds times one
+        call of every graph in turn, and each graph's median is over its calls. This machine's
+        speed changes by 10-30 % from one half-minute to the next (research/perf-anchors.md §0;
+        on the AMD EPYC VM, medians of 15-call batches of one model ranged 68-93 ms): timed one
+        after the other, graphs measured in a slow spell would rank behind equal ones. A round
+        lasts a few seconds, so a slow spell hits every graph in the rounds it covers, and the
+        medians compare graphs under the same conditions. Decode-phase workloads are timed one
+        graph at a time (their loop is the measurement)."""
         w = self.workload
         repeats = repeats or w.repeats
         if w.phase == "decode" or len(graphs) < 2:
@@ -147,13 +146,13 @@ class Measurer:
         artifacts = []
         for graph in graphs:
             tokens = torch.randint(0, graph.model.vocab_size, (w.batch, w.seq_len))
-            artifacts.append((self.backend.lower(graph, self.options()), tokens))
-        per_round = max(1, -(-repeats // rounds))
+            artifact = self.backend.lower(graph, self.options())
+            artifact.measure(tokens, warmup=self.warmup, repeats=1)  # warm-up, discarded
+            artifacts.append((artifact, tokens))
         times: list[list[float]] = [[] for _ in graphs]
-        for _ in range(rounds):
+        for _ in range(repeats):
             for i, (artifact, tokens) in enumerate(artifacts):
-                m = artifact.measure(tokens, warmup=1, repeats=per_round)
-                times[i].extend(m.times_s)
+                times[i].extend(artifact.measure(tokens, warmup=0, repeats=1).times_s)
         return [statistics.median(t) for t in times]
 
     def measure_block(self, graph: Graph, block: str) -> float:

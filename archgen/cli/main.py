@@ -143,7 +143,11 @@ def generate(
 def search(
     spec: SpecArg,
     budget: Annotated[
-        str | None, typer.Option(help="latency budget, e.g. 10ms (overrides search.budget)")
+        str | None,
+        typer.Option(
+            help="latency budget, e.g. 10ms, or 90% of the base model's latency measured here "
+            "(overrides search.budget)"
+        ),
     ] = None,
     trials: Annotated[int | None, typer.Option(min=1, help="trials to complete")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="output folder")] = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from archgen.errors import ArchgenError
-from archgen.search.budget import parse_budget
+from archgen.search.budget import RelativeBudget, parse_budget, parse_search_budget
 from archgen.search.latency import LatencyTable, fit_correction, trust_report
 from archgen.search.robust import nearest_neighbour_average, robust_combine
 
@@ -89,3 +89,15 @@ def test_trust_report() -> None:
     assert report.trustworthy(min_samples=5)
     bad = trust_report([1, 2, 3, 4, 5], [5, 4, 3, 2, 1])
     assert bad.spearman == pytest.approx(-1.0) and not bad.trustworthy()
+
+
+def test_search_budgets_may_be_a_percentage_of_the_base_model() -> None:
+    assert parse_search_budget("90%") == RelativeBudget(0.9)
+    assert parse_search_budget(" 12.5 % ") == RelativeBudget(0.125)
+    assert parse_search_budget("10ms") == pytest.approx(0.010)
+    assert RelativeBudget(0.9).resolve(0.050) == pytest.approx(0.045)
+    for bad in ("0%", "150%", "%"):
+        with pytest.raises(ArchgenError):
+            parse_search_budget(bad)
+    with pytest.raises(ArchgenError):
+        parse_budget("90%")  # absolute-only contexts keep refusing it

@@ -81,6 +81,32 @@ def test_search_on_null_backend_writes_report_plots_and_a_valid_best_spec(spec, 
     assert json.loads((out / "report.json").read_text())["trials"]["complete"] == 10
 
 
+def test_relative_budget_is_a_fraction_of_the_base_model_and_survives_resume(
+    spec, tmp_path
+) -> None:
+    import torch
+
+    from archgen import api
+    from archgen.backends.base import LowerOptions, get_backend
+
+    out = tmp_path / "out"
+    env = {"ARCHGEN_CACHE": str(tmp_path / "cache")}
+    args = ("search", str(spec), "-o", str(out), "--budget", "95%", "--trials", "4")
+    result = archgen(*args, env_extra=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The spec's base model (all Mamba) on the same backend, measured independently.
+    graph = api.compile_spec(spec)
+    options = LowerOptions(min_seq=1, opt_seq=128, max_seq=128, threads=1, decode_graph=False)
+    base_s = get_backend("null").lower(graph, options).measure(torch.zeros(1, 128)).median_s
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget_s"] == pytest.approx(0.95 * base_s)
+    assert "(95% of the base model)" in result.stdout
+    again = archgen(*args, env_extra=env)
+    assert again.returncode == 0
+    assert "as first resolved" in again.stdout
+    assert json.loads((out / "report.json").read_text())["budget_s"] == report["budget_s"]
+
+
 def _fails_fast(result: subprocess.CompletedProcess, started: float, text: str) -> None:
     assert result.returncode != 0
     assert text in result.stderr, result.stderr
