@@ -110,8 +110,8 @@ def render(rows: list[tuple[str, int, list[Cell]]], args: argparse.Namespace) ->
         f"benchmark threads: {args.threads} (torch intra-op and onnxruntime intra-op)",
         f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
         f"- date: {datetime.date.today().isoformat()}",
-        "- NOTE: the machine was SHARED with other jobs (other engineers' tests) while this ran; "
-        "ratios were measured in one run with interleaved rounds, absolute times are noisy.",
+        f"- load: {args.load}; ratios were measured in one run with interleaved rounds, "
+        "absolute times are noisy.",
         f"- method: B=1, float32, {args.rounds} interleaved rounds x {args.repeats} timed calls "
         f"per backend after {args.warmup} warm-up calls; median and p90 of all "
         f"{args.rounds * args.repeats}; torch.compile is Inductor with dynamic=False, "
@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/backends_cpu.md")
     args = parser.parse_args()
     args.argv = sys.argv[1:]
+    args.load = f"1-min load average at start {os.getloadavg()[0]:.2f}"
     torch.set_num_threads(args.threads)
     specs = sorted((ROOT / "examples").glob("*.yaml"))
     if args.specs:

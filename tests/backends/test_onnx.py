@@ -83,6 +83,43 @@ def test_decode_steps_in_onnxruntime_reproduce_the_full_forward(
     assert not violations(m, tolerance_for("onnx", "float32")), m
 
 
+HYBRID_SPEC = """\
+model:
+  name: tiny-hybrid
+  vocab_size: 64
+  d_model: 32
+  max_seq_len: 64
+  layers:
+    - token_mixer: {kind: mamba, d_state: 4}
+      channel_mixer: {kind: swiglu, hidden: 48}
+    - token_mixer: {kind: mamba2, d_state: 8, head_dim: 8, chunk_size: 8}
+      channel_mixer: null
+    - token_mixer: {kind: swa, heads: 4, window: 5}
+      channel_mixer: null
+    - token_mixer: {kind: attention, heads: 4, kv_heads: 2}
+      channel_mixer: {kind: swiglu, hidden: 48}
+"""
+
+
+def test_hybrid_decode_steps_reproduce_the_full_forward(tmp_path: Path, rng_seed: int) -> None:
+    """Mamba, Mamba-2, sliding-window and full attention states together in one decode graph,
+    over more tokens than a chunk, the SWA window and the conv width."""
+    graph = tiny_graph(tmp_path, HYBRID_SPEC)
+    artifact = get_backend("onnx").lower(graph, LowerOptions(max_seq=64))
+    assert isinstance(artifact, OnnxArtifact) and artifact.decode_session is not None
+    tokens = random_tokens(graph, 2, 19, rng_seed)
+    full = reference_artifact(graph, artifact.meta.options).run(tokens)
+    tol = tolerance_for("onnx", "float32")
+    assert not violations(compare(full, artifact.run(tokens), logits=True), tol)
+    state = artifact.init_state(2)
+    steps = []
+    for t in range(tokens.shape[1]):
+        logits, state = artifact.step(tokens[:, t], t, state)
+        steps.append(logits)
+    m = compare(full, torch.stack(steps, dim=1), logits=True)
+    assert not violations(m, tolerance_for("onnx", "float32")), m
+
+
 def test_mixers_without_a_traceable_step_get_no_decode_graph_and_a_note(tmp_path: Path) -> None:
     spec = """\
 model:
