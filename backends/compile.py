@@ -44,6 +44,12 @@ from archgen.backends.torch_model import ArchModel, build_model
 from archgen.backends.weights import load_weights
 from archgen.ir.graph import Graph, Node
 
+# Dynamo's cache (default 8 entries) belongs to the code object of BoundaryModule.forward, so
+# every artifact of the process and every input shape (dynamic=False) takes an entry: a search or
+# a benchmark lowering its 9th model would otherwise fail. Within the process-wide accumulated
+# limit (256), the limit still catches a runaway recompile loop.
+RECOMPILE_LIMIT = 256
+
 
 class CompileArtifact(Artifact):
     def __init__(self, graph: Graph, meta: ArtifactMeta, model: ArchModel) -> None:
@@ -62,7 +68,9 @@ class CompileArtifact(Artifact):
         start = time.perf_counter()
         try:
             with (
-                torch._dynamo.config.patch(fail_on_recompile_limit_hit=True),
+                torch._dynamo.config.patch(
+                    fail_on_recompile_limit_hit=True, recompile_limit=RECOMPILE_LIMIT
+                ),
                 inductor_config.patch(freezing=self.meta.options.compile_freezing),
                 torch.no_grad(),
             ):

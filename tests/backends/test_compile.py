@@ -13,7 +13,12 @@ import pytest
 import torch
 
 from archgen.backends.base import Artifact
-from tests.backends.conformance import BackendConformance, scale_block_parameter, tiny_graph
+from tests.backends.conformance import (
+    TINY_SPEC,
+    BackendConformance,
+    scale_block_parameter,
+    tiny_graph,
+)
 
 
 class TestCompile(BackendConformance):
@@ -33,6 +38,19 @@ class TestCompile(BackendConformance):
         artifact.run(torch.zeros(1, 6, dtype=torch.long))
         assert list(artifact.meta.extra["compile_s"]) == ["1x6"]
         assert artifact.meta.extra["compile_s"]["1x6"] > 0
+
+
+def test_more_artifacts_and_shapes_than_dynamos_default_cache(tmp_path: Path) -> None:
+    """A search or benchmark lowers many models in one process; with dynamic=False each model
+    and each length is one entry of the shared cache of BoundaryModule.forward (default 8)."""
+    from archgen.backends.base import LowerOptions, get_backend
+
+    for depth in (1, 2, 3):  # three different models
+        graph = tiny_graph(tmp_path, TINY_SPEC.replace("repeat: 3", f"repeat: {depth}"))
+        artifact = get_backend("compile").lower(graph, LowerOptions(max_seq=64))
+        for length in (3, 4, 5, 6):
+            assert artifact.run(torch.zeros(1, length, dtype=torch.long)).shape[1] == length
+        assert len(artifact.meta.extra["compile_s"]) == 4
 
 
 @pytest.fixture(autouse=True)
