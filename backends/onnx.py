@@ -236,6 +236,16 @@ def _rename_dims(proto: Any, names: dict[tuple[str, int], str]) -> None:
                 dim.dim_param = pattern.sub(lambda m: mapping[m.group(1)], dim.dim_param)
 
 
+def _example_length(module: nn.Module, max_seq: int) -> int:
+    """Length of the export example. Never 0/1 in a dynamic dim (torch.export specialises
+    those), and at least two chunks of every chunked scan in ``module``: with one chunk, the
+    chunk count is 1 in the trace and may be baked into the graph (a 1x1 chunk-decay matrix)."""
+    chunks = [
+        m.chunk_size for m in module.modules() if isinstance(getattr(m, "chunk_size", None), int)
+    ]
+    return min(max_seq, max(8, 2 * max(chunks, default=0) + 1))
+
+
 def traces_with_dynamic_length(
     module: nn.Module, d_model: int, example_len: int | None = None, max_len: int = 1024
 ) -> str:
@@ -243,7 +253,7 @@ def traces_with_dynamic_length(
     exporter (and the same dynamic-dim rules as :func:`export_forward`) does not keep L
     symbolic."""
     if example_len is None:
-        example_len = min(max_len, max(8, 2 * getattr(module, "chunk_size", 0) + 1))
+        example_len = _example_length(module, max_len)
     seq = torch.export.Dim.DYNAMIC(min=1, max=max(max_len, example_len))
     x = torch.randn(2, example_len, d_model, dtype=_param_dtype(module))
     try:
@@ -277,14 +287,6 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
     return next((p.dtype for p in module.parameters()), torch.float32)
 
 
-def _example_length(graph: Graph, max_seq: int) -> int:
-    """Length of the export example. Never 0/1 in a dynamic dim (torch.export specialises
-    those), and at least two chunks of every chunked scan: with one chunk, the chunk count is 1
-    in the trace and may be baked into the graph (a 1x1 chunk-decay matrix)."""
-    chunks = [getattr(n.op, "chunk_size", 0) for n in graph.nodes]
-    return min(max_seq, max(8, 2 * max(chunks, default=0) + 1))
-
-
 def export_forward(model: ArchModel, path: Path, options: LowerOptions) -> dict[str, Any]:
     graph = model.graph
     assert options.max_seq is not None, "options must be resolved"
@@ -294,7 +296,7 @@ def export_forward(model: ArchModel, path: Path, options: LowerOptions) -> dict[
     # then refuses, with DYNAMIC it keeps L symbolic and records them as guards (checked by the
     # numerics validation at the profile's min, typical and max lengths).
     seq = torch.export.Dim.DYNAMIC(min=1, max=options.max_seq)
-    example_len = _example_length(graph, options.max_seq)
+    example_len = _example_length(model, options.max_seq)
     example = torch.randint(0, graph.model.vocab_size, (2, example_len))
     dynamic = options.max_seq >= 2  # a profile of length 1 only: nothing to make dynamic
     try:
