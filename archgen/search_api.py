@@ -16,13 +16,17 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph
 from archgen.search.budget import RelativeBudget
+
+if TYPE_CHECKING:
+    from archgen.search.evaluate import CandidateEvaluator
+    from archgen.search.space import SearchSpace
 from archgen.spec.expand import spec_from_graph, spec_to_data
 from archgen.spec.loader import load_spec
 from archgen.spec.models import ArchSpec
@@ -141,8 +145,8 @@ def _describe_budget(budget: float | RelativeBudget | None) -> str:
 def _resolve_relative_budget(
     budget: RelativeBudget,
     p: dict[str, Any],
-    space: Any,
-    evaluator: Any,
+    space: SearchSpace,
+    evaluator: CandidateEvaluator,
     log: Callable[[str], None],
 ) -> float:
     """Seconds for ``N%`` of the base model: the value the study's first run resolved (so a
