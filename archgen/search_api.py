@@ -22,15 +22,15 @@ import yaml
 
 from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph
-from archgen.search.budget import RelativeBudget
-
-if TYPE_CHECKING:
-    from archgen.search.evaluate import CandidateEvaluator
-    from archgen.search.space import SearchSpace
+from archgen.search.budget import RelativeBudget, format_seconds
 from archgen.spec.expand import spec_from_graph, spec_to_data
 from archgen.spec.loader import load_spec
 from archgen.spec.models import ArchSpec
 from archgen.spec.search_space import search_proposals
+
+if TYPE_CHECKING:
+    from archgen.search.evaluate import CandidateEvaluator
+    from archgen.search.space import Candidate
 
 
 def cache_dir() -> Path:
@@ -135,8 +135,6 @@ STUDY_BUDGET = "budget_s"
 
 
 def _describe_budget(budget: float | RelativeBudget | None) -> str:
-    from archgen.search.budget import format_seconds
-
     if budget is None:
         return "none"
     return str(budget) if isinstance(budget, RelativeBudget) else format_seconds(budget)
@@ -145,33 +143,31 @@ def _describe_budget(budget: float | RelativeBudget | None) -> str:
 def _resolve_relative_budget(
     budget: RelativeBudget,
     p: dict[str, Any],
-    space: SearchSpace,
+    base_graph: Graph | None,
     evaluator: CandidateEvaluator,
     log: Callable[[str], None],
-) -> float:
+) -> tuple[float, bool]:
     """Seconds for ``N%`` of the base model: the value the study's first run resolved (so a
-    resumed search keeps its budget), else the base model measured now."""
+    resumed search keeps its budget), else the base model measured now. The flag says whether
+    the base model was measured here (the caller then need not measure it again)."""
     import optuna
-
-    from archgen.search.budget import format_seconds
 
     with contextlib.suppress(KeyError):
         stored = optuna.load_study(study_name=p["name"], storage=p["storage"]).user_attrs
         if STUDY_BUDGET in stored:
             log(f"budget {format_seconds(stored[STUDY_BUDGET])} ({budget}, as first resolved)")
-            return float(stored[STUDY_BUDGET])
-    base = space.base_candidate()
-    if base is None:
+            return float(stored[STUDY_BUDGET]), False
+    if base_graph is None:
         raise ArchgenError(
             f"a relative budget ({budget}) needs the spec's base model in the search space",
             hint="give an absolute budget such as --budget 30ms",
         )
-    _, base_s = evaluator.measure(space.graph_for(base))
+    _, base_s = evaluator.measure(base_graph)
     seconds = budget.resolve(base_s)
     log(
         f"base model measures {format_seconds(base_s)}: budget {format_seconds(seconds)} ({budget})"
     )
-    return seconds
+    return seconds, True
 
 
 def run_search(
@@ -181,7 +177,6 @@ def run_search(
     log: Log = print,
     on_trial: Callable[[Any], None] | None = None,
 ) -> SearchOutcome:
-    from archgen.search.budget import format_seconds
     from archgen.search.evaluate import CandidateEvaluator, LatencyPolicy
     from archgen.search.latency import LatencyPredictor, LatencyTable, Workload
     from archgen.search.measure import Measurer
@@ -239,9 +234,11 @@ def run_search(
         quality=_not_ready,
         policy=LatencyPolicy(budget=None),  # set once the budget is resolved
     )
-    base_candidate = space.base_candidate()
+    base_candidate: Candidate | None = space.base_candidate()
+    base_graph = space.graph_for(base_candidate) if base_candidate is not None else None
+    base_measured = False
     if isinstance(budget, RelativeBudget):
-        budget = _resolve_relative_budget(budget, p, space, evaluator, log)
+        budget, base_measured = _resolve_relative_budget(budget, p, base_graph, evaluator, log)
     evaluator.policy = LatencyPolicy(budget=budget)
     # The cheapest candidate, measured: a budget below it cannot be met by any candidate.
     cheapest = space.graph_for(per_slot_best)
@@ -254,8 +251,8 @@ def run_search(
             f"{w.device}, {w.threads} thread(s))",
             hint="raise --budget, shorten search.workload.seq_len, or add cheaper choices",
         )
-    if base_candidate is not None:
-        evaluator.measure(space.graph_for(base_candidate))
+    if base_graph is not None and not base_measured:
+        evaluator.measure(base_graph)
     evaluator.quality, quality_info = _quality(spec, p, options, log)
 
     setup_checks = list(evaluator.checks)
