@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from archgen.ir.graph import Graph
 from archgen.search.evaluate import LatencyPolicy
 from archgen.search.latency import LatencyPredictor, LatencyTable, Workload, trust_report
 from archgen.search.measure import Measurer
@@ -45,16 +46,14 @@ def predictor_trust(
     # The search trusts the predictor only after LatencyPolicy.min_samples end-to-end checks:
     # fit the correction on that many other random candidates first, as the search does.
     n_fit = LatencyPolicy().min_samples
-    fit = [
-        space.graph_for({s.node: rng.choice(s.choices).label for s in space.slots})
-        for _ in range(n_fit)
-    ]
+
+    def random_graph() -> Graph:
+        return space.graph_for({s.node: rng.choice(s.choices).label for s in space.slots})
+
+    fit = [random_graph() for _ in range(n_fit)]
     for g, seconds in zip(fit, measurer.measure_graphs(fit, repeats=repeats), strict=True):
         predictor.observe(g, seconds)
-    graphs = [
-        space.graph_for({s.node: rng.choice(s.choices).label for s in space.slots})
-        for _ in range(n)
-    ]
+    graphs = [random_graph() for _ in range(n)]
     predicted = [predictor.predict(g) for g in graphs]
     # Interleaved rounds (Measurer.measure_graphs): drift over the minutes this takes must not
     # decide the ranking of candidates a few percent apart.
