@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 from archgen.api import SpecLike, as_spec, compile_spec, resolved_yaml, spec_hash
 from archgen.backends.base import (
     Backend,
+    Device,
     DType,
     LowerOptions,
     Provider,
@@ -59,6 +60,7 @@ def lower_options(
     profile: Profile,
     seed: int = 0,
     provider: Provider = "cpu",
+    device: Device = "cpu",
     portable: bool = False,
 ) -> LowerOptions:
     """``portable``: standard ONNX ops only (no onnxruntime contrib ops such as the fused
@@ -71,6 +73,7 @@ def lower_options(
         seed=seed,
         weights=None if weights is None else str(weights),
         provider=provider,
+        device=device,
         fused_attention=not portable,
     ).resolve(graph)
 
@@ -100,6 +103,7 @@ def validate(
     profile: Profile = Profile(),
     seed: int | None = None,
     provider: Provider = "cpu",
+    device: Device = "cpu",
     portable: bool = False,
 ) -> ValidateResult:
     """Lower ``spec`` on ``backend`` and compare it with the eager float64 reference."""
@@ -107,7 +111,13 @@ def validate(
 
     graph = compile_spec(spec)
     options = lower_options(
-        graph, dtype=dtype, weights=weights, profile=profile, provider=provider, portable=portable
+        graph,
+        dtype=dtype,
+        weights=weights,
+        profile=profile,
+        provider=provider,
+        device=device,
+        portable=portable,
     )
     artifact = _ready(backend, graph, options).lower(graph, options)
     return ValidateResult(run_validation(artifact, seed=seed), artifact)

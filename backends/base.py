@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 DType = Literal["float32", "float64", "bfloat16", "float16"]
 OptLevel = Literal["disable", "basic", "extended", "all"]
 Provider = Literal["cpu", "cuda", "tensorrt"]
+Device = Literal["cpu", "cuda"]
 
 DEFAULT_OPT_SEQ = 128
 
@@ -92,6 +93,9 @@ class LowerOptions:
     opset: int | None = None  # None: the exporter's default
     graph_opt_level: OptLevel = "all"  # onnxruntime's graph optimisation level
     provider: Provider = "cpu"  # onnxruntime execution provider
+    # where the torch-based backends (eager, compile) hold the weights and run; onnxruntime runs
+    # on ``provider`` and TensorRT on the GPU whatever this says
+    device: Device = "cpu"
     threads: int | None = None  # intra-op threads; None: torch.get_num_threads()
     decode_graph: bool = True  # onnx: also export the one-token decode step when possible
     # onnx: causal self-attention as onnxruntime's fused GroupQueryAttention contrib op
@@ -307,6 +311,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return "cpu: " + (platform.processor() or platform.machine())
+
+
+def device_name(device: str) -> str:
+    """What a measurement on ``device`` reports: the CPU model, or the GPU's name."""
+    if device == "cuda":
+        import torch
+
+        return "cuda: " + torch.cuda.get_device_name()
+    return cpu_name()
 
 
 def boundary_names(graph: Graph) -> list[str]:

@@ -34,14 +34,14 @@ from archgen.backends.eager import (
     BoundaryModule,
     as_boundaries,
     implementation_name,
+    loaded_model,
     measure_torch,
     save_torch_artifact,
     source_model,
     torch_supports,
     torch_threads,
 )
-from archgen.backends.torch_model import ArchModel, build_model
-from archgen.backends.weights import load_weights
+from archgen.backends.torch_model import ArchModel
 from archgen.ir.graph import Graph, Node
 
 # Dynamo's cache (default 8 entries) belongs to the code object of BoundaryModule.forward, so
@@ -63,6 +63,7 @@ class CompileArtifact(Artifact):
         self.meta.extra.setdefault("compile_s", {})
 
     def _call(self, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        tokens = tokens.to(self.meta.options.device)
         key = "x".join(str(d) for d in tokens.shape)
         first = key not in self.meta.extra["compile_s"]
         start = time.perf_counter()
@@ -93,6 +94,7 @@ class CompileArtifact(Artifact):
         return as_boundaries(self.graph, self._call(tokens))
 
     def measure(self, tokens: torch.Tensor, warmup: int = 3, repeats: int = 20) -> Measurement:
+        tokens = tokens.to(self.meta.options.device)  # the copy is not part of the latency
         with torch_threads(self.meta.options.threads):
             self._call(tokens)  # compile outside the timed loop
         return measure_torch(lambda: self._call(tokens), tokens, self.meta, warmup, repeats)
@@ -137,6 +139,4 @@ class CompileBackend(Backend):
     def load(self, path: str | Path, graph: Graph, options: LowerOptions) -> CompileArtifact:
         options = options.resolve(graph)
         check_lowerable(self, graph, options)
-        model = build_model(graph, dtype=TORCH_DTYPES[options.dtype])
-        load_weights(model, Path(path) / "weights.safetensors")
-        return self._artifact(graph, options, model.eval().requires_grad_(False))
+        return self._artifact(graph, options, loaded_model(graph, options, Path(path)))

@@ -24,12 +24,13 @@ from archgen.backends.base import (
     Measurement,
     NodeImpl,
     check_lowerable,
-    cpu_name,
+    device_name,
     library_versions,
     write_meta,
 )
 from archgen.backends.torch_model import ArchModel, build_model
 from archgen.backends.weights import load_weights, save_weights
+from archgen.errors import UnavailableError
 from archgen.ir.graph import Graph, Node
 from archgen.ir.ops import Embedding, LayerNorm, LMHead, ResidualAdd, RMSNorm
 from archgen.mixers.registry import has_implementation, implementation_class
@@ -53,15 +54,38 @@ def torch_supports(node: Node) -> tuple[bool, str]:
     return (True, "ok") if ok else (False, f"no torch implementation: {reason}")
 
 
-def source_model(graph: Graph, options: LowerOptions, dtype: torch.dtype) -> ArchModel:
-    """The eager model with the artifact's weights, cast to ``dtype``, in inference mode.
+def torch_device(options: LowerOptions) -> torch.device:
+    """The device a torch-based artifact runs on, checked before any work is done."""
+    if options.device == "cuda" and not torch.cuda.is_available():
+        built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "without CUDA"
+        raise UnavailableError(
+            f"device 'cuda' requested but torch sees no CUDA GPU (torch {torch.__version__}, "
+            f"built {built})"
+        )
+    return torch.device(options.device)
 
-    Weights are drawn (or loaded) in float32 and then cast, so a float64 reference and a float32
-    artifact built from the same options hold the same values up to the cast."""
+
+def source_model(
+    graph: Graph, options: LowerOptions, dtype: torch.dtype, device: torch.device | None = None
+) -> ArchModel:
+    """The eager model with the artifact's weights, cast to ``dtype``, in inference mode, on
+    ``device`` (default: the options' device; exporters trace on the CPU whatever it says).
+
+    Weights are drawn (or loaded) in float32 on the CPU and then cast and moved, so a float64
+    reference and a float32 (or GPU) artifact built from the same options hold the same values up
+    to the cast."""
     model = build_model(graph, seed=options.seed)
     if options.weights is not None:
         load_weights(model, options.weights)
-    return model.to(dtype).eval().requires_grad_(False)
+    target = device if device is not None else torch_device(options)
+    return model.to(device=target, dtype=dtype).eval().requires_grad_(False)
+
+
+def loaded_model(graph: Graph, options: LowerOptions, folder: Path) -> ArchModel:
+    """The eager model with the weights a torch-based artifact saved in ``folder``."""
+    model = build_model(graph, dtype=TORCH_DTYPES[options.dtype])
+    load_weights(model, folder / "weights.safetensors")
+    return model.to(torch_device(options)).eval().requires_grad_(False)
 
 
 class BoundaryModule(nn.Module):
@@ -85,6 +109,8 @@ def as_boundaries(graph: Graph, outputs: tuple[torch.Tensor, ...]) -> dict[str, 
 
 
 def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> tuple[float, ...]:
+    """Wall-clock seconds of each of ``repeats`` calls after ``warmup`` untimed ones. ``fn``
+    must return only when its work is done (see :func:`measure_torch` for CUDA)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -145,17 +171,18 @@ class EagerArtifact(Artifact):
 
     def run(self, tokens: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            out = self.model(tokens)
+            out = self.model(tokens.to(self.meta.options.device))
         self._refresh_meta()
         return out
 
     def boundaries(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
-            outs = self._boundary(tokens)
+            outs = self._boundary(tokens.to(self.meta.options.device))
         self._refresh_meta()
         return as_boundaries(self.graph, outs)
 
     def measure(self, tokens: torch.Tensor, warmup: int = 3, repeats: int = 20) -> Measurement:
+        tokens = tokens.to(self.meta.options.device)  # the copy is not part of the latency
         with torch.inference_mode():
             result = measure_torch(lambda: self.model(tokens), tokens, self.meta, warmup, repeats)
         self._refresh_meta()
@@ -168,11 +195,24 @@ class EagerArtifact(Artifact):
 def measure_torch(
     call: Callable[[], object], tokens: torch.Tensor, meta: ArtifactMeta, warmup: int, repeats: int
 ) -> Measurement:
-    """Time ``call`` with the artifact's thread setting (shared by the torch-based backends)."""
+    """Time ``call`` with the artifact's thread setting (shared by the torch-based backends).
+
+    On CUDA, kernels run asynchronously: each timed call ends with a device synchronisation, so
+    the host clock covers the GPU's work (at millisecond model latencies the few microseconds a
+    synchronisation costs are below the run-to-run spread)."""
+    device = meta.options.device
+    timed = call
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+        def timed() -> None:
+            call()
+            torch.cuda.synchronize()
+
     with torch_threads(meta.options.threads) as threads:
-        times = time_calls(call, warmup, repeats)
+        times = time_calls(timed, warmup, repeats)
     return Measurement(
-        times, tokens.shape[0], tokens.shape[1], threads, cpu_name(), library_versions()
+        times, tokens.shape[0], tokens.shape[1], threads, device_name(device), library_versions()
     )
 
 
@@ -210,16 +250,14 @@ class EagerBackend(Backend):
     def load(self, path: str | Path, graph: Graph, options: LowerOptions) -> EagerArtifact:
         options = options.resolve(graph)
         check_lowerable(self, graph, options)
-        model = build_model(graph, dtype=TORCH_DTYPES[options.dtype])
-        load_weights(model, Path(path) / "weights.safetensors")
-        return self._artifact(graph, options, model.eval().requires_grad_(False))
+        return self._artifact(graph, options, loaded_model(graph, options, Path(path)))
 
 
 def reference_artifact(graph: Graph, options: LowerOptions) -> EagerArtifact:
     """The eager float64 model with the same weights as an artifact built from ``options``."""
     from dataclasses import replace
 
-    return EagerBackend().lower(graph, replace(options, dtype="float64"))
+    return EagerBackend().lower(graph, replace(options, dtype="float64", device="cpu"))
 
 
 def implementation_name(node: Node) -> str:

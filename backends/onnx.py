@@ -587,7 +587,7 @@ class OnnxBackend(Backend):
         options = options.resolve(graph)
         check_lowerable(self, graph, options)
         self.check_provider(options)
-        model = source_model(graph, options, TORCH_DTYPES[options.dtype])
+        model = source_model(graph, options, TORCH_DTYPES[options.dtype], torch.device("cpu"))
         owned = tempfile.TemporaryDirectory(prefix="archgen-onnx-")
         folder = Path(owned.name)
         meta = self._meta(graph, options)

@@ -233,6 +233,8 @@ class TensorRTBackend(Backend):
         return meta
 
     def lower(self, graph: Graph, options: LowerOptions) -> TensorRTArtifact:
+        import torch
+
         from archgen.backends.eager import TORCH_DTYPES, source_model
         from archgen.backends.onnx import export_forward
 
@@ -243,7 +245,7 @@ class TensorRTBackend(Backend):
         folder = Path(owned.name)
         meta = self._meta(graph, options)
         # The ONNX graph is float32; reduced precision is TensorRT's choice per layer.
-        model = source_model(graph, options, TORCH_DTYPES["float32"])
+        model = source_model(graph, options, TORCH_DTYPES["float32"], torch.device("cpu"))
         meta.extra["onnx"] = export_forward(model, folder / ONNX_FILE, options)
         meta.extra["engine"] = build_engine(folder / ONNX_FILE, folder / ENGINE_FILE, options)
         return TensorRTArtifact(graph, meta, folder, owned)

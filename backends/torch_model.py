@@ -104,7 +104,8 @@ class ArchModel(nn.Module):
     def init_state(
         self, batch: int, *, device: torch.device | None = None
     ) -> dict[str, DecodeState]:
-        dtype = next(self.parameters()).dtype
+        weight = next(self.parameters())
+        dtype, device = weight.dtype, device or weight.device
         return {
             name: self.get_submodule(name).init_state(batch, device=device, dtype=dtype)
             for name in self._token_mixers

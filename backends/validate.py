@@ -137,12 +137,13 @@ class Metrics:
 
 
 def compare(ref: torch.Tensor, test: torch.Tensor, *, logits: bool = False) -> Metrics:
-    """Error metrics of ``test`` against ``ref`` (both cast to float64)."""
+    """Error metrics of ``test`` against ``ref`` (both cast to float64 on the CPU: a GPU
+    artifact's outputs are compared with the CPU reference)."""
     if test.shape != ref.shape:
         raise NumericsError(
             f"shape mismatch: artifact {tuple(test.shape)} vs reference {tuple(ref.shape)}"
         )
-    r, t = ref.detach().to(torch.float64), test.detach().to(torch.float64)
+    r, t = (x.detach().to("cpu", torch.float64) for x in (ref, test))
     diff = t - r
     rms_ref = r.pow(2).mean().sqrt().item()
     floor = max(1e-3 * rms_ref, 1e-30)

@@ -1,4 +1,4 @@
-"""Backends on this CPU: eager vs torch.compile vs onnxruntime, per example LM, B=1.
+"""Backends on this CPU (or GPU): eager vs torch.compile vs onnxruntime, per example LM.
 
 For each example spec and each L in --lengths (capped at the model's max_seq_len), in ONE run:
 lower on each backend (export / compile times recorded), then measure interleaved rounds
@@ -9,9 +9,10 @@ input. A backend that cannot lower a spec gets its error in the table instead of
 
     python benchmarks/backends.py                       # all examples, L = 512, 2048
     python benchmarks/backends.py --specs transformer --lengths 512 --out /tmp/b.md
+    python benchmarks/backends.py --device cuda --batch 8   # Inductor -> Triton; ORT's CUDA EP
 
-Writes a markdown table (with the machine: CPU model, threads, torch/onnxruntime versions,
-date) to --out (default benchmarks/results/backends_cpu.md).
+Writes a markdown table (with the machine: CPU or GPU model, threads, torch/onnxruntime
+versions, date) to --out (default benchmarks/results/backends_<device>.md).
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from pathlib import Path
 import torch
 
 from archgen import api
-from archgen.backends.base import Artifact, LowerOptions, cpu_name, get_backend, library_versions
+from archgen.backends.base import (
+    Artifact,
+    LowerOptions,
+    cpu_name,
+    device_name,
+    get_backend,
+    library_versions,
+)
 from archgen.errors import ArchgenError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,15 +64,19 @@ class Cell:
 
 
 def lower(
-    backend: str, graph: object, seq_len: int, threads: int, freezing: bool
+    backend: str, graph: object, seq_len: int, args: argparse.Namespace
 ) -> tuple[Artifact, float]:
     options = LowerOptions(
+        dtype=args.dtype,
+        batch=args.batch,
+        device=args.device,
+        provider=args.device,
         min_seq=1,
         opt_seq=seq_len,
         max_seq=seq_len,
-        threads=threads,
+        threads=args.threads,
         decode_graph=False,
-        compile_freezing=freezing,
+        compile_freezing=args.freezing,
     )
     start = time.perf_counter()
     artifact = get_backend(backend).lower(graph, options)  # type: ignore[arg-type]
@@ -73,23 +85,25 @@ def lower(
 
 def bench_one(spec: Path, seq_len: int, args: argparse.Namespace) -> list[Cell]:
     graph = api.compile_spec(spec)
-    tokens = torch.randint(0, graph.model.vocab_size, (1, seq_len), generator=torch.Generator())
+    shape = (args.batch, seq_len)
+    tokens = torch.randint(0, graph.model.vocab_size, shape, generator=torch.Generator())
     cells, artifacts = [], {}
     for name in BACKENDS:
         cell = Cell(name)
         cells.append(cell)
         try:
-            artifact, cell.lower_s = lower(name, graph, seq_len, args.threads, args.freezing)
+            artifact, cell.lower_s = lower(name, graph, seq_len, args)
             start = time.perf_counter()
             artifact.run(tokens)  # compile happens here for torch.compile
             cell.first_call_s = time.perf_counter() - start
             artifacts[name] = artifact
         except ArchgenError as exc:
             cell.error = str(exc).splitlines()[0][:160]
-    reference = artifacts["eager"].run(tokens).to(torch.float64)
+    reference = artifacts["eager"].run(tokens).to("cpu", torch.float64)
     for name, artifact in artifacts.items():
         cell = next(c for c in cells if c.backend == name)
-        cell.max_abs = (artifact.run(tokens).to(torch.float64) - reference).abs().max().item()
+        out = artifact.run(tokens).to("cpu", torch.float64)
+        cell.max_abs = (out - reference).abs().max().item()
     for _ in range(args.rounds):  # interleaved: drift affects every backend alike
         for name, artifact in artifacts.items():
             m = artifact.measure(tokens, warmup=args.warmup, repeats=args.repeats)
@@ -103,20 +117,23 @@ def ms(x: float) -> str:
 
 def render(rows: list[tuple[str, int, list[Cell]]], args: argparse.Namespace) -> str:
     versions = library_versions("onnx", "onnxruntime")
+    where = device_name(args.device)
     lines = [
-        "# Backends on CPU: eager vs torch.compile vs onnxruntime",
+        f"# Backends on {args.device.upper()}: eager vs torch.compile vs onnxruntime",
         "",
-        f"- machine: {cpu_name()}, {os.cpu_count()} logical CPUs; "
+        f"- machine: {where} (host {cpu_name()}, {os.cpu_count()} logical CPUs); "
         f"benchmark threads: {args.threads} (torch intra-op and onnxruntime intra-op)",
         f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
         f"- date: {datetime.date.today().isoformat()}",
         f"- load: {args.load}; ratios were measured in one run with interleaved rounds, "
         "absolute times are noisy.",
-        f"- method: B=1, float32, {args.rounds} interleaved rounds x {args.repeats} timed calls "
+        f"- method: B={args.batch}, {args.dtype}, {args.rounds} interleaved rounds x "
+        f"{args.repeats} timed calls "
         f"per backend after {args.warmup} warm-up calls; median and p90 of all "
         f"{args.rounds * args.repeats}; torch.compile is Inductor with dynamic=False, "
-        "fullgraph=True; onnxruntime is the CPU EP, graph optimisation level 'all', sequential "
-        "executor; max abs = max |logits - eager float32 logits|.",
+        f"fullgraph=True; onnxruntime is the {args.device.upper()} EP, graph optimisation level "
+        f"'all', sequential executor; max abs = max |logits - eager {args.dtype} logits|"
+        + ("; CUDA timings synchronise after every call." if args.device == "cuda" else "."),
         f"- command: `python benchmarks/backends.py {' '.join(args.argv)}`",
         "",
         "| model | L | eager med / p90 ms | compile med / p90 ms | compile speed-up | "
@@ -152,8 +169,12 @@ def main() -> None:
     parser.add_argument(
         "--freezing", action="store_true", help="torch.compile with Inductor's freezing"
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/backends_cpu.md")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    args.out = args.out or ROOT / f"benchmarks/results/backends_{args.device}.md"
     args.argv = sys.argv[1:]
     args.load = f"1-min load average at start {os.getloadavg()[0]:.2f}"
     torch.set_num_threads(args.threads)

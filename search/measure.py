@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import torch
 
-from archgen.backends.base import LowerOptions, get_backend, library_versions
+from archgen.backends.base import LowerOptions, device_name, get_backend, library_versions
 from archgen.errors import ArchgenError, UnavailableError
 from archgen.ir.graph import TOKENS, Graph, Node
 from archgen.search.latency import Workload
@@ -70,13 +70,11 @@ class Measurer:
         self.measurements = 0
 
     def environment(self) -> dict[str, str]:
-        from archgen.backends.base import cpu_name
-
         versions = library_versions("onnxruntime", "tensorrt")
         return {
             **versions,
             "backend": self.workload.backend,
-            "device": self.workload.device if self.workload.device == "cuda" else cpu_name(),
+            "device": device_name(self.workload.device),
             "threads": str(self.workload.threads),
         }
 
@@ -90,6 +88,8 @@ class Measurer:
             max_seq=w.seq_len,
             threads=w.threads,
             decode_graph=False,
+            device=w.device,  # eager, compile
+            provider=w.device,  # onnxruntime's execution provider
         )
 
     def measure_graph(self, graph: Graph, *, repeats: int | None = None) -> float:
@@ -111,15 +111,19 @@ class Measurer:
         w = self.workload
         previous = torch.get_num_threads()
         torch.set_num_threads(w.threads)
+        sync = torch.cuda.synchronize if w.device == "cuda" else lambda: None
         try:
-            model = build_model(graph).eval()
+            model = build_model(graph).to(w.device).eval()
             tokens = torch.randint(0, graph.model.vocab_size, (w.batch, w.seq_len + w.repeats))
+            tokens = tokens.to(w.device)
             times = []
             with torch.no_grad():
                 state = model.init_state(w.batch)
                 for t in range(w.seq_len + w.repeats):
+                    sync()
                     start = time.perf_counter()
-                    _, state = model.step(tokens[:, t], state, torch.tensor(t))
+                    _, state = model.step(tokens[:, t], state, torch.tensor(t, device=w.device))
+                    sync()
                     if t >= w.seq_len:
                         times.append(time.perf_counter() - start)
             return statistics.median(times)

@@ -35,6 +35,9 @@ SeedOpt = Annotated[
     int | None, typer.Option("--validation-seed", help="seed of the random test tokens")
 ]
 ProviderOpt = Annotated[str, typer.Option("--provider", help="onnxruntime EP: cpu|cuda|tensorrt")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="eager/compile: where the model runs, cpu | cuda")
+]
 PortableOpt = Annotated[
     bool,
     typer.Option(
@@ -45,6 +48,7 @@ PortableOpt = Annotated[
 ]
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda")
 
 
 def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
@@ -187,6 +191,7 @@ def register(app: typer.Typer, out: Console) -> None:
         max_seq: MaxSeq = None,
         validation_seed: SeedOpt = None,
         provider: ProviderOpt = "cpu",
+        device: DeviceOpt = "cpu",
         portable: PortableOpt = False,
         json_out: Annotated[
             Path | None, typer.Option("--json", help="also write the report (numerics.json)")
@@ -197,6 +202,7 @@ def register(app: typer.Typer, out: Console) -> None:
         from archgen.backends.validate import NumericsError
 
         _check_choice(dtype, DTYPES, "dtype")
+        _check_choice(device, DEVICES, "device")
         result = api.validate(
             spec,
             backend=backend,
@@ -205,6 +211,7 @@ def register(app: typer.Typer, out: Console) -> None:
             profile=api.Profile(min_seq, opt_seq, max_seq),
             seed=validation_seed,
             provider=provider,  # type: ignore[arg-type]
+            device=device,  # type: ignore[arg-type]
             portable=portable,
         )
         print_numerics(out, result.report)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from archgen.backends.base import Artifact, LowerOptions, get_backend
 from archgen.backends.validate import validate
+from archgen.errors import UnavailableError
 from tests.backends.conformance import (
     BackendConformance,
     scale_block_parameter,
     tiny_graph,
 )
+from tests.conftest import ROOT
 
 
 class TestEagerFloat32(BackendConformance):
@@ -40,3 +45,42 @@ def test_measure_reports_median_p90_threads_and_versions(tmp_path: Path) -> None
     assert len(m.times_s) == 5 and min(m.times_s) <= m.median_s <= m.p90_s <= max(m.times_s)
     assert m.threads == 1 and m.device.startswith("cpu") and "torch" in m.versions
     assert not m.predicted and m.to_json()["median_s"] == m.median_s
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the error a missing GPU gives")
+@pytest.mark.parametrize("backend", ["eager", "compile"])
+def test_cuda_device_without_a_gpu_is_a_clear_error_before_any_work(
+    tmp_path: Path, backend: str
+) -> None:
+    with pytest.raises(UnavailableError, match="device 'cuda' requested but torch sees no CUDA"):
+        get_backend(backend).lower(tiny_graph(tmp_path), LowerOptions(device="cuda"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the error a missing GPU gives")
+def test_cli_validate_on_cuda_without_a_gpu_exits_3_without_traceback() -> None:
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "archgen.cli.main", "validate"),
+            *(str(ROOT / "examples/transformer.yaml"), "--backend", "eager", "--device", "cuda"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "device 'cuda' requested but torch sees no CUDA GPU" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_validate_rejects_an_unknown_device() -> None:
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "archgen.cli.main", "validate"),
+            *(str(ROOT / "examples/transformer.yaml"), "--backend", "eager", "--device", "tpu"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "unknown device 'tpu'; choose one of: cpu, cuda" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
