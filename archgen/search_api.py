@@ -211,19 +211,23 @@ def run_search(
     )
     measurer = Measurer(workload)
     table = LatencyTable(cache_dir() / "latency.sqlite", measurer.environment())
-    predictor = LatencyPredictor(table, workload, measurer.measure_block, worker=_worker_id())
+    predictor = LatencyPredictor(table, workload, measurer.measure_blocks, worker=_worker_id())
 
-    # Block table: every (slot, choice) block once; identical blocks share one measurement.
+    # Block table: every (slot, choice) block once, all measured together in one interleaved
+    # run; identical blocks share one measurement.
     log("measuring block latencies (cached across searches)...")
-    per_slot_best: dict[str, str] = {}
+    variants: dict[str, list[tuple[str, Graph, str]]] = {}
     for slot in space.slots:
         block = space.base.node(slot.node).block
         assert block is not None
-        costs = {}
         for choice in slot.choices:
             g = space.graph_for({**_base_or_first(space), slot.node: choice.label})
-            costs[choice.label] = predictor.block_seconds(g, block)
-        per_slot_best[slot.node] = min(costs, key=costs.__getitem__)
+            variants.setdefault(slot.node, []).append((choice.label, g, block))
+    predictor.ensure_blocks([(g, b) for v in variants.values() for _, g, b in v])
+    per_slot_best: dict[str, str] = {
+        node: min(v, key=lambda t: predictor.block_seconds(t[1], t[2]))[0]
+        for node, v in variants.items()
+    }
     log(f"  {predictor.block_measurements} block(s) measured, the rest from the cache")
 
     # Quality starts as a placeholder: nothing is trained before the budget is known feasible.

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,42 +92,59 @@ class LatencyTable:
         return robust_combine(values) if values else None
 
 
-BlockMeasurer = Callable[[Graph, str], float]  # (graph, block name) -> seconds
+# [(graph, block name), ...] -> the seconds each block adds, measured together (one shared stem,
+# interleaved: Measurer.measure_blocks)
+BlockMeasurer = Callable[[Sequence[tuple[Graph, str]]], list[float]]
 
 
 @dataclass
 class LatencyPredictor:
     """``predicted = offset + sum over block kinds k of weight_k * (table seconds of k-blocks)``.
 
-    The weights start at 1 (the table is taken at its word) and are refitted, ridge-regularised
-    towards 1, on every end-to-end measurement: a block kind whose cost in a whole model differs
-    from its cost measured alone (cache effects, fusion, framework overhead) gets its own factor;
-    the offset absorbs the embedding, head and per-call overhead.
+    The weights start at 1 (the table is taken at its word) and are refitted on every end-to-end
+    measurement by :func:`fit_correction`, which picks the form of the correction the
+    measurements support: an offset only, one shared scale, or a factor per block kind (for a
+    kind whose cost in a whole model differs from its cost measured alone: cache effects,
+    fusion, framework overhead). The offset absorbs the embedding, head and per-call overhead.
     """
 
     table: LatencyTable
     workload: Workload
-    measure_block: BlockMeasurer
+    measure_blocks: BlockMeasurer
     worker: str = "local"
     ridge: float = 0.5  # penalty on (weight - 1), relative to a typical block-kind total
     offset: float = 0.0
     weights: dict[str, float] = field(default_factory=dict)
+    correction: str = "offset"  # the form fit_correction chose (CORRECTION_FORMS)
     block_measurements: int = 0  # how many blocks this predictor had to measure (cache misses)
     samples: list[tuple[dict[str, float], float]] = field(default_factory=list)
 
     def block_seconds(self, graph: Graph, block: str) -> float:
         return self._block(graph, block)[1]
 
-    def _block(self, graph: Graph, block: str) -> tuple[str, float]:
-        signature = block_signature(graph, block)
+    def ensure_blocks(self, items: Sequence[tuple[Graph, str]]) -> None:
+        """Measure every block of ``items`` the table lacks, all in one interleaved run: blocks
+        measured under the same machine conditions are comparable with each other, which is
+        what the predictor's ranking rests on."""
         shape = self.workload.shape_key()
-        cached = self.table.get(signature, shape)
-        if cached is not None:
-            return signature, cached
-        seconds = self.measure_block(graph, block)
-        self.block_measurements += 1
-        self.table.add(signature, shape, self.worker, seconds)
-        return signature, self.table.get(signature, shape) or seconds
+        missing: dict[str, tuple[Graph, str]] = {}
+        for graph, block in items:
+            signature = block_signature(graph, block)
+            if signature not in missing and self.table.get(signature, shape) is None:
+                missing[signature] = (graph, block)
+        if not missing:
+            return
+        seconds = self.measure_blocks(list(missing.values()))
+        for signature, value in zip(missing, seconds, strict=True):
+            self.table.add(signature, shape, self.worker, value)
+        self.block_measurements += len(missing)
+
+    def _block(self, graph: Graph, block: str) -> tuple[str, float]:
+        self.ensure_blocks([(graph, block)])
+        signature = block_signature(graph, block)
+        seconds = self.table.get(signature, self.workload.shape_key())
+        assert seconds is not None
+        return signature, seconds
 
     def features(self, graph: Graph) -> dict[str, float]:
         """Table seconds per block kind (signature) of ``graph``."""
@@ -145,34 +164,76 @@ class LatencyPredictor:
     def observe(self, graph: Graph, measured: float) -> None:
         """Add an end-to-end measurement and refit the correction."""
         self.samples.append((self.features(graph), measured))
-        self.weights, self.offset = fit_correction(self.samples, self.ridge)
+        self.weights, self.offset, self.correction = select_correction(self.samples, self.ridge)
+
+
+Samples = Sequence[tuple[dict[str, float], float]]
+# Simplest first: on equal leave-one-out error the simpler form wins.
+CORRECTION_FORMS = ("offset", "scale", "per-kind")
 
 
 def fit_correction(
-    samples: Sequence[tuple[dict[str, float], float]], ridge: float = 0.5
+    samples: Samples, ridge: float = 0.5, form: str = "per-kind"
 ) -> tuple[dict[str, float], float]:
     """Ridge least squares of ``measured ~ offset + sum_k w_k f_k`` with ``w`` pulled towards 1.
 
-    With one or two samples only the offset moves (the weights stay 1)."""
+    ``form`` restricts the weights: ``offset`` keeps every weight at 1, ``scale`` ties them to one
+    shared value (which keeps the block table's ranking of candidates), ``per-kind`` frees each.
+    With one or two samples only the offset moves, whatever the form."""
     import numpy as np
 
     if not samples:
         return {}, 0.0
-    if len(samples) < 3:
+    if len(samples) < 3 or form == "offset":
         return {}, sum(m - sum(f.values()) for f, m in samples) / len(samples)
     kinds = sorted({k for f, _ in samples for k in f})
-    x = np.array([[f.get(k, 0.0) for k in kinds] + [1.0] for f, _ in samples])
+    x = np.array([[f.get(k, 0.0) for k in kinds] for f, _ in samples])
     y = np.array([m for _, m in samples])
-    scale = float(np.median(x[:, :-1][x[:, :-1] > 0])) if (x[:, :-1] > 0).any() else 1.0
-    lam = ridge * scale
-    # Penalty rows lam * (w_k - 1) = 0, solved for (w - 1) so the prior is the origin.
-    y_res = y - x[:, :-1].sum(axis=1)
-    penalty = np.hstack([lam * np.eye(len(kinds)), np.zeros((len(kinds), 1))])
-    a = np.vstack([x, penalty])
-    b = np.concatenate([y_res, np.zeros(len(kinds))])
+    y_res = y - x.sum(axis=1)  # solved for (w - 1), so the ridge prior is the origin
+    columns = x.sum(axis=1, keepdims=True) if form == "scale" else x
+    scale = float(np.median(columns[columns > 0])) if (columns > 0).any() else 1.0
+    n = columns.shape[1]
+    data_rows = np.hstack([columns, np.ones((len(y), 1))])
+    penalty_rows = np.hstack([ridge * scale * np.eye(n), np.zeros((n, 1))])  # on weights only
+    a = np.vstack([data_rows, penalty_rows])
+    b = np.concatenate([y_res, np.zeros(n)])
     solution, *_ = np.linalg.lstsq(a, b, rcond=None)
-    weights = {k: 1.0 + float(d) for k, d in zip(kinds, solution[:-1], strict=True)}
+    deltas = [float(solution[0])] * len(kinds) if form == "scale" else solution[:-1]
+    weights = {k: 1.0 + float(d) for k, d in zip(kinds, deltas, strict=True)}
     return weights, float(solution[-1])
+
+
+def select_correction(samples: Samples, ridge: float = 0.5) -> tuple[dict[str, float], float, str]:
+    """The correction form with the smallest leave-one-out error on ``samples``, fitted on all.
+
+    A factor per block kind needs many end-to-end measurements to be told apart from their noise:
+    fitted on a handful it follows the noise and reorders candidates the block table ranked
+    right (on this project's CPU runs, benchmarks/results/search_cpu.md). Leave-one-out error is
+    what each form would have predicted for a measurement it had not seen, so a form is only
+    chosen once the measurements support it (by the one-standard-error rule)."""
+    kinds = len({k for f, _ in samples for k in f})
+    # Fewer measurements than twice the parameters leave leave-one-out itself too noisy to judge.
+    needs = {"offset": 1, "scale": 4, "per-kind": 2 * (kinds + 1)}
+    forms = [f for f in CORRECTION_FORMS if len(samples) >= needs[f]]
+    if len(forms) == 1:
+        return (*fit_correction(samples, ridge, "offset"), "offset")
+
+    def loo_errors(form: str) -> list[float]:
+        out = []
+        for i, (features, measured) in enumerate(samples):
+            weights, offset = fit_correction([*samples[:i], *samples[i + 1 :]], ridge, form)
+            predicted = offset + sum(weights.get(k, 1.0) * v for k, v in features.items())
+            out.append(((predicted - measured) / measured) ** 2)
+        return out
+
+    # The one-standard-error rule: the simplest form whose mean error is within one standard
+    # error of the best form's; a more flexible form must beat the simpler one clearly.
+    errors = {form: loo_errors(form) for form in forms}
+    means = {form: statistics.fmean(e) for form, e in errors.items()}
+    top = min(forms, key=means.__getitem__)
+    threshold = means[top] + statistics.stdev(errors[top]) / math.sqrt(len(samples))
+    best = next(form for form in forms if means[form] <= threshold)
+    return (*fit_correction(samples, ridge, best), best)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -50,7 +51,7 @@ def _rewire(node: Node, defined: set[str], replacement: str) -> Node:
     return replace(node, inputs=inputs)
 
 
-BLOCK_REPEAT_FACTOR = 3
+BLOCK_REPEAT_FACTOR = 5
 
 
 class Measurer:
@@ -159,13 +160,28 @@ class Measurer:
                 times[i].extend(artifact.measure(tokens, warmup=0, repeats=1).times_s)
         return [statistics.median(t) for t in times]
 
-    def measure_block(self, graph: Graph, block: str) -> float:
-        """Seconds a block adds to the stem (never negative)."""
-        # A block is a small difference of two timings, measured once and reused by every
-        # search: it gets BLOCK_REPEAT_FACTOR times the workload's repeats. The stem is timed
-        # again, interleaved with the block, so both sides of the difference see the same drift.
+    def measure_blocks(self, items: Sequence[tuple[Graph, str]]) -> list[float]:
+        """Seconds each ``(graph, block)`` adds to the stem (never negative), measured together.
+
+        A block is a small difference of two timings, measured once and reused by every search:
+        it gets BLOCK_REPEAT_FACTOR times the workload's repeats. The stem and every block graph
+        are timed in the same interleaved rounds (:meth:`measure_graphs`), so all differences
+        see the same machine drift and are comparable with each other. Graphs with different
+        stems (embedding, head) are measured in separate groups."""
         repeats = self.workload.repeats * BLOCK_REPEAT_FACTOR
-        stem, with_block = self.measure_graphs(
-            [stem_graph(graph), block_graph(graph, block)], repeats=repeats
-        )
-        return max(0.0, with_block - stem)
+        out: list[float] = [0.0] * len(items)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, (graph, _) in enumerate(items):
+            key = tuple(repr(n) for n in stem_graph(graph).nodes)
+            groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            stem = stem_graph(items[members[0]][0])
+            graphs = [stem] + [block_graph(*items[i]) for i in members]
+            stem_s, *with_block = self.measure_graphs(graphs, repeats=repeats)
+            for i, seconds in zip(members, with_block, strict=True):
+                out[i] = max(0.0, seconds - stem_s)
+        return out
+
+    def measure_block(self, graph: Graph, block: str) -> float:
+        """Seconds one block adds to the stem (:meth:`measure_blocks` of one)."""
+        return self.measure_blocks([(graph, block)])[0]

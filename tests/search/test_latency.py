@@ -6,7 +6,7 @@ import pytest
 
 from archgen.errors import ArchgenError
 from archgen.search.budget import RelativeBudget, parse_budget, parse_search_budget
-from archgen.search.latency import LatencyTable, fit_correction, trust_report
+from archgen.search.latency import LatencyTable, fit_correction, select_correction, trust_report
 from archgen.search.robust import nearest_neighbour_average, robust_combine
 
 
@@ -101,3 +101,65 @@ def test_search_budgets_may_be_a_percentage_of_the_base_model() -> None:
             parse_search_budget(bad)
     with pytest.raises(ArchgenError):
         parse_budget("90%")  # absolute-only contexts keep refusing it
+
+
+def test_missing_blocks_are_measured_once_all_together(tmp_path) -> None:
+    from archgen import api
+    from archgen.search.latency import LatencyPredictor, Workload
+    from tests.backends.conformance import TINY_SPEC
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_SPEC)
+    graph = api.compile_spec(spec)
+    calls: list[list[str]] = []
+
+    def measure_blocks(items) -> list[float]:
+        calls.append([b for _, b in items])
+        return [0.001 * (i + 1) for i in range(len(items))]
+
+    table = LatencyTable(tmp_path / "t.sqlite", {})
+    predictor = LatencyPredictor(table, Workload(), measure_blocks)
+    blocks = graph.blocks()
+    predictor.ensure_blocks([(graph, b) for b in blocks] * 2)  # duplicates measured once
+    distinct = {predictor.block_seconds(graph, b) for b in blocks}
+    assert len(calls) == 1 and predictor.block_measurements == len(calls[0]) == len(distinct)
+    predictor.predict(graph)  # everything is in the table now: nothing more is measured
+    assert len(calls) == 1
+
+
+def _noisy_samples(n: int, factors: dict[str, float], noise: float, seed: int) -> list:
+    import random
+
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(n):
+        f = {k: rng.randint(0, 6) * 0.004 for k in factors}
+        true = 0.01 + sum(factors[k] * v for k, v in f.items())
+        samples.append((f, true * (1 + rng.gauss(0, noise))))
+    return samples
+
+
+def test_few_noisy_measurements_choose_a_correction_that_keeps_the_table_ranking() -> None:
+    # The table is right (all factors 1), the measurements carry 3 % noise: with 6 of them a
+    # per-kind fit would chase the noise; leave-one-out picks a form with tied weights.
+    factors = {k: 1.0 for k in "ABCDE"}
+    for seed in range(5):
+        _, _, form = select_correction(_noisy_samples(6, factors, 0.03, seed))
+        assert form in ("offset", "scale"), (seed, form)
+
+
+def test_many_measurements_of_real_per_kind_differences_choose_per_kind_factors() -> None:
+    factors = {"A": 1.4, "B": 0.7, "C": 1.0}
+    weights, offset, form = select_correction(_noisy_samples(60, factors, 0.005, 0), ridge=1e-3)
+    assert form == "per-kind"
+    assert weights["A"] == pytest.approx(1.4, rel=0.05) and weights["B"] == pytest.approx(
+        0.7, rel=0.05
+    )
+    assert offset == pytest.approx(0.01, rel=0.2)
+
+
+def test_scale_form_ties_the_weights() -> None:
+    samples = _noisy_samples(12, {"A": 1.2, "B": 1.2}, 0.0, 1)
+    weights, offset = fit_correction(samples, ridge=1e-6, form="scale")
+    assert weights["A"] == weights["B"] == pytest.approx(1.2, rel=1e-3)
+    assert offset == pytest.approx(0.01, rel=1e-2)

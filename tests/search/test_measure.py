@@ -15,7 +15,7 @@ from archgen import api
 from archgen.backends.base import LowerOptions, Measurement
 from archgen.ir.graph import Graph
 from archgen.search.latency import Workload
-from archgen.search.measure import Measurer, block_graph, stem_graph
+from archgen.search.measure import BLOCK_REPEAT_FACTOR, Measurer, block_graph, stem_graph
 from tests.backends.conformance import TINY_SPEC
 
 
@@ -82,3 +82,19 @@ def test_block_is_its_difference_to_the_stem_timed_alongside(graph: Graph) -> No
     seconds = measurer(DriftingMachine(drift=0.0)).measure_block(graph, block)
     expected = 1e-3 * (len(block_graph(graph, block).nodes) - len(stem_graph(graph).nodes))
     assert seconds == pytest.approx(expected)
+
+
+def test_blocks_are_measured_together_against_one_stem_under_drift(graph: Graph) -> None:
+    # Two blocks of different sizes, measured in one interleaved run on a drifting machine:
+    # each difference is its own size (the stem is timed alongside both), and the machine saw
+    # the stem and both block graphs alternate call by call.
+    blocks = graph.blocks()[:2]
+    machine = DriftingMachine(drift=0.0005)  # the last calls run ~5 % slower than the first
+    seconds = measurer(machine).measure_blocks([(graph, b) for b in blocks])
+    for b, s in zip(blocks, seconds, strict=True):
+        expected = 1e-3 * (len(block_graph(graph, b).nodes) - len(stem_graph(graph).nodes))
+        assert s == pytest.approx(expected, rel=0.05)
+    assert len(set(machine.order[:3])) == 3  # stem, block 1, block 2: one warm-up each
+    rounds = [machine.order[i : i + 3] for i in range(3, len(machine.order), 3)]
+    assert all(r == machine.order[:3] for r in rounds)
+    assert len(rounds) == 10 * BLOCK_REPEAT_FACTOR
