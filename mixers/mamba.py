@@ -26,8 +26,12 @@ Three implementations of the scan, picked by ``scan=``:
   ``(channels, L)`` with the state in registers, plus a C++ reverse scan for backward. Built on
   first use; CPU only; a torch custom op, so ``torch.compile(fullgraph=True)`` keeps it in the
   graph. Requesting it where it cannot build is an error.
+* ``"triton"``: a Triton kernel (``archgen.mixers.kernels.selective_scan_triton``), one pass
+  over the sequence per block of channels with the state in registers; CUDA, float32, forward
+  only (no gradients); a ``triton_op``, so it stays in ``torch.compile`` graphs.
 * ``"auto"``: ``"fused"`` on CPU when the kernel builds (else ``"chunked"`` with a warning,
-  once), ``"chunked"`` while exporting and on other devices.
+  once); on CUDA ``"triton"`` when no gradient is needed and triton is installed; otherwise,
+  and while exporting, ``"chunked"``.
 
 The implementation actually used by the last ``forward`` is recorded in ``last_scan_impl``.
 The scan always runs in float32 (float64 when the inputs are float64), also for bf16 modules.
@@ -42,9 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from archgen.mixers.base import DecodeState, TokenMixer
+from archgen.mixers.kernels import HAS_TRITON, triton_available
 from archgen.mixers.kernels import selective_scan as fused_kernel
 
-SCAN_IMPLS = ("auto", "chunked", "fused")
+SCAN_IMPLS = ("auto", "chunked", "fused", "triton")
 
 
 def _scan_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -171,6 +176,10 @@ def _run_scan(
 ) -> torch.Tensor:
     if impl == "fused":
         return fused_kernel.selective_scan(x, dt, a_mat, b, c, d_skip)
+    if impl == "triton":
+        from archgen.mixers.kernels import selective_scan_triton
+
+        return selective_scan_triton.selective_scan(x, dt, a_mat, b, c, d_skip)
     return selective_scan_chunked(x, dt, a_mat, b, c, d_skip, chunk_size)
 
 
@@ -280,10 +289,31 @@ class Mamba(TokenMixer):
     def _gate_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.out_proj(y.to(z.dtype) * F.silu(z))
 
+    def _needs_grad(self, x: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+
     def _resolve_impl(self, x: torch.Tensor) -> str:
         exporting = torch.compiler.is_exporting()
         if self.scan == "chunked":
             return "chunked"
+        if self.scan == "triton":
+            if exporting:
+                raise RuntimeError(
+                    "Mamba(scan='triton') cannot be exported; use scan='chunked' or 'auto'"
+                )
+            if not triton_available(x.device.type):
+                raise RuntimeError(
+                    f"Mamba(scan='triton') needs triton and a CUDA input, got a {x.device} "
+                    f"input{'' if HAS_TRITON else ' and no triton installed'}"
+                )
+            if self._needs_grad(x):
+                raise RuntimeError(
+                    "Mamba(scan='triton') has no backward; use scan='auto' or 'chunked' "
+                    "where gradients are needed"
+                )
+            return "triton"
         if self.scan == "fused":
             if exporting:
                 raise RuntimeError(
@@ -294,7 +324,12 @@ class Mamba(TokenMixer):
                 raise RuntimeError(f"Mamba(scan='fused') is CPU-only, got a {x.device} input")
             fused_kernel.load(required=True)
             return "fused"
-        if exporting or x.device.type != "cpu" or not fused_kernel.available():
+        if exporting:
+            return "chunked"
+        if x.device.type == "cuda":
+            usable = HAS_TRITON and x.dtype != torch.float64 and not self._needs_grad(x)
+            return "triton" if usable else "chunked"
+        if x.device.type != "cpu" or not fused_kernel.available():
             return "chunked"
         return "fused"
 

@@ -145,3 +145,19 @@ def test_search_measures_a_cuda_workload(backend: str) -> None:
     seconds = measurer.measure_graph(graph)
     block = measurer.measure_block(graph, graph.blocks()[0])
     assert 0 < seconds < 1.0 and 0 <= block < seconds
+
+
+@pytest.mark.parametrize("seq", [1, 77, 1000])
+def test_mamba_inference_on_cuda_runs_the_triton_scan(seq: int, rng_seed: int) -> None:
+    graph = api.compile_spec(next(p for p in EXAMPLES if p.stem == "hybrid"))
+    ref = build_model(graph, seed=0, dtype=torch.float64).get_submodule("layers.0.token_mixer")
+    fast = copy.deepcopy(ref).to(CUDA, torch.float32)
+    gen = torch.Generator().manual_seed(rng_seed)
+    x = torch.randn(2, seq, graph.model.d_model, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = fast(x.to(CUDA, torch.float32))
+        want = ref.reference(x)
+    assert fast.last_scan_impl == "triton"  # type: ignore[union-attr]
+    assert_close(y.cpu(), want, torch.float32)
+    fast(x.to(CUDA, torch.float32))  # with gradients: the chunked scan
+    assert fast.last_scan_impl == "chunked"  # type: ignore[union-attr]
