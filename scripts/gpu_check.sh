@@ -26,9 +26,10 @@ export PYTHONPATH=$SITE
 # The tests import the installed archgen: run them from a copy, away from the source tree.
 WORK=/tmp/gpu-tests && rm -rf "$WORK" && mkdir -p "$WORK"
 cp -r tests examples pyproject.toml "$WORK"/
+# PYTEST_K selects tests (pytest -k), e.g. PYTEST_K=triton
 (cd "$WORK" && timeout "${TEST_TIMEOUT:-330}" python3 -m pytest tests/gpu -q -p no:cacheprovider \
-  -o addopts="-ra" 2>&1) | tee "$OUT/pytest.log"
+  -o addopts="-ra" ${PYTEST_K:+-k "$PYTEST_K"} 2>&1) | tee "$OUT/pytest.log"
 
 timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/backends.py --device cuda \
   --specs ${BENCH_SPECS:-transformer hybrid mamba2 scout_swa} --lengths 2048 --batch 8 \
-  --rounds 3 --repeats 10 --out "$OUT/backends_cuda.md" 2>&1 | tee "$OUT/bench.log"
+  --rounds "${BENCH_ROUNDS:-3}" --repeats 10 --out "$OUT/backends_cuda.md" 2>&1 | tee "$OUT/bench.log"
