@@ -59,3 +59,15 @@ class ChannelMixer(nn.Module):
 def param_dtype_kwargs(device: torch.device | str | None, dtype: torch.dtype | None) -> dict:
     """``factory_kwargs`` for ``nn.Linear`` & co., as torch's own modules spell it."""
     return {"device": device, "dtype": dtype}
+
+
+def exporting() -> bool:
+    """Whether ``torch.export`` (and so the ONNX exporter) is tracing this call.
+
+    ``torch.compiler.is_exporting()`` without a torch bug (pytorch/pytorch#176347, fixed after
+    2.11): Dynamo folded that call to True under ``torch.compile`` too, so a compiled Mamba took
+    its export path (on an H200 with torch 2.11, a compiled hybrid model ran 10x slower than
+    eager: benchmarks/results/cuda.md). The flag read here is set by ``torch.export`` alone, and
+    Dynamo reads a module global's current value while it traces."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archgen.mixers.base import DecodeState, TokenMixer
+from archgen.mixers.base import DecodeState, TokenMixer, exporting
 from archgen.mixers.kernels import HAS_TRITON, triton_available
 from archgen.mixers.kernels import selective_scan as fused_kernel
 
@@ -134,7 +134,7 @@ def selective_scan_chunked(
     b_p, c_p = F.pad(b, (0, 0, 0, pad)), F.pad(c, (0, 0, 0, pad))
     n_chunks = dt_p.shape[1] // q
     h0 = x.new_zeros(bsz, dim, n)
-    if torch.compiler.is_exporting():
+    if exporting():
         from torch._higher_order_ops.scan import scan
 
         def chunks(t: torch.Tensor) -> torch.Tensor:  # [B, L', K] -> [L'/Q, B, Q, K]
@@ -295,11 +295,11 @@ class Mamba(TokenMixer):
         )
 
     def _resolve_impl(self, x: torch.Tensor) -> str:
-        exporting = torch.compiler.is_exporting()
+        export = exporting()
         if self.scan == "chunked":
             return "chunked"
         if self.scan == "triton":
-            if exporting:
+            if export:
                 raise RuntimeError(
                     "Mamba(scan='triton') cannot be exported; use scan='chunked' or 'auto'"
                 )
@@ -315,7 +315,7 @@ class Mamba(TokenMixer):
                 )
             return "triton"
         if self.scan == "fused":
-            if exporting:
+            if export:
                 raise RuntimeError(
                     "Mamba(scan='fused') cannot be exported (the C++ kernel is opaque to "
                     "torch.export); use scan='chunked' or scan='auto'"
@@ -324,7 +324,7 @@ class Mamba(TokenMixer):
                 raise RuntimeError(f"Mamba(scan='fused') is CPU-only, got a {x.device} input")
             fused_kernel.load(required=True)
             return "fused"
-        if exporting:
+        if export:
             return "chunked"
         if x.device.type == "cuda":
             usable = HAS_TRITON and x.dtype != torch.float64 and not self._needs_grad(x)
@@ -341,7 +341,7 @@ class Mamba(TokenMixer):
         xs, d_skip = x.to(dt.dtype), self.D.to(dt.dtype)
         impl = self._resolve_impl(u)
         self.last_scan_impl = impl
-        compiling = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+        compiling = torch.compiler.is_compiling() and not exporting()
         run = _run_scan_outside_graph if compiling and impl == "chunked" else _run_scan
         y = run(impl, xs, dt, a_mat, b, c, d_skip, self.chunk_size)
         return self._gate_out(y, z)

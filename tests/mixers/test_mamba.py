@@ -201,7 +201,7 @@ def test_bad_arguments_are_errors():
 
 def test_fused_refuses_export(monkeypatch):
     m = Mamba(8, scan="fused")
-    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    monkeypatch.setattr(torch.compiler, "_is_exporting_flag", True)
     with pytest.raises(RuntimeError, match="cannot be exported"):
         m(torch.randn(1, 5, 8))
 
@@ -317,3 +317,19 @@ def test_onnx_dynamic_length_and_constant_graph(tmp_path):
             assert_close(torch.from_numpy(got), m(u), dtype=torch.float32)
     proto256 = _export(m, 256, tmp_path / "m256.onnx")
     assert _count_nodes(proto.graph) == _count_nodes(proto256.graph)
+
+
+def test_exporting_is_true_under_torch_export_and_false_under_torch_compile():
+    """archgen's export check must not follow torch <= 2.11's is_exporting(), which Dynamo
+    folded to True under torch.compile (pytorch/pytorch#176347)."""
+    from archgen.mixers.base import exporting
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 1 if exporting() else x - 1
+
+    x = torch.zeros(2)
+    assert torch.equal(torch.compile(Probe(), fullgraph=True)(x), x - 1)
+    exported = torch.export.export(Probe(), (x,))
+    assert torch.equal(exported.module()(x), x + 1)
+    assert torch.equal(Probe()(x), x - 1)
