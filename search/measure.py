@@ -51,7 +51,7 @@ def _rewire(node: Node, defined: set[str], replacement: str) -> Node:
     return replace(node, inputs=inputs)
 
 
-BLOCK_REPEAT_FACTOR = 5
+BLOCK_REPEAT_FACTOR = 10
 
 
 class Measurer:
