@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks, in one call on a lent GPU machine (its image has torch, triton, onnxruntime;
-# archgen's other dependencies travel as wheels in .whl/, see benchmarks/results/cuda.md):
+# archgen's other dependencies travel as wheels in .whl/, kept out of git -- fetch them with
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     -d .whl pydantic==2.14.4 pydantic_core==2.50.5 annotated-types typing-inspection \
+#     typing_extensions optuna==5.0.0 alembic colorlog Mako SQLAlchemy greenlet
+# and name .whl in the device call's carry):
 #   1. install archgen (non-editable) beside the image's torch;
 #   2. the CUDA test module (tests/gpu): mixers fwd+bwd on the GPU vs their float64 loop
 #      references, eager/compile backends on the GPU vs the float64 model, search measurement;
