@@ -89,7 +89,8 @@ def test_blocks_are_measured_together_against_one_stem_under_drift(graph: Graph)
     # each difference is its own size (the stem is timed alongside both), and the machine saw
     # the stem and both block graphs alternate call by call.
     blocks = graph.blocks()[:2]
-    machine = DriftingMachine(drift=0.0005)  # the last calls run ~5 % slower than the first
+    calls = 3 * (1 + 10 * BLOCK_REPEAT_FACTOR)  # warm-up, then the rounds, of 3 graphs
+    machine = DriftingMachine(drift=0.05 / calls)  # the last calls run 5 % slower than the first
     seconds = measurer(machine).measure_blocks([(graph, b) for b in blocks])
     for b, s in zip(blocks, seconds, strict=True):
         expected = 1e-3 * (len(block_graph(graph, b).nodes) - len(stem_graph(graph).nodes))
