@@ -144,7 +144,18 @@ def test_forward_and_backward_match_reference_float64(
 
 
 def test_float32_forward_and_backward_match_float64_reference(rng_seed: int) -> None:
-    torch.manual_seed(rng_seed)
+    _check_float32_against_float64(rng_seed)
+
+
+def test_float32_gradients_for_the_draw_that_lost_digits() -> None:
+    """This draw mixes steps of dt*A ~ -25 with near-zero ones in a chunk: in-chunk decays taken
+    as differences of cumsums (~1e3 in magnitude) put A_log's gradient 16x outside the tolerance
+    (0.22x now that they are summed directly)."""
+    _check_float32_against_float64(2011916975)
+
+
+def _check_float32_against_float64(seed: int) -> None:
+    torch.manual_seed(seed)
     ref_model = _make(head_dim=16, chunk_size=64)
     m = _make(head_dim=16, chunk_size=64, dtype=torch.float32)
     m.load_state_dict(ref_model.state_dict())
@@ -173,10 +184,9 @@ def test_bfloat16_forward_matches_float64_reference(rng_seed: int) -> None:
     assert_close(y, ref_model.reference(x), dtype=torch.bfloat16)
 
 
-def test_bfloat16_scan_needs_and_gets_float32_decays(rng_seed: int) -> None:
-    """In-chunk cumulative log-decays reach ~|100| here; a bf16 cumsum at that magnitude is off by
-    up to 0.25, i.e. ~25 % on exp(.). With float32 decays the bf16 scan stays within the bf16
-    tolerance (worst seen 0.25x of it); with bf16 decays it does not (1.5x-5.5x)."""
+def test_bfloat16_scan_with_float32_decays_stays_within_tolerance(rng_seed: int) -> None:
+    """In-chunk cumulative log-decays reach ~|100| here. The scan keeps decays in float32 (dt's
+    dtype) while its matmuls run in bf16, and stays within the bf16 tolerance."""
     torch.manual_seed(rng_seed)
     b, L, h, p, g, n = 2, 128, 4, 12, 1, 5
 
@@ -192,9 +202,6 @@ def test_bfloat16_scan_needs_and_gets_float32_decays(rng_seed: int) -> None:
 
     y = ssd_chunked(bf[0], dt.float(), A.float(), bf[1], bf[2], bf[3], 64)
     assert_close(y, expected, dtype=torch.bfloat16)
-    with pytest.raises(AssertionError):  # the same scan with bf16 decays
-        y_bad = ssd_chunked(bf[0], dt.bfloat16(), A.bfloat16(), bf[1], bf[2], bf[3], 64)
-        assert_close(y_bad, expected, dtype=torch.bfloat16)
 
     m = Mamba2(D_MODEL, d_state=n, head_dim=12, dtype=torch.bfloat16)
     dt_m, A_m = m._dt_and_A(torch.zeros(3, m.heads, dtype=torch.bfloat16))
