@@ -71,34 +71,6 @@ def _scan_fwd_kernel(
         tl.store(y_ptr + (row + t) * dim + offs_d, y_t, mask=mask_d)
 
 
-def _launch(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    a_mat: torch.Tensor,
-    b: torch.Tensor,
-    c: torch.Tensor,
-    d_skip: torch.Tensor,
-    launch: object = None,
-) -> torch.Tensor:
-    bsz, seq, dim = x.shape
-    n = a_mat.shape[1]
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if bsz == 0 or seq == 0:
-        return y
-    grid = (bsz, triton.cdiv(dim, BLOCK_D))
-    kernel = launch if launch is not None else _scan_fwd_kernel
-    kernel[grid](  # type: ignore[index]
-        *(t.contiguous() for t in (x, dt, a_mat, b, c, d_skip)),
-        y,
-        seq,
-        dim,
-        n,
-        BLOCK=BLOCK_D,
-        BLOCK_N=max(2, triton.next_power_of_2(n)),
-    )
-    return y
-
-
 @torch.library.triton_op("archgen::selective_scan_triton", mutates_args=())
 def _scan_op(
     x: torch.Tensor,
@@ -108,7 +80,22 @@ def _scan_op(
     c: torch.Tensor,
     d_skip: torch.Tensor,
 ) -> torch.Tensor:
-    return _launch(x, dt, a_mat, b, c, d_skip, torch.library.wrap_triton(_scan_fwd_kernel))
+    bsz, seq, dim = x.shape
+    n = a_mat.shape[1]
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if bsz == 0 or seq == 0:
+        return y
+    # wrap_triton: torch.compile sees the kernel call and keeps it in the graph
+    torch.library.wrap_triton(_scan_fwd_kernel)[(bsz, triton.cdiv(dim, BLOCK_D))](
+        *(t.contiguous() for t in (x, dt, a_mat, b, c, d_skip)),
+        y,
+        seq,
+        dim,
+        n,
+        BLOCK=BLOCK_D,
+        BLOCK_N=max(2, triton.next_power_of_2(n)),
+    )
+    return y
 
 
 def selective_scan(
