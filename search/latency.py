@@ -118,6 +118,11 @@ class LatencyPredictor:
     correction: str = "offset"  # the form fit_correction chose (CORRECTION_FORMS)
     block_measurements: int = 0  # how many blocks this predictor had to measure (cache misses)
     samples: list[tuple[dict[str, float], float]] = field(default_factory=list)
+    # The table as this predictor first read it, per signature: a prediction reads every block of
+    # a candidate, and the search predicts thousands of candidates. A snapshot also keeps the
+    # predictor consistent with its fitted correction when another worker adds a measurement of
+    # the same block later in the search.
+    _seconds: dict[str, float] = field(default_factory=dict, repr=False)
 
     def block_seconds(self, graph: Graph, block: str) -> float:
         return self._block(graph, block)[1]
@@ -130,21 +135,27 @@ class LatencyPredictor:
         missing: dict[str, tuple[Graph, str]] = {}
         for graph, block in items:
             signature = block_signature(graph, block)
-            if signature not in missing and self.table.get(signature, shape) is None:
+            if signature in self._seconds or signature in missing:
+                continue
+            stored = self.table.get(signature, shape)
+            if stored is None:
                 missing[signature] = (graph, block)
+            else:
+                self._seconds[signature] = stored
         if not missing:
             return
         seconds = self.measure_blocks(list(missing.values()))
         for signature, value in zip(missing, seconds, strict=True):
             self.table.add(signature, shape, self.worker, value)
+            # what the table now says, combined with any other worker's measurement
+            self._seconds[signature] = self.table.get(signature, shape) or value
         self.block_measurements += len(missing)
 
     def _block(self, graph: Graph, block: str) -> tuple[str, float]:
-        self.ensure_blocks([(graph, block)])
         signature = block_signature(graph, block)
-        seconds = self.table.get(signature, self.workload.shape_key())
-        assert seconds is not None
-        return signature, seconds
+        if signature not in self._seconds:
+            self.ensure_blocks([(graph, block)])
+        return signature, self._seconds[signature]
 
     def features(self, graph: Graph) -> dict[str, float]:
         """Table seconds per block kind (signature) of ``graph``."""

@@ -127,6 +127,37 @@ def test_missing_blocks_are_measured_once_all_together(tmp_path) -> None:
     assert len(calls) == 1
 
 
+def test_a_new_predictor_reads_the_table_once_and_measures_nothing(tmp_path, monkeypatch) -> None:
+    from archgen import api
+    from archgen.search.latency import LatencyPredictor, Workload
+    from tests.backends.conformance import TINY_SPEC
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_SPEC)
+    graph = api.compile_spec(spec)
+    table = LatencyTable(tmp_path / "t.sqlite", {})
+    first = LatencyPredictor(table, Workload(), lambda items: [0.002] * len(items))
+    expected = first.predict(graph)
+
+    def must_not_measure(items) -> list[float]:
+        raise AssertionError(f"measured {len(items)} block(s) the table holds")
+
+    reads: list[str] = []
+    original_get = LatencyTable.get
+    monkeypatch.setattr(
+        LatencyTable,
+        "get",
+        lambda self, sig, shape: reads.append(sig) or original_get(self, sig, shape),
+    )
+    second = LatencyPredictor(LatencyTable(tmp_path / "t.sqlite", {}), Workload(), must_not_measure)
+    assert second.predict(graph) == pytest.approx(expected)
+    after_first = len(reads)
+    assert after_first == len({reads[i] for i in range(after_first)})  # one read per signature
+    for _ in range(3):
+        second.predict(graph)
+    assert len(reads) == after_first  # later predictions come from the snapshot
+
+
 def _noisy_samples(n: int, factors: dict[str, float], noise: float, seed: int) -> list:
     import random
 
