@@ -143,31 +143,50 @@ def _describe_budget(budget: float | RelativeBudget | None) -> str:
 def _resolve_relative_budget(
     budget: RelativeBudget,
     p: dict[str, Any],
-    base_graph: Graph | None,
+    base_candidate: Candidate | None,
     evaluator: CandidateEvaluator,
     log: Callable[[str], None],
-) -> tuple[float, bool]:
+) -> float:
     """Seconds for ``N%`` of the base model: the value the study's first run resolved (so a
-    resumed search keeps its budget), else the base model measured now. The flag says whether
-    the base model was measured here (the caller then need not measure it again)."""
+    resumed search keeps its budget), else the base model's measured latency."""
     import optuna
 
     with contextlib.suppress(KeyError):
         stored = optuna.load_study(study_name=p["name"], storage=p["storage"]).user_attrs
         if STUDY_BUDGET in stored:
             log(f"budget {format_seconds(stored[STUDY_BUDGET])} ({budget}, as first resolved)")
-            return float(stored[STUDY_BUDGET]), False
-    if base_graph is None:
+            return float(stored[STUDY_BUDGET])
+    if base_candidate is None:
         raise ArchgenError(
             f"a relative budget ({budget}) needs the spec's base model in the search space",
             hint="give an absolute budget such as --budget 30ms",
         )
-    _, base_s = evaluator.measure(base_graph)
+    _, base_s = evaluator.measure(base_candidate)
     seconds = budget.resolve(base_s)
     log(
         f"base model measures {format_seconds(base_s)}: budget {format_seconds(seconds)} ({budget})"
     )
-    return seconds, True
+    return seconds
+
+
+def _calibrate(
+    baselines: list[Candidate], evaluator: CandidateEvaluator, measurer: Any, log: Log
+) -> None:
+    """Measure the base and homogeneous models together, as the predictor's in-context design
+    (LatencyPredictor.calibrate); the study's baseline trials then reuse these measurements."""
+    from archgen.search.measure import BLOCK_REPEAT_FACTOR
+
+    if not baselines:
+        return
+    graphs = [evaluator.space.graph_for(c) for c in baselines]
+    repeats = measurer.workload.repeats * BLOCK_REPEAT_FACTOR
+    log(f"measuring {len(baselines)} baseline model(s) together ({repeats} interleaved rounds)...")
+    measured = measurer.measure_graphs(graphs, repeats=repeats)
+    before = evaluator.predictor.calibrate(graphs, measured)
+    for candidate, predicted, seconds in zip(baselines, before, measured, strict=True):
+        evaluator.remember(candidate, predicted, seconds)
+    factors = ", ".join(f"{v:.2f}" for v in evaluator.predictor.context.values()) or "none"
+    log(f"  in-context block factors: {factors}")
 
 
 def run_search(
@@ -239,14 +258,13 @@ def run_search(
         policy=LatencyPolicy(budget=None),  # set once the budget is resolved
     )
     base_candidate: Candidate | None = space.base_candidate()
-    base_graph = space.graph_for(base_candidate) if base_candidate is not None else None
-    base_measured = False
+    baselines = space.baseline_candidates()
+    _calibrate(baselines, evaluator, measurer, log)
     if isinstance(budget, RelativeBudget):
-        budget, base_measured = _resolve_relative_budget(budget, p, base_graph, evaluator, log)
+        budget = _resolve_relative_budget(budget, p, base_candidate, evaluator, log)
     evaluator.policy = LatencyPolicy(budget=budget)
     # The cheapest candidate, measured: a budget below it cannot be met by any candidate.
-    cheapest = space.graph_for(per_slot_best)
-    _, cheapest_s = evaluator.measure(cheapest)
+    _, cheapest_s = evaluator.measure(per_slot_best)
     log(f"cheapest candidate measures {format_seconds(cheapest_s)}")
     if budget is not None and cheapest_s > budget:
         raise ArchgenError(
@@ -255,11 +273,9 @@ def run_search(
             f"{w.device}, {w.threads} thread(s))",
             hint="raise --budget, shorten search.workload.seq_len, or add cheaper choices",
         )
-    if base_graph is not None and not base_measured:
-        evaluator.measure(base_graph)
     evaluator.quality, quality_info = _quality(spec, p, options, log)
 
-    setup_checks = list(evaluator.checks)
+    setup_checks = dict(evaluator.known)
     config = StudyConfig(
         name=p["name"],
         n_trials=p["trials"],
@@ -267,7 +283,6 @@ def run_search(
         sampler=s.sampler,
         budget=budget,
     )
-    baselines = ([base_candidate] if base_candidate else []) + space.homogeneous_candidates()
     study = open_study(p["storage"], config, baselines)
     if budget is not None and STUDY_BUDGET not in study.user_attrs:
         study.set_user_attr(STUDY_BUDGET, budget)  # a resumed relative budget reuses it
@@ -304,7 +319,7 @@ def run_search(
         environment=measurer.environment(),
         trials=trials,
         certified=certified,
-        trust=_trust(trials, setup_checks),
+        trust=_trust(trials, setup_checks, space),
         excluded=space.excluded,
         best=best,
         quality_fidelity=_fidelity(spec, options),
@@ -327,16 +342,16 @@ def run_search(
     return SearchOutcome(out, report, best_path)
 
 
-def _trust(trials: list[Any], setup_checks: list[tuple[float, float]]) -> Any:
-    """Rank agreement of predictions made before measuring, over every measured trial of the
-    study (all runs and workers) plus this run's setup measurements."""
+def _trust(trials: list[Any], setup_checks: dict[str, tuple[float, float]], space: Any) -> Any:
+    """Rank agreement of predictions made before measuring, one pair per candidate, over every
+    measured trial of the study (all runs and workers) and this run's setup measurements."""
     from archgen.search.latency import trust_report
 
-    pairs = {}
+    pairs = dict(setup_checks)
     for t in trials:
         if t.user_attrs.get("measured_s") is not None and "same_as" not in t.user_attrs:
-            pairs[t.number] = (t.user_attrs["predicted_s"], t.user_attrs["measured_s"])
-    checks = list(pairs.values()) + setup_checks
+            pairs[space.key(t.params)] = (t.user_attrs["predicted_s"], t.user_attrs["measured_s"])
+    checks = list(pairs.values())
     return trust_report([p for p, _ in checks], [m for _, m in checks])
 
 

@@ -27,8 +27,14 @@ import torch
 
 from archgen.ir.graph import Graph
 from archgen.search.evaluate import LatencyPolicy
-from archgen.search.latency import LatencyPredictor, LatencyTable, Workload, trust_report
-from archgen.search.measure import Measurer
+from archgen.search.latency import (
+    LatencyPredictor,
+    LatencyTable,
+    Workload,
+    select_correction,
+    trust_report,
+)
+from archgen.search.measure import BLOCK_REPEAT_FACTOR, Measurer
 from archgen.search.quality import AnalyticQuality
 from archgen.search.space import SearchSpace
 from archgen.search.study import Evaluation, StudyConfig, open_study, run_worker
@@ -48,8 +54,15 @@ def predictor_trust(
     repeat_check: bool = False,
 ) -> None:
     rng = random.Random(seed)
-    # The search trusts the predictor only after LatencyPolicy.min_samples end-to-end checks:
-    # fit the correction on that many other random candidates first, as the search does.
+    # As the search does: the base and homogeneous models first, measured together, fit the
+    # in-context factors of the block kinds (LatencyPredictor.calibrate); then the search trusts
+    # the predictor only after LatencyPolicy.min_samples end-to-end checks, so the correction is
+    # also fitted on that many other random candidates.
+    baselines = [space.graph_for(c) for c in space.baseline_candidates()]
+    predictor.calibrate(
+        baselines,
+        measurer.measure_graphs(baselines, repeats=measurer.workload.repeats * BLOCK_REPEAT_FACTOR),
+    )
     n_fit = LatencyPolicy().min_samples
 
     def random_graph() -> Graph:
@@ -73,7 +86,10 @@ def predictor_trust(
             f"{ceiling.spearman:.3f}, Kendall {ceiling.kendall:.3f}, "
             f"mean |difference| {ceiling.mape:.1f} %"
         )
-    print(f"\n## Predictor trust ({n} random candidates, correction fitted on {n_fit} others)\n")
+    print(
+        f"\n## Predictor trust ({n} random candidates; in-context factors fitted on "
+        f"{len(baselines)} baseline models, correction on those and {n_fit} other candidates)\n"
+    )
     print("| candidates | Spearman | Kendall | MAPE | latency range (ms) |")
     print("|---:|---:|---:|---:|---|")
     print(
@@ -84,10 +100,20 @@ def predictor_trust(
     for m, pr, g in sorted(zip(measured, predicted, graphs, strict=True), key=lambda t: t[0]):
         print(f"  {m * 1e3:6.1f} / {pr * 1e3:6.1f} / {predictor.block_sum(g) * 1e3:6.1f}")
     sums = [predictor.block_sum(g) for g in graphs]
+    # The same samples without in-context factors: what calibrate() adds, side by side.
+    weights, offset, form = select_correction(predictor.samples, predictor.ridge)
+    plain = [
+        offset + sum(weights.get(k, 1.0) * v for k, v in predictor.table_features(g).items())
+        for g in graphs
+    ]
+    factors = {k[:6]: round(v, 3) for k, v in predictor.context.items()}
+    without = trust_report(plain, measured).spearman
     print(
-        f"correction ({predictor.correction}, chosen by leave-one-out on the {n_fit} fit "
-        f"candidates): offset {predictor.offset * 1e3:.2f} ms, weights {predictor.weights}; "
-        f"the plain block sum ranks with Spearman {trust_report(sums, measured).spearman:.3f}"
+        f"in-context factors per block kind: {factors}\n"
+        f"correction ({predictor.correction}, chosen by leave-one-out): offset "
+        f"{predictor.offset * 1e3:.2f} ms, weights {predictor.weights}\n"
+        f"Spearman of the plain block sum {trust_report(sums, measured).spearman:.3f}; of the "
+        f"predictor without in-context factors ({form}) {without:.3f}"
     )
 
 

@@ -39,23 +39,36 @@ class CandidateEvaluator:
     policy: LatencyPolicy
     # honest trust: predictions made *before* the measurement was fed back to the predictor
     checks: list[tuple[float, float]] = field(default_factory=list)
+    # candidates measured end to end in this process, by SearchSpace.key: (predicted, measured)
+    known: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def trust(self) -> TrustReport:
         return trust_report([p for p, _ in self.checks], [m for _, m in self.checks])
 
-    def measure(self, graph: Graph) -> tuple[float, float]:
-        predicted = self.predictor.predict(graph)
-        measured = self.measure_graph(graph)
+    def remember(self, candidate: Candidate, predicted: float, measured: float) -> None:
+        """Record an end-to-end measurement (and the prediction made before it) of ``candidate``,
+        so that the candidate is not measured again in this process."""
+        self.known[self.space.key(candidate)] = (predicted, measured)
         self.checks.append((predicted, measured))
-        self.predictor.observe(graph, measured)
-        return predicted, measured
+
+    def measure(self, candidate: Candidate) -> tuple[float, float]:
+        """(predicted, measured) seconds of ``candidate``, measured now unless already known."""
+        key = self.space.key(candidate)
+        if key not in self.known:
+            graph = self.space.graph_for(candidate)
+            predicted = self.predictor.predict(graph)
+            measured = self.measure_graph(graph)
+            self.remember(candidate, predicted, measured)
+            self.predictor.observe(graph, measured)
+        return self.known[key]
 
     def __call__(self, candidate: Candidate) -> Evaluation:
         graph = self.space.graph_for(candidate)
         predicted = self.predictor.predict(graph)
         measured = None
-        if self.policy.should_measure(predicted, self.trust()):
-            predicted, measured = self.measure(graph)
+        key = self.space.key(candidate)
+        if key in self.known or self.policy.should_measure(predicted, self.trust()):
+            predicted, measured = self.measure(candidate)
         quality = self.quality(candidate, graph)
         return Evaluation(
             quality=quality,

@@ -4,9 +4,9 @@
   shape, backend, device, library versions). Every worker appends its own measurement; reads
   combine them robustly (:func:`~archgen.search.robust.robust_combine`), so a throttled or faulty
   worker cannot move the table.
-* :class:`LatencyPredictor` sums the blocks of a candidate and applies a fitted linear correction
-  ``measured ~ a * sum(blocks) + b`` for what does not add up (embedding and head, framework
-  overhead, fusion across blocks).
+* :class:`LatencyPredictor` sums the blocks of a candidate, each kind scaled by its in-context
+  factor (fitted on whole models that tell the kinds apart), and applies a fitted linear
+  correction for what does not add up (embedding and head, framework overhead, fusion).
 * :func:`trust_report` says how far the predictor can be trusted: Spearman and Kendall rank
   correlation and mean absolute percentage error on candidates also measured end to end.
 """
@@ -99,13 +99,20 @@ BlockMeasurer = Callable[[Sequence[tuple[Graph, str]]], list[float]]
 
 @dataclass
 class LatencyPredictor:
-    """``predicted = offset + sum over block kinds k of weight_k * (table seconds of k-blocks)``.
+    """``predicted = offset + sum over block kinds k of weight_k * context_k * (table seconds of
+    k-blocks)``.
 
-    The weights start at 1 (the table is taken at its word) and are refitted on every end-to-end
-    measurement by :func:`fit_correction`, which picks the form of the correction the
-    measurements support: an offset only, one shared scale, or a factor per block kind (for a
-    kind whose cost in a whole model differs from its cost measured alone: cache effects,
-    fusion, framework overhead). The offset absorbs the embedding, head and per-call overhead.
+    Two corrections turn the table's isolated blocks into whole-model latency:
+
+    * ``context``, a factor per block kind from :meth:`calibrate`: a block timed alone between the
+      embedding and the head does not cost what it costs among other blocks (caches, memory
+      traffic), and not by one common factor. Whole models that each hold mostly one kind (the
+      base model and the homogeneous ones, which the search measures first anyway) tell each
+      kind's factor apart by design, where a few random candidates cannot.
+    * ``weights`` and ``offset``, refitted on every end-to-end measurement by
+      :func:`select_correction`, which picks the form the measurements support: an offset only,
+      one shared scale, or a factor per block kind. The offset absorbs the embedding, head and
+      per-call overhead.
     """
 
     table: LatencyTable
@@ -113,11 +120,15 @@ class LatencyPredictor:
     measure_blocks: BlockMeasurer
     worker: str = "local"
     ridge: float = 0.5  # penalty on (weight - 1), relative to a typical block-kind total
+    # calibrate()'s design tells the kinds apart, so its factors need only a light pull towards 1:
+    # enough to fix what the design leaves open (a shift shared by all kinds vs the offset).
+    context_ridge: float = 0.05
     offset: float = 0.0
     weights: dict[str, float] = field(default_factory=dict)
     correction: str = "offset"  # the form fit_correction chose (CORRECTION_FORMS)
+    context: dict[str, float] = field(default_factory=dict)  # per block kind, from calibrate()
     block_measurements: int = 0  # how many blocks this predictor had to measure (cache misses)
-    samples: list[tuple[dict[str, float], float]] = field(default_factory=list)
+    samples: list[tuple[dict[str, float], float]] = field(default_factory=list)  # table seconds
     # The table as this predictor first read it, per signature: a prediction reads every block of
     # a candidate, and the search predicts thousands of candidates. A snapshot also keeps the
     # predictor consistent with its fitted correction when another worker adds a measurement of
@@ -157,16 +168,24 @@ class LatencyPredictor:
             self.ensure_blocks([(graph, block)])
         return signature, self._seconds[signature]
 
-    def features(self, graph: Graph) -> dict[str, float]:
-        """Table seconds per block kind (signature) of ``graph``."""
+    def table_features(self, graph: Graph) -> dict[str, float]:
+        """Table seconds per block kind (signature) of ``graph``: the blocks as timed alone."""
         out: dict[str, float] = {}
         for block in graph.blocks():
             signature, seconds = self._block(graph, block)
             out[signature] = out.get(signature, 0.0) + seconds
         return out
 
+    def in_context(self, features: dict[str, float]) -> dict[str, float]:
+        return {k: self.context.get(k, 1.0) * v for k, v in features.items()}
+
+    def features(self, graph: Graph) -> dict[str, float]:
+        """Seconds per block kind of ``graph`` as blocks cost inside a whole model."""
+        return self.in_context(self.table_features(graph))
+
     def block_sum(self, graph: Graph) -> float:
-        return sum(self.features(graph).values())
+        """The plain sum of the table's blocks, before any correction."""
+        return sum(self.table_features(graph).values())
 
     def predict(self, graph: Graph) -> float:
         f = self.features(graph)
@@ -174,8 +193,28 @@ class LatencyPredictor:
 
     def observe(self, graph: Graph, measured: float) -> None:
         """Add an end-to-end measurement and refit the correction."""
-        self.samples.append((self.features(graph), measured))
-        self.weights, self.offset, self.correction = select_correction(self.samples, self.ridge)
+        self.samples.append((self.table_features(graph), measured))
+        self._refit()
+
+    def calibrate(self, graphs: Sequence[Graph], measured: Sequence[float]) -> list[float]:
+        """Fit each block kind's in-context factor on whole models measured together.
+
+        ``graphs`` should be a design that tells the kinds apart -- the homogeneous models, one
+        per choice, and the base model -- measured in one interleaved run. Every kind's factor is
+        pulled towards 1 (ridge), so a kind the design leaves undetermined keeps its table value.
+        The models also join the samples of the correction. Returns what the predictor said of
+        each model *before* it saw the measurements (honest checks for a trust report)."""
+        before = [self.predict(g) for g in graphs]
+        design = [(self.table_features(g), m) for g, m in zip(graphs, measured, strict=True)]
+        if len(design) >= 3:  # fewer cannot separate any factor from the offset
+            self.context, _ = fit_correction(design, self.context_ridge, "per-kind")
+        self.samples.extend(design)
+        self._refit()
+        return before
+
+    def _refit(self) -> None:
+        samples = [(self.in_context(f), m) for f, m in self.samples]
+        self.weights, self.offset, self.correction = select_correction(samples, self.ridge)
 
 
 Samples = Sequence[tuple[dict[str, float], float]]

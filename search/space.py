@@ -117,6 +117,12 @@ class SearchSpace:
         ordered = [c.label for c in self.slots[0].choices if c.label in common]
         return [{s.node: label for s in self.slots} for label in ordered]
 
+    def baseline_candidates(self) -> list[dict[str, str]]:
+        """The base model (when it is in the space) and the homogeneous models, each once."""
+        base = self.base_candidate()
+        out = ([base] if base is not None else []) + self.homogeneous_candidates()
+        return list({self.key(c): c for c in out}.values())
+
     def all_candidates(self) -> Iterator[dict[str, str]]:
         labels = [[c.label for c in s.choices] for s in self.slots]
         for combo in itertools.product(*labels):

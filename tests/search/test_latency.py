@@ -6,7 +6,14 @@ import pytest
 
 from archgen.errors import ArchgenError
 from archgen.search.budget import RelativeBudget, parse_budget, parse_search_budget
-from archgen.search.latency import LatencyTable, fit_correction, select_correction, trust_report
+from archgen.search.latency import (
+    LatencyPredictor,
+    LatencyTable,
+    Workload,
+    fit_correction,
+    select_correction,
+    trust_report,
+)
 from archgen.search.robust import nearest_neighbour_average, robust_combine
 
 
@@ -194,3 +201,77 @@ def test_scale_form_ties_the_weights() -> None:
     weights, offset = fit_correction(samples, ridge=1e-6, form="scale")
     assert weights["A"] == weights["B"] == pytest.approx(1.2, rel=1e-3)
     assert offset == pytest.approx(0.01, rel=1e-2)
+
+
+# In-context calibration: kinds whose isolated block time misstates their cost inside a model.
+ISOLATED_S = {"A": 0.004, "B": 0.003, "C": 0.002, "D": 0.0035, "E": 0.0025}
+IN_CONTEXT = {"A": 0.7, "B": 1.0, "C": 1.3, "D": 0.9, "E": 1.2}  # true factor per kind
+
+
+class _CountPredictor(LatencyPredictor):
+    """A predictor whose 'graphs' are tuples of block kinds, priced from ISOLATED_S."""
+
+    def table_features(self, graph) -> dict[str, float]:  # type: ignore[override]
+        out: dict[str, float] = {}
+        for kind in graph:
+            out[kind] = out.get(kind, 0.0) + ISOLATED_S[kind]
+        return out
+
+
+def _exact_seconds(model: tuple[str, ...]) -> float:
+    return 0.01 + sum(ISOLATED_S[k] * IN_CONTEXT[k] for k in model)
+
+
+def _measured_seconds(model: tuple[str, ...], rng) -> float:
+    return _exact_seconds(model) * (1 + rng.gauss(0, 0.01))
+
+
+def _count_predictor() -> LatencyPredictor:
+    def no_blocks(items) -> list[float]:
+        raise AssertionError("nothing to measure")
+
+    return _CountPredictor(None, Workload(), no_blocks)  # type: ignore[arg-type]
+
+
+def test_calibration_on_homogeneous_models_predicts_in_context_costs() -> None:
+    import random
+
+    from scipy.stats import spearmanr
+
+    for seed in range(3):
+        rng = random.Random(seed)
+        homogeneous = [(k,) * 6 for k in ISOLATED_S]
+        candidates = [tuple(rng.choice("ABCDE") for _ in range(6)) for _ in range(40)]
+        truth = [_exact_seconds(c) for c in candidates]
+        plain = _count_predictor()
+        for model in homogeneous:  # the same measurements as corrections only
+            plain.observe(model, _measured_seconds(model, rng))
+        calibrated = _count_predictor()
+        measured = [_measured_seconds(m, rng) for m in homogeneous]
+        before = [calibrated.predict(m) for m in homogeneous]
+        assert calibrated.calibrate(homogeneous, measured) == pytest.approx(before)
+        # Models of six blocks cannot tell a common shift of the factors from the offset, so
+        # the factors themselves are not pinned down: the predictions are.
+        predicted = [calibrated.predict(c) for c in candidates]
+        assert predicted == pytest.approx(truth, rel=0.02), seed
+        rho = spearmanr(predicted, truth).statistic
+        rho_plain = spearmanr([plain.predict(c) for c in candidates], truth).statistic
+        assert rho > 0.9 and rho > rho_plain + 0.2, (seed, rho, rho_plain)
+
+
+def test_kinds_the_design_does_not_cover_keep_their_table_value() -> None:
+    import random
+
+    rng = random.Random(0)
+    design = [(k,) * 6 for k in "ABC"]
+    predictor = _count_predictor()
+    predictor.calibrate(design, [_measured_seconds(m, rng) for m in design])
+    assert set(predictor.context) == {"A", "B", "C"}
+    assert predictor.in_context({"D": 0.002})["D"] == 0.002
+    assert len(predictor.samples) == 3  # the design also feeds the correction
+
+
+def test_calibration_needs_three_models_to_separate_factors_from_the_offset() -> None:
+    predictor = _count_predictor()
+    predictor.calibrate([("A",) * 6, ("B",) * 6], [0.03, 0.03])
+    assert predictor.context == {}
