@@ -12,7 +12,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from archgen.search.latency import TrustReport
-from archgen.search.study import ERROR, feasible
+from archgen.search.study import ERROR, evaluates, feasible
 from archgen.train.checkpoint import write_text_atomic
 
 
@@ -51,6 +51,9 @@ def build_report(
     fidelity_check: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     states = {s.name.lower(): sum(t.state is s for t in trials) for s in TrialState}
+    # complete = evaluated + repeats (a repeat reuses an earlier trial's result)
+    states["evaluated"] = sum(t.state is TrialState.COMPLETE and evaluates(t) for t in trials)
+    states["repeats"] = sum(not evaluates(t) for t in trials)
     return {
         "model": spec_name,
         "budget_s": budget_s,

@@ -3,14 +3,19 @@
 Each worker runs an ask/tell loop over a shared storage until the study holds ``n_trials``
 complete trials:
 
-* **exact count**: a trial only runs if fewer than ``n_trials`` trials with lower numbers are
-  complete, running or waiting; so however many workers race, exactly ``n_trials`` complete.
+* **exact count**: ``n_trials`` is the number of distinct candidates evaluated. A trial only
+  runs if fewer than ``n_trials`` evaluating trials with lower numbers are complete, running or
+  waiting; so however many workers race, exactly ``n_trials`` candidates are evaluated (or every
+  candidate of a smaller space).
 * **heartbeats**: a thread stamps each running trial; a trial whose stamp is older than the grace
   period belongs to a killed worker and is marked failed and re-queued (at most ``max_retry``
   times). Rerunning the same command after a SIGKILL therefore resumes without loss.
 * **failures**: an evaluation that raises is recorded as a failed trial with its error message,
   and the study continues.
-* **no duplicate work**: a candidate identical to a completed one reuses its result.
+* **no duplicate work**: a candidate identical to a completed one reuses its result (the trial
+  is marked ``same_as`` and tells the sampler the known values) and does not count towards
+  ``n_trials``: in a small space a converged sampler proposes repeats often (a sixth of the
+  trials of the efficiency benchmark), and each would otherwise cost an evaluation.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from archgen.search.space import Candidate, SearchSpace
 HEARTBEAT = "archgen:heartbeat"
 ERROR = "archgen:error"
 RETRIES = "archgen:retries"
+SAME_AS = "same_as"
 BUDGET_CONSTRAINT = "latency_over_budget_s"
 
 
@@ -65,7 +71,13 @@ def make_sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSample
         return optuna.samplers.NSGAIISampler(seed=seed)
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # constant_liar: a trial another worker is running counts as a poor result, so
+        # concurrent workers do not all propose the same promising candidate.
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=8, multivariate=True, constant_liar=True
+        )
 
 
 def open_study(
@@ -141,16 +153,31 @@ def fail_stale_trials(study: optuna.Study, config: StudyConfig) -> list[int]:
     return failed
 
 
+def evaluates(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` evaluates its candidate (not a repeat of an earlier trial's)."""
+    return SAME_AS not in trial.user_attrs
+
+
 def _active_before(trials: Sequence[FrozenTrial], number: int) -> int:
     active = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-    return sum(1 for t in trials if t.number < number and t.state in active)
+    return sum(1 for t in trials if t.number < number and t.state in active and evaluates(t))
 
 
-def _same_candidate(trials: Sequence[FrozenTrial], params: dict[str, Any]) -> FrozenTrial | None:
-    for t in trials:
-        if t.state is TrialState.COMPLETE and t.params == params:
-            return t
-    return None
+def _same_candidate(
+    study: optuna.Study, trial: optuna.Trial, params: dict[str, Any], config: StudyConfig
+) -> FrozenTrial | None:
+    """A complete trial of the same candidate, waiting first for one that an earlier trial (of
+    another worker) is still evaluating, so the candidate is not evaluated twice at once."""
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        same = [t for t in trials if t.params == params and t.number != trial.number]
+        done = [t for t in same if t.state is TrialState.COMPLETE and evaluates(t)]
+        if done:
+            return done[0]
+        if not any(t.state is TrialState.RUNNING and t.number < trial.number for t in same):
+            return None
+        time.sleep(config.heartbeat_interval / 2)
+        fail_stale_trials(study, config)  # that worker may have been killed
 
 
 def run_worker(
@@ -161,27 +188,37 @@ def run_worker(
     *,
     on_trial: Callable[[FrozenTrial], None] | None = None,
 ) -> None:
-    """Run trials until the study holds ``config.n_trials`` complete trials."""
+    """Run trials until the study holds ``config.n_trials`` complete evaluating trials, or every
+    candidate of a smaller space. A study also ends after ``n_trials`` repeats or ``n_trials``
+    failures (at least ten): a sampler that only repeats, or a space whose every candidate
+    crashes, must not keep a worker busy forever."""
+    target = min(config.n_trials, space.size())
+    give_up = max(config.n_trials, 10)
     while True:
         fail_stale_trials(study, config)
         trials = study.get_trials(deepcopy=False)
-        complete = sum(t.state is TrialState.COMPLETE for t in trials)
+        complete = sum(t.state is TrialState.COMPLETE and evaluates(t) for t in trials)
         running = sum(t.state is TrialState.RUNNING for t in trials)
-        if complete >= config.n_trials:
+        repeats = sum(not evaluates(t) for t in trials)
+        failed = sum(t.state is TrialState.FAIL for t in trials)
+        if complete >= target or repeats >= give_up or failed >= give_up:
             return
-        if complete + running >= config.n_trials:
+        if complete + running >= target:
             time.sleep(config.heartbeat_interval)  # others are finishing the last trials
             continue
         trial = study.ask()
+        # Seeded by the trial number, which is unique across workers: two workers started
+        # together would otherwise share a seed and propose the same candidates in lockstep.
+        study.sampler = make_sampler(config, trial.number)
         with _Heartbeat(study, trial._trial_id, config.heartbeat_interval):
-            if _active_before(study.get_trials(deepcopy=False), trial.number) >= config.n_trials:
+            if _active_before(study.get_trials(deepcopy=False), trial.number) >= target:
                 study.tell(trial, state=TrialState.PRUNED)  # lost a race: enough trials exist
                 continue
             candidate = {
                 s.node: trial.suggest_categorical(s.node, [c.label for c in s.choices])
                 for s in space.slots
             }
-            previous = _same_candidate(study.get_trials(deepcopy=False), candidate)
+            previous = _same_candidate(study, trial, candidate, config)
             try:
                 if previous is not None:
                     for key, value in previous.user_attrs.items():
@@ -189,7 +226,7 @@ def run_worker(
                             trial.set_user_attr(key, value)
                     for key, value in previous.constraints.items():
                         trial.set_constraint(key, value)
-                    trial.set_user_attr("same_as", previous.number)
+                    trial.set_user_attr(SAME_AS, previous.number)
                     values = previous.values
                 else:
                     result = evaluate(candidate)
@@ -221,7 +258,7 @@ def pareto_front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """Complete, feasible, non-dominated trials (quality up, latency down), one per candidate."""
     pool = {}
     for t in trials:
-        if t.state is TrialState.COMPLETE and feasible(t) and "same_as" not in t.user_attrs:
+        if t.state is TrialState.COMPLETE and feasible(t) and evaluates(t):
             pool.setdefault(tuple(sorted(t.params.items())), t)
     cands = list(pool.values())
     front = []

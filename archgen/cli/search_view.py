@@ -11,12 +11,14 @@ from rich.table import Table
 from rich.text import Text
 
 from archgen.search.budget import format_seconds
+from archgen.search.study import evaluates
 
 
 class SearchView:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.done = 0
+        self.repeats = 0
         self.failed = 0
         self.best: float | None = None
         self._live = Live(Text(""), console=console, refresh_per_second=4, transient=True)
@@ -32,7 +34,9 @@ class SearchView:
         self.console.print(message, markup=False, highlight=False)
 
     def trial(self, trial: FrozenTrial) -> None:
-        if trial.state is TrialState.COMPLETE:
+        if trial.state is TrialState.COMPLETE and not evaluates(trial):
+            self.repeats += 1
+        elif trial.state is TrialState.COMPLETE:
             self.done += 1
             if all(c <= 0 for c in trial.constraints.values()):
                 q = trial.values[0]
@@ -42,7 +46,10 @@ class SearchView:
             self.log(f"trial {trial.number} failed: {trial.user_attrs.get('archgen:error')}")
         best = "-" if self.best is None else f"{self.best:.4f}"
         self._live.update(
-            Text(f"trials done {self.done}  failed {self.failed}  best feasible quality {best}")
+            Text(
+                f"candidates evaluated {self.done}  repeats {self.repeats}  failed {self.failed}"
+                f"  best feasible quality {best}"
+            )
         )
 
     def summary(self, outcome: Any) -> None:

@@ -14,14 +14,26 @@ import pytest
 from optuna.trial import TrialState
 
 from archgen.search.storage import open_storage
+from archgen.search.study import evaluates
 from tests.conftest import ROOT
 
 WORKER = [sys.executable, "-m", "tests.search.fake_worker"]
 
 
+def _evaluated(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Complete trials that evaluated their candidate, checked to be distinct candidates; every
+    repeat must point at one of them."""
+    done = [t for t in study.trials if t.state is TrialState.COMPLETE and evaluates(t)]
+    assert len({tuple(sorted(t.params.items())) for t in done}) == len(done), "evaluated twice"
+    numbers = {t.number for t in done}
+    for t in study.trials:
+        if not evaluates(t):
+            assert t.user_attrs["same_as"] in numbers and t.state is TrialState.COMPLETE
+    return done
+
+
 def _complete(url: str) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name="fake", storage=open_storage(url))
-    return [t for t in study.trials if t.state is TrialState.COMPLETE]
+    return _evaluated(optuna.load_study(study_name="fake", storage=open_storage(url)))
 
 
 def _run(url: str, n: int, sleep: float, *extra: str, study: str = "fake") -> subprocess.Popen:
@@ -33,7 +45,7 @@ def test_exact_count_failures_recorded_and_study_continues(tmp_path) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
     assert _run(url, 14, 0.0, "mamba").wait(timeout=120) == 0
     study = optuna.load_study(study_name="fake", storage=open_storage(url))
-    done = [t for t in study.trials if t.state is TrialState.COMPLETE]
+    done = _evaluated(study)
     failed = [t for t in study.trials if t.state is TrialState.FAIL]
     assert len(done) == 14
     assert failed, "a candidate with two mamba layers should have crashed"
@@ -67,7 +79,7 @@ def test_sigkill_then_rerun_completes_without_loss_or_duplicates(tmp_path) -> No
     assert 3 <= before < 10, "the worker must be killed mid-run"
     assert _run(url, 10, 0.05).wait(timeout=120) == 0
     study = optuna.load_study(study_name="fake", storage=open_storage(url))
-    done = [t for t in study.trials if t.state is TrialState.COMPLETE]
+    done = _evaluated(study)
     assert len(done) == 10
     assert len({t.number for t in done}) == 10
     killed = [t for t in study.trials if t.state is TrialState.FAIL]
@@ -81,7 +93,7 @@ def _two_workers(url: str, n: int, name: str = "fake") -> None:
     workers = [_run(url, n, 0.05, study=name), _run(url, n, 0.05, study=name)]
     assert [w.wait(timeout=180) for w in workers] == [0, 0]
     study = optuna.load_study(study_name=name, storage=open_storage(url))
-    done = [t for t in study.trials if t.state is TrialState.COMPLETE]
+    done = _evaluated(study)
     assert len(done) == n
     assert len({t.number for t in done}) == n
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -98,3 +110,53 @@ def test_two_workers_share_a_journal_file(tmp_path) -> None:
 def test_two_workers_share_postgresql() -> None:
     # one fresh study per run: the database outlives the test
     _two_workers(os.environ["ARCHGEN_TEST_POSTGRES"], 16, name=f"fake-{uuid.uuid4().hex[:8]}")
+
+
+def _in_process_study(tmp_path, layers: int, n: int, sampler: str = "tpe") -> optuna.Study:
+    from archgen.search.study import StudyConfig, open_study
+    from tests.search.fake_worker import fake_space
+
+    config = StudyConfig("small", n, seed=3, sampler=sampler, budget=1.0)
+    storage = open_storage(f"sqlite:///{tmp_path}/small.db")
+    return open_study(storage, config, fake_space(layers).homogeneous_candidates()), config
+
+
+def test_repeats_reuse_results_and_do_not_count_towards_the_trials(tmp_path) -> None:
+    from archgen.search.study import run_worker
+    from tests.search.fake_worker import fake_evaluator, fake_space
+
+    space = fake_space(2)  # 16 candidates: drawing 8 distinct ones at random repeats some
+    study, config = _in_process_study(tmp_path, 2, 8, sampler="random")
+    calls: list[dict] = []
+    evaluate = fake_evaluator(0.0)
+    run_worker(study, space, lambda c: calls.append(c) or evaluate(c), config)
+    done = _evaluated(study)
+    repeats = [t for t in study.trials if not evaluates(t)]
+    assert len(done) == len(calls) == 8
+    assert repeats, "this seed's random draws repeat candidates"
+    for t in repeats:
+        assert t.values == study.trials[t.user_attrs["same_as"]].values
+
+
+def test_a_space_smaller_than_the_trials_ends_after_every_candidate(tmp_path) -> None:
+    from archgen.search.study import run_worker
+    from tests.search.fake_worker import fake_evaluator, fake_space
+
+    space = fake_space(1)  # 4 candidates
+    study, config = _in_process_study(tmp_path, 1, 30)
+    run_worker(study, space, fake_evaluator(0.0), config)
+    assert len(_evaluated(study)) == 4
+
+
+def test_a_space_whose_every_candidate_crashes_ends(tmp_path) -> None:
+    from archgen.search.study import run_worker
+    from tests.search.fake_worker import fake_space
+
+    def crash(candidate) -> None:
+        raise MemoryError("out of memory")
+
+    study, config = _in_process_study(tmp_path, 3, 12)
+    run_worker(study, fake_space(3), crash, config)
+    failed = [t for t in study.trials if t.state is TrialState.FAIL]
+    assert len(failed) == 12 and not _evaluated(study)
+    assert all("MemoryError: out of memory" in t.user_attrs["archgen:error"] for t in failed)
