@@ -194,9 +194,9 @@ def main() -> None:
         f"- torch {torch.__version__}, transformers {transformers.__version__}, Python "
         f"{platform.python_version()}",
         f"- Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} on "
-        f"{os.cpu_count()} cores: the machine was shared with other engineers' jobs. Calls are "
-        "interleaved (HF, archgen, HF, ...) so drift hits both sides alike, but absolute ms are "
-        "inflated and move by 20-30 % between runs; compare ratios.",
+        f"{os.cpu_count()} cores (above the core count, other jobs shared the machine). Calls "
+        "are interleaved (HF, archgen, HF, ...) so drift hits both sides alike; absolute ms move "
+        "with the machine's load between runs, compare ratios.",
         f"- Config: hidden {HIDDEN}, head_dim {HEAD_DIM}, state {STATE}, expand 2 (24 heads), "
         "conv 4, float32, batch 1, inference mode. HF defaults otherwise (`n_groups=8`, "
         "`chunk_size=256`); n_groups=1 is the configuration of perf-anchors §3, and HF with "

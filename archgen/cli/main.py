@@ -149,7 +149,9 @@ def search(
             "(overrides search.budget)"
         ),
     ] = None,
-    trials: Annotated[int | None, typer.Option(min=1, help="trials to complete")] = None,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="candidates to evaluate (repeats are free)")
+    ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="output folder")] = None,
     storage: Annotated[
         str | None,

@@ -66,7 +66,9 @@ class SlotSpec(_Section):
 
 class SearchSpec(_Section):
     budget: str | None = Field(None, description="latency budget, e.g. 10ms")
-    trials: int = Field(40, ge=1, le=1_000_000)
+    trials: int = Field(
+        40, ge=1, le=1_000_000, description="distinct candidates to evaluate (repeats are free)"
+    )
     seed: int = Field(0, ge=0)
     sampler: Literal["tpe", "nsga2", "random"] = Field("tpe")
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
