@@ -346,10 +346,11 @@ def _trust(trials: list[Any], setup_checks: dict[str, tuple[float, float]], spac
     """Rank agreement of predictions made before measuring, one pair per candidate, over every
     measured trial of the study (all runs and workers) and this run's setup measurements."""
     from archgen.search.latency import trust_report
+    from archgen.search.study import evaluates
 
     pairs = dict(setup_checks)
     for t in trials:
-        if t.user_attrs.get("measured_s") is not None and "same_as" not in t.user_attrs:
+        if t.user_attrs.get("measured_s") is not None and evaluates(t):
             pairs[space.key(t.params)] = (t.user_attrs["predicted_s"], t.user_attrs["measured_s"])
     checks = list(pairs.values())
     return trust_report([p for p, _ in checks], [m for _, m in checks])
