@@ -170,7 +170,11 @@ def _resolve_relative_budget(
 
 
 def _calibrate(
-    baselines: list[Candidate], evaluator: CandidateEvaluator, measurer: Any, log: Log
+    baselines: list[Candidate],
+    evaluator: CandidateEvaluator,
+    measurer: Any,
+    kind_names: dict[str, str],
+    log: Log,
 ) -> None:
     """Measure the base and homogeneous models together, as the predictor's in-context design
     (LatencyPredictor.calibrate); the study's baseline trials then reuse these measurements."""
@@ -185,8 +189,9 @@ def _calibrate(
     before = evaluator.predictor.calibrate(graphs, measured)
     for candidate, predicted, seconds in zip(baselines, before, measured, strict=True):
         evaluator.remember(candidate, predicted, seconds)
-    factors = ", ".join(f"{v:.2f}" for v in evaluator.predictor.context.values()) or "none"
-    log(f"  in-context block factors: {factors}")
+    context = evaluator.predictor.context
+    factors = ", ".join(f"{kind_names.get(k, k[:8])} {v:.2f}" for k, v in context.items())
+    log(f"  in-context block factors: {factors or 'none'}")
 
 
 def run_search(
@@ -197,7 +202,7 @@ def run_search(
     on_trial: Callable[[Any], None] | None = None,
 ) -> SearchOutcome:
     from archgen.search.evaluate import CandidateEvaluator, LatencyPolicy
-    from archgen.search.latency import LatencyPredictor, LatencyTable, Workload
+    from archgen.search.latency import LatencyPredictor, LatencyTable, Workload, block_signature
     from archgen.search.measure import Measurer
     from archgen.search.report import Certified, build_report, write_json_atomic, write_plots
     from archgen.search.storage import quiet_optuna
@@ -259,7 +264,8 @@ def run_search(
     )
     base_candidate: Candidate | None = space.base_candidate()
     baselines = space.baseline_candidates()
-    _calibrate(baselines, evaluator, measurer, log)
+    kind_names = {block_signature(g, b): label for v in variants.values() for label, g, b in v}
+    _calibrate(baselines, evaluator, measurer, kind_names, log)
     if isinstance(budget, RelativeBudget):
         budget = _resolve_relative_budget(budget, p, base_candidate, evaluator, log)
     evaluator.policy = LatencyPolicy(budget=budget)

@@ -66,6 +66,12 @@ def test_search_on_null_backend_writes_report_plots_and_a_valid_best_spec(spec, 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "excluded layers.0.token_mixer = dense: not causal" in result.stdout
     assert "Pareto set" in result.stdout
+    # the baselines (base = all mamba, and one homogeneous model per choice) calibrate the
+    # predictor, each block kind named by its choice
+    assert "measuring 4 baseline model(s) together" in result.stdout
+    factors = next(ln for ln in result.stdout.splitlines() if "in-context block factors" in ln)
+    for label in ("mamba", "swa(window=8)", "swa(window=32)", "attention"):
+        assert f"{label} " in factors
     report = json.loads((out / "report.json").read_text())
     trials = report["trials"]
     assert trials["evaluated"] == 10  # distinct candidates; repeats reuse a result
