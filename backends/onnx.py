@@ -92,6 +92,7 @@ DECODE_EXPORTABLE: dict[type[ops.Op], str] = {
     ops.SlidingWindowAttention: "fixed-size ring buffer",
     ops.Mamba: "fixed-size conv + SSM state",
     ops.Mamba2: "fixed-size conv + SSM state",
+    ops.CheckpointAttention: "fixed-size checkpoint cache, ceil(max_seq_len / s) slots",
 }
 
 

@@ -106,8 +106,11 @@ class ArchModel(nn.Module):
     ) -> dict[str, DecodeState]:
         weight = next(self.parameters())
         dtype, device = weight.dtype, device or weight.device
+        max_len = self.graph.model.max_seq_len
         return {
-            name: self.get_submodule(name).init_state(batch, device=device, dtype=dtype)
+            name: self.get_submodule(name).init_state(
+                batch, device=device, dtype=dtype, max_len=max_len
+            )
             for name in self._token_mixers
         }
 

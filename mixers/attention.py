@@ -98,7 +98,12 @@ class Attention(TokenMixer):
 
     # -- decoding: a KV cache that grows by one entry per token --------------------------------
     def init_state(
-        self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        max_len: int | None = None,
     ) -> DecodeState:
         dtype = dtype or self.q_proj.weight.dtype
         empty = torch.zeros(batch, self.kv_heads, 0, self.head_dim, device=device, dtype=dtype)

@@ -8,8 +8,10 @@ A token mixer maps ``[B, L, D] -> [B, L, D]``. It has two implementations of the
 
 Causal mixers also decode one token at a time:
 
-* ``init_state(batch)`` returns the decode state as a tuple of tensors (so a decode step can be
-  exported to ONNX with the state as explicit inputs/outputs);
+* ``init_state(batch, max_len=...)`` returns the decode state as a tuple of tensors (so a decode
+  step can be exported to ONNX with the state as explicit inputs/outputs); ``max_len`` is the
+  longest sequence the state must serve (the model's ``max_seq_len``), for mixers that
+  preallocate a state growing with the sequence (SCOUT's checkpoint cache);
 * ``step(x_t, state, pos)`` consumes one token ``x_t: [B, D]`` at position ``pos`` (a 0-d int64
   tensor, so exported decode graphs take it as an input) and returns ``(y_t, new_state)``.
 
@@ -35,7 +37,12 @@ class TokenMixer(nn.Module):
         raise NotImplementedError
 
     def init_state(
-        self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        max_len: int | None = None,
     ) -> DecodeState:
         raise NotImplementedError(f"{type(self).__name__} does not support incremental decoding")
 

@@ -140,28 +140,52 @@ class CheckpointAttention(Attention):
 
     # -- decoding: a cache of checkpoint keys/values only --------------------------------------
     def init_state(
-        self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        max_len: int | None = None,
     ) -> DecodeState:
+        """``(k_ckpt, v_ckpt)``, each ``[B, kv_heads, ceil(max_len / s), head_dim]``: one slot per
+        segment that can complete within ``max_len`` tokens, filled as segments complete. The
+        size is fixed (like the sliding window's ring buffer), so one exported step graph serves
+        every position; the cache is still ``s`` times smaller than an attention KV cache."""
+        if max_len is None or max_len < 1:
+            raise ValueError(
+                "CheckpointAttention.init_state needs max_len (the longest sequence to decode; "
+                f"ArchModel passes the model's max_seq_len), got {max_len!r}"
+            )
         dtype = dtype or self.q_proj.weight.dtype
-        empty = torch.zeros(batch, self.kv_heads, 0, self.head_dim, device=device, dtype=dtype)
+        slots = -(-max_len // self.segment_size)
+        shape = (batch, self.kv_heads, slots, self.head_dim)
+        empty = torch.zeros(shape, device=device, dtype=dtype)
         return (empty, empty.clone())
 
     def step(
         self, x: torch.Tensor, state: DecodeState, pos: torch.Tensor
     ) -> tuple[torch.Tensor, DecodeState]:
-        """One token. Every cached checkpoint is strictly earlier than ``pos`` (it was appended
-        after its own step), so attention needs no mask: ``[checkpoints ; current token]``.
+        """One token: attention over ``[checkpoints before pos ; current token]``, then the
+        token's key/value go to slot ``pos // s`` when it closes its segment (``pos % s == s - 1``).
 
-        The append (when ``pos % s == s - 1``) is decided on the host from ``int(pos)``, as in the
-        SCOUT reference: an exported step graph would take the checkpoint cache with a dynamic
-        length as input and leave the conditional append to the caller.
+        Checkpoints strictly before ``pos`` are those of segments ``0 .. pos // s - 1``, i.e. the
+        slots below ``pos // s``: a mask on a fixed-size cache, with tensor ops only, so the
+        exported step graph takes ``pos`` as an input (no host-side branch on its value).
         """
         k_cache, v_cache = state
-        q, k, v = self.project(x[:, None], pos.reshape(1))
-        keys = torch.cat([k_cache, k], dim=2)
-        values = torch.cat([v_cache, v], dim=2)
+        s = self.segment_size
+        q, k, v = self.project(x[:, None], pos.reshape(1))  # keys stored already rotated
+        slots = torch.arange(k_cache.shape[2], device=x.device)
+        segment = torch.div(pos, s, rounding_mode="floor")
+        seen = torch.cat([slots < segment, slots.new_ones(1, dtype=torch.bool)])
         groups = self.heads // self.kv_heads
-        y = F.scaled_dot_product_attention(q, repeat_kv(keys, groups), repeat_kv(values, groups))
-        if int(pos) % self.segment_size == self.segment_size - 1:
-            k_cache, v_cache = keys, values
+        y = F.scaled_dot_product_attention(
+            q,
+            repeat_kv(torch.cat([k_cache, k], dim=2), groups),
+            repeat_kv(torch.cat([v_cache, v], dim=2), groups),
+            attn_mask=seen.view(1, 1, 1, -1),
+        )
+        write = ((slots == segment) & (pos % s == s - 1)).view(1, 1, -1, 1)
+        k_cache = torch.where(write, k, k_cache)
+        v_cache = torch.where(write, v, v_cache)
         return self.merge_heads(y)[:, 0], (k_cache, v_cache)

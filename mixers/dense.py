@@ -119,7 +119,12 @@ class DenseMixer(TokenMixer):
             )
 
     def init_state(
-        self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        max_len: int | None = None,
     ) -> DecodeState:
         self._check_decodable()
         dtype = dtype or self.mixing.dtype

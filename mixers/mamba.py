@@ -375,7 +375,12 @@ class Mamba(TokenMixer):
 
     # -- decoding: conv window + SSM state, O(1) per token -------------------------------------
     def init_state(
-        self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        max_len: int | None = None,
     ) -> DecodeState:
         """``(conv_state [B, Din, d_conv-1], ssm_state [B, Din, N])``; the SSM state is float32
         at least, like the decays of ``forward``."""

@@ -374,7 +374,12 @@ class Mamba2(TokenMixer):
 
     # -- decoding: conv window + SSM state, O(1) per token ---------------------------------------
     def init_state(
-        self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        max_len: int | None = None,
     ) -> DecodeState:
         """``(conv [B, conv_dim, d_conv - 1], ssm [B, H, P, N])``, zeros (= empty history)."""
         dtype = dtype or self.in_proj.weight.dtype

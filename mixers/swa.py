@@ -182,7 +182,12 @@ class SlidingWindowAttention(Attention):
 
     # -- decoding: a ring buffer of the last `window` keys/values ------------------------------
     def init_state(
-        self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        max_len: int | None = None,
     ) -> DecodeState:
         dtype = dtype or self.q_proj.weight.dtype
         shape = (batch, self.kv_heads, self.window, self.head_dim)

@@ -120,20 +120,54 @@ def test_hybrid_decode_steps_reproduce_the_full_forward(tmp_path: Path, rng_seed
     assert not violations(m, tolerance_for("onnx", "float32")), m
 
 
-def test_mixers_without_a_traceable_step_get_no_decode_graph_and_a_note(tmp_path: Path) -> None:
-    spec = """\
+SCOUT_SPEC = """\
 model:
   name: tiny-scout
   vocab_size: 64
   d_model: 32
   max_seq_len: 64
   layers:
-    - token_mixer: {kind: checkpoint_attention, heads: 4, segment_size: 4}
+    - token_mixer: {kind: checkpoint_attention, heads: 4, kv_heads: 2, segment_size: 4}
+      channel_mixer: {kind: swiglu, hidden: 48}
+    - token_mixer: {kind: mamba, d_state: 4}
       channel_mixer: null
 """
-    artifact = get_backend("onnx").lower(tiny_graph(tmp_path, spec), LowerOptions(max_seq=64))
+
+
+def test_checkpoint_attention_decode_steps_reproduce_the_full_forward(
+    tmp_path: Path, rng_seed: int
+) -> None:
+    """SCOUT's checkpoint cache (a fixed number of slots, filled as segments complete) in one
+    decode graph, over several segments and a partial one."""
+    graph = tiny_graph(tmp_path, SCOUT_SPEC)
+    artifact = get_backend("onnx").lower(graph, LowerOptions(max_seq=64))
+    assert isinstance(artifact, OnnxArtifact) and artifact.decode_session is not None
+    tokens = random_tokens(graph, 2, 15, rng_seed)
+    full = reference_artifact(graph, artifact.meta.options).run(tokens)
+    state = artifact.init_state(2)
+    assert state[0].shape == (2, 2, 16, 8)  # ceil(64 / 4) checkpoint slots, fixed
+    steps = []
+    for t in range(tokens.shape[1]):
+        logits, state = artifact.step(tokens[:, t], t, state)
+        steps.append(logits)
+    m = compare(full, torch.stack(steps, dim=1), logits=True)
+    assert not violations(m, tolerance_for("onnx", "float32")), m
+
+
+def test_mixers_without_a_traceable_step_get_no_decode_graph_and_a_note(tmp_path: Path) -> None:
+    spec = """\
+model:
+  name: tiny-dense
+  vocab_size: 64
+  d_model: 32
+  max_seq_len: 16
+  layers:
+    - token_mixer: {kind: dense, causal: true}
+      channel_mixer: null
+"""
+    artifact = get_backend("onnx").lower(tiny_graph(tmp_path, spec), LowerOptions(max_seq=16))
     assert artifact.decode_session is None  # type: ignore[attr-defined]
-    assert any("layers.0.token_mixer (checkpoint_attention)" in n for n in artifact.meta.notes)
+    assert any("layers.0.token_mixer (dense)" in n for n in artifact.meta.notes)
 
 
 def test_missing_execution_provider_fails_before_export(tmp_path: Path) -> None:

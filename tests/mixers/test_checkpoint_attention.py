@@ -96,13 +96,21 @@ def test_decode_equals_forward_and_caches_only_checkpoints():
     s, length = 4, 23
     m = make(s)
     x = torch.randn(2, length, D, dtype=torch.float64)
-    state = m.init_state(2, dtype=torch.float64)
+    state = m.init_state(2, dtype=torch.float64, max_len=length)
+    assert state[0].shape[2] == 6  # ceil(23 / 4) slots: s times fewer than a KV cache
     outputs = []
     for t in range(length):
         y_t, state = m.step(x[:, t], state, torch.tensor(t))
         outputs.append(y_t)
-        assert state[0].shape[2] == (t + 1) // s  # one entry per completed segment
+        filled = state[0].abs().amax(dim=(0, 1, 3)) > 0
+        assert filled.sum() == (t + 1) // s  # one slot per completed segment, in order
+        assert not filled[(t + 1) // s :].any()
     assert_close(torch.stack(outputs, dim=1), m(x))
+
+
+def test_decode_state_needs_the_longest_length() -> None:
+    with pytest.raises(ValueError, match="max_len"):
+        make(4).init_state(1)
 
 
 def test_invalid_arguments():
