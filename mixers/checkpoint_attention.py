@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from archgen.mixers.attention import Attention, repeat_kv
-from archgen.mixers.base import DecodeState
+from archgen.mixers.base import DecodeState, exporting
 
 
 def checkpoint_attention(
@@ -168,24 +168,43 @@ class CheckpointAttention(Attention):
         """One token: attention over ``[checkpoints before pos ; current token]``, then the
         token's key/value go to slot ``pos // s`` when it closes its segment (``pos % s == s - 1``).
 
-        Checkpoints strictly before ``pos`` are those of segments ``0 .. pos // s - 1``, i.e. the
-        slots below ``pos // s``: a mask on a fixed-size cache, with tensor ops only, so the
-        exported step graph takes ``pos`` as an input (no host-side branch on its value).
+        Checkpoints strictly before ``pos`` are those of segments ``0 .. pos // s - 1``: the slots
+        below ``pos // s``. Eager decoding slices them off the cache (a host-side read of ``pos``,
+        as in the SCOUT reference); a traced step (ONNX export, torch.compile) masks the whole
+        fixed-size cache instead, with tensor ops only, so the graph takes ``pos`` as an input.
+        Masking all ``max_len / s`` slots at every position cost ~25 % of eager decode
+        throughput on the SCOUT examples (benchmarks/results/decode_cpu.md), hence two paths.
         """
         k_cache, v_cache = state
         s = self.segment_size
         q, k, v = self.project(x[:, None], pos.reshape(1))  # keys stored already rotated
-        slots = torch.arange(k_cache.shape[2], device=x.device)
-        segment = torch.div(pos, s, rounding_mode="floor")
-        seen = torch.cat([slots < segment, slots.new_ones(1, dtype=torch.bool)])
         groups = self.heads // self.kv_heads
-        y = F.scaled_dot_product_attention(
-            q,
-            repeat_kv(torch.cat([k_cache, k], dim=2), groups),
-            repeat_kv(torch.cat([v_cache, v], dim=2), groups),
-            attn_mask=seen.view(1, 1, 1, -1),
-        )
-        write = ((slots == segment) & (pos % s == s - 1)).view(1, 1, -1, 1)
-        k_cache = torch.where(write, k, k_cache)
-        v_cache = torch.where(write, v, v_cache)
+        if exporting() or torch.compiler.is_compiling():
+            slots = torch.arange(k_cache.shape[2], device=x.device)
+            segment = torch.div(pos, s, rounding_mode="floor")
+            seen = torch.cat([slots < segment, slots.new_ones(1, dtype=torch.bool)])
+            y = F.scaled_dot_product_attention(
+                q,
+                repeat_kv(torch.cat([k_cache, k], dim=2), groups),
+                repeat_kv(torch.cat([v_cache, v], dim=2), groups),
+                attn_mask=seen.view(1, 1, 1, -1),
+            )
+            write = ((slots == segment) & (pos % s == s - 1)).view(1, 1, -1, 1)
+            k_cache = torch.where(write, k, k_cache)
+            v_cache = torch.where(write, v, v_cache)
+            return self.merge_heads(y)[:, 0], (k_cache, v_cache)
+        position = int(pos)
+        segment_index = position // s
+        if segment_index >= k_cache.shape[2]:
+            raise ValueError(
+                f"position {position} is beyond the checkpoint cache of {k_cache.shape[2]} slots "
+                f"(max_len {k_cache.shape[2] * s} at segment size {s})"
+            )
+        keys = torch.cat([k_cache[:, :, :segment_index], k], dim=2)
+        values = torch.cat([v_cache[:, :, :segment_index], v], dim=2)
+        y = F.scaled_dot_product_attention(q, repeat_kv(keys, groups), repeat_kv(values, groups))
+        if position % s == s - 1:
+            index = torch.tensor([segment_index], device=x.device)
+            k_cache = k_cache.index_copy(2, index, k)
+            v_cache = v_cache.index_copy(2, index, v)
         return self.merge_heads(y)[:, 0], (k_cache, v_cache)

@@ -108,9 +108,29 @@ def test_decode_equals_forward_and_caches_only_checkpoints():
     assert_close(torch.stack(outputs, dim=1), m(x))
 
 
+def test_traced_decode_path_masks_the_fixed_cache_and_equals_forward(monkeypatch) -> None:
+    # The path ONNX export and torch.compile take (tensor ops only), run eagerly in float64.
+    import archgen.mixers.checkpoint_attention as module
+
+    monkeypatch.setattr(module, "exporting", lambda: True)
+    s, length = 3, 17
+    m = make(s)
+    x = torch.randn(2, length, D, dtype=torch.float64)
+    state = m.init_state(2, dtype=torch.float64, max_len=length + 4)
+    outputs = []
+    for t in range(length):
+        y_t, state = m.step(x[:, t], state, torch.tensor(t))
+        outputs.append(y_t)
+    assert_close(torch.stack(outputs, dim=1), m(x))
+
+
 def test_decode_state_needs_the_longest_length() -> None:
+    m = make(4)
     with pytest.raises(ValueError, match="max_len"):
-        make(4).init_state(1)
+        m.init_state(1)
+    state = m.init_state(1, max_len=8, dtype=torch.float64)  # two slots: positions 0..7
+    with pytest.raises(ValueError, match="beyond the checkpoint cache"):
+        m.step(torch.randn(1, D, dtype=torch.float64), state, torch.tensor(8))
 
 
 def test_invalid_arguments():
