@@ -183,9 +183,9 @@ def _calibrate(
     if not baselines:
         return
     graphs = [evaluator.space.graph_for(c) for c in baselines]
-    repeats = measurer.workload.repeats * BLOCK_REPEAT_FACTOR
-    log(f"measuring {len(baselines)} baseline model(s) together ({repeats} interleaved rounds)...")
-    measured = measurer.measure_graphs(graphs, repeats=repeats)
+    rounds = measurer.workload.repeats * BLOCK_REPEAT_FACTOR
+    log(f"measuring {len(baselines)} baseline model(s) together ({rounds} interleaved rounds)...")
+    measured = measurer.measure_design(graphs)
     before = evaluator.predictor.calibrate(graphs, measured)
     for candidate, predicted, seconds in zip(baselines, before, measured, strict=True):
         evaluator.remember(candidate, predicted, seconds)

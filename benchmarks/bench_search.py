@@ -34,7 +34,7 @@ from archgen.search.latency import (
     select_correction,
     trust_report,
 )
-from archgen.search.measure import BLOCK_REPEAT_FACTOR, Measurer
+from archgen.search.measure import Measurer
 from archgen.search.quality import AnalyticQuality
 from archgen.search.space import SearchSpace
 from archgen.search.study import (
@@ -66,10 +66,7 @@ def predictor_trust(
     # the predictor only after LatencyPolicy.min_samples end-to-end checks, so the correction is
     # also fitted on that many other random candidates.
     baselines = [space.graph_for(c) for c in space.baseline_candidates()]
-    predictor.calibrate(
-        baselines,
-        measurer.measure_graphs(baselines, repeats=measurer.workload.repeats * BLOCK_REPEAT_FACTOR),
-    )
+    predictor.calibrate(baselines, measurer.measure_design(baselines))
     n_fit = LatencyPolicy().min_samples
 
     def random_graph() -> Graph:

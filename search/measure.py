@@ -160,6 +160,12 @@ class Measurer:
                 times[i].extend(artifact.measure(tokens, warmup=0, repeats=1).times_s)
         return [statistics.median(t) for t in times]
 
+    def measure_design(self, graphs: list[Graph]) -> list[float]:
+        """Median seconds of models the predictor is fitted on (LatencyPredictor.calibrate),
+        measured together with BLOCK_REPEAT_FACTOR times the workload's repeats: measured once
+        per search, they set the factors every later prediction uses."""
+        return self.measure_graphs(graphs, repeats=self.workload.repeats * BLOCK_REPEAT_FACTOR)
+
     def measure_blocks(self, items: Sequence[tuple[Graph, str]]) -> list[float]:
         """Seconds each ``(graph, block)`` adds to the stem (never negative), measured together.
 
