@@ -2,12 +2,18 @@
 1024 and 4096 tokens: the state is built by stepping through ``context - new_tokens`` tokens,
 then the last ``new_tokens`` steps up to the context are timed.
 
-    python -m benchmarks.bench_decode [--contexts 1024 4096] [--new-tokens 64]
+Each rate is the median of three rounds of the same ``new_tokens`` steps from the same state.
+With ``--onnx`` each example whose decode step exports (``decode_step.onnx``) is then decoded in
+onnxruntime too, after eager and not interleaved with it: the two runtimes' thread pools
+spin-wait between calls and, alive together, slow each other down on 2 cores.
+
+    python -m benchmarks.bench_decode [--contexts 1024 4096] [--new-tokens 64] [--onnx]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,19 +28,46 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @torch.no_grad()
-def decode_rate(spec: Path, context: int, new_tokens: int) -> tuple[float, int]:
+def decode_rates(
+    spec: Path, context: int, new_tokens: int, threads: int, onnx: bool, rounds: int = 3
+) -> tuple[float, float | None, int]:
+    """(eager tokens/s, onnxruntime tokens/s or None, eager state bytes) at ``context``: the
+    median over ``rounds`` of the same ``new_tokens`` steps from the same state."""
     graph = api.compile_spec(spec)
     model = build_model(graph).eval()
     tokens = torch.randint(0, graph.model.vocab_size, (1, context))
     state = model.init_state(1)
     for t in range(context - new_tokens):
         _, state = model.step(tokens[:, t], state, torch.tensor(t))
-    start = time.perf_counter()
-    for t in range(context - new_tokens, context):
-        _, state = model.step(tokens[:, t], state, torch.tensor(t))
-    seconds = time.perf_counter() - start
+    eager_s = []
+    for _ in range(rounds):
+        s = {name: tuple(x.clone() for x in xs) for name, xs in state.items()}
+        start = time.perf_counter()
+        for t in range(context - new_tokens, context):
+            _, s = model.step(tokens[:, t], s, torch.tensor(t))
+        eager_s.append(time.perf_counter() - start)
     state_bytes = sum(x.numel() * x.element_size() for s in state.values() for x in s)
-    return new_tokens / seconds, state_bytes
+    eager_rate = new_tokens / statistics.median(eager_s)
+    if not onnx:
+        return eager_rate, None, state_bytes
+    # onnxruntime only now, after eager: its thread pool spin-waits between runs, and alive
+    # beside torch's it halved eager decode speed on 2 cores (a deployment runs one of them).
+    from archgen.backends.base import LowerOptions, get_backend
+
+    artifact = get_backend("onnx").lower(graph, LowerOptions(threads=threads))
+    if artifact.decode_session is None:  # type: ignore[attr-defined]
+        return eager_rate, None, state_bytes
+    ort_state = artifact.init_state(1)  # type: ignore[attr-defined]
+    for t in range(context - new_tokens):
+        _, ort_state = artifact.step(tokens[:, t], t, ort_state)  # type: ignore[attr-defined]
+    ort_s = []
+    for _ in range(rounds):
+        s_ort = [x.copy() for x in ort_state]
+        start = time.perf_counter()
+        for t in range(context - new_tokens, context):
+            _, s_ort = artifact.step(tokens[:, t], t, s_ort)  # type: ignore[attr-defined]
+        ort_s.append(time.perf_counter() - start)
+    return eager_rate, new_tokens / statistics.median(ort_s), state_bytes
 
 
 def main() -> None:
@@ -42,24 +75,35 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--onnx", action="store_true", help="also decode in onnxruntime (decode_step.onnx)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
-    print(f"decode: batch 1, float32, eager; the last {args.new_tokens} steps up to the context\n")
-    header = (
-        "| example | " + " | ".join(f"tokens/s @ {c} | state @ {c}" for c in args.contexts) + " |"
+    print(f"decode: batch 1, float32; the last {args.new_tokens} steps up to the context\n")
+    per_context = ["eager tokens/s", "state"] + (
+        ["ORT tokens/s", "ORT / eager"] if args.onnx else []
     )
-    print(header)
-    print("|---|" + "---:|---:|" * len(args.contexts))
+    header = " | ".join(f"{col} @ {c}" for c in args.contexts for col in per_context)
+    print(f"| example | {header} |")
+    print("|---|" + "---:|" * (len(per_context) * len(args.contexts)))
     for spec in sorted((ROOT / "examples").glob("*.yaml")):
         max_len = api.load_spec(spec).model.max_seq_len
         cells = []
         for context in args.contexts:
             if context > max_len:
-                cells += ["n/a (max_seq_len)", "-"]
+                cells += ["n/a (max_seq_len)"] + ["-"] * (len(per_context) - 1)
                 continue
-            rate, state = decode_rate(spec, context, args.new_tokens)
+            rate, ort_rate, state = decode_rates(
+                spec, context, args.new_tokens, args.threads, args.onnx
+            )
             cells += [f"{rate:.1f}", f"{state / 2**20:.2f} MiB"]
+            if args.onnx:
+                no_graph = ["no decode graph", "-"]
+                cells += (
+                    no_graph if ort_rate is None else [f"{ort_rate:.1f}", f"{ort_rate / rate:.2f}x"]
+                )
         print(f"| {spec.stem} | " + " | ".join(cells) + " |")
         sys.stdout.flush()
 
