@@ -46,7 +46,8 @@ def decode_rates(
         for t in range(context - new_tokens, context):
             _, s = model.step(tokens[:, t], s, torch.tensor(t))
         eager_s.append(time.perf_counter() - start)
-    state_bytes = sum(x.numel() * x.element_size() for s in state.values() for x in s)
+    # the state at `context` tokens (after the last timed step)
+    state_bytes = sum(x.numel() * x.element_size() for xs in s.values() for x in xs)
     eager_rate = new_tokens / statistics.median(eager_s)
     if not onnx:
         return eager_rate, None, state_bytes
