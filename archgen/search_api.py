@@ -30,6 +30,7 @@ from archgen.spec.search_space import search_proposals
 
 if TYPE_CHECKING:
     from archgen.search.evaluate import CandidateEvaluator
+    from archgen.search.measure import Measurer
     from archgen.search.space import Candidate
 
 
@@ -172,7 +173,7 @@ def _resolve_relative_budget(
 def _calibrate(
     baselines: list[Candidate],
     evaluator: CandidateEvaluator,
-    measurer: Any,
+    measurer: Measurer,
     kind_names: dict[str, str],
     log: Log,
 ) -> None:

@@ -16,7 +16,9 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +27,17 @@ from archgen.backends.torch_model import build_model
 from benchmarks.common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _median_seconds(run_block: Callable[[], Any], rounds: int) -> tuple[float, Any]:
+    """Median wall time of ``run_block`` (one block of decode steps from a fresh state copy), and
+    what its last call returned (the state after the block)."""
+    times, result = [], None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        result = run_block()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
 
 
 @torch.no_grad()
@@ -36,19 +49,21 @@ def decode_rates(
     graph = api.compile_spec(spec)
     model = build_model(graph).eval()
     tokens = torch.randint(0, graph.model.vocab_size, (1, context))
+    timed = range(context - new_tokens, context)
     state = model.init_state(1)
     for t in range(context - new_tokens):
         _, state = model.step(tokens[:, t], state, torch.tensor(t))
-    eager_s = []
-    for _ in range(rounds):
+
+    def eager_block() -> dict:
         s = {name: tuple(x.clone() for x in xs) for name, xs in state.items()}
-        start = time.perf_counter()
-        for t in range(context - new_tokens, context):
+        for t in timed:
             _, s = model.step(tokens[:, t], s, torch.tensor(t))
-        eager_s.append(time.perf_counter() - start)
+        return s
+
+    seconds, final = _median_seconds(eager_block, rounds)
+    eager_rate = new_tokens / seconds
     # the state at `context` tokens (after the last timed step)
-    state_bytes = sum(x.numel() * x.element_size() for xs in s.values() for x in xs)
-    eager_rate = new_tokens / statistics.median(eager_s)
+    state_bytes = sum(x.numel() * x.element_size() for xs in final.values() for x in xs)
     if not onnx:
         return eager_rate, None, state_bytes
     # onnxruntime only now, after eager: its thread pool spin-waits between runs, and alive
@@ -61,14 +76,14 @@ def decode_rates(
     ort_state = artifact.init_state(1)  # type: ignore[attr-defined]
     for t in range(context - new_tokens):
         _, ort_state = artifact.step(tokens[:, t], t, ort_state)  # type: ignore[attr-defined]
-    ort_s = []
-    for _ in range(rounds):
-        s_ort = [x.copy() for x in ort_state]
-        start = time.perf_counter()
-        for t in range(context - new_tokens, context):
-            _, s_ort = artifact.step(tokens[:, t], t, s_ort)  # type: ignore[attr-defined]
-        ort_s.append(time.perf_counter() - start)
-    return eager_rate, new_tokens / statistics.median(ort_s), state_bytes
+
+    def ort_block() -> list:
+        s = [x.copy() for x in ort_state]
+        for t in timed:
+            _, s = artifact.step(tokens[:, t], t, s)  # type: ignore[attr-defined]
+        return s
+
+    return eager_rate, new_tokens / _median_seconds(ort_block, rounds)[0], state_bytes
 
 
 def main() -> None:

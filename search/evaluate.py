@@ -37,10 +37,14 @@ class CandidateEvaluator:
     measure_graph: Callable[[Graph], float]
     quality: Callable[[Candidate, Graph], float]
     policy: LatencyPolicy
-    # honest trust: predictions made *before* the measurement was fed back to the predictor
-    checks: list[tuple[float, float]] = field(default_factory=list)
-    # candidates measured end to end in this process, by SearchSpace.key: (predicted, measured)
+    # candidates measured end to end in this process, by SearchSpace.key: (predicted, measured),
+    # the prediction made *before* the measurement was fed back to the predictor
     known: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def checks(self) -> list[tuple[float, float]]:
+        """(predicted, measured) pairs, one per measured candidate: what trust is judged on."""
+        return list(self.known.values())
 
     def trust(self) -> TrustReport:
         return trust_report([p for p, _ in self.checks], [m for _, m in self.checks])
@@ -49,7 +53,6 @@ class CandidateEvaluator:
         """Record an end-to-end measurement (and the prediction made before it) of ``candidate``,
         so that the candidate is not measured again in this process."""
         self.known[self.space.key(candidate)] = (predicted, measured)
-        self.checks.append((predicted, measured))
 
     def measure(self, candidate: Candidate) -> tuple[float, float]:
         """(predicted, measured) seconds of ``candidate``, measured now unless already known."""
