@@ -167,14 +167,21 @@ def _same_candidate(
     study: optuna.Study, trial: optuna.Trial, params: dict[str, Any], config: StudyConfig
 ) -> FrozenTrial | None:
     """A complete trial of the same candidate, waiting first for one that an earlier trial (of
-    another worker) is still evaluating, so the candidate is not evaluated twice at once."""
+    another worker) is still evaluating, so the candidate is not evaluated twice at once.
+
+    Parameters reach the storage one ``suggest`` at a time, so an earlier trial whose candidate
+    is still incomplete may yet turn out to be this one: it is waited for too. Each trial writes
+    its whole candidate before it looks, and only defers to lower-numbered trials; so of two
+    trials of one candidate the later always sees the earlier and waits, and the earlier never
+    waits for the later -- exactly one evaluates, and no two wait for each other."""
     while True:
         trials = study.get_trials(deepcopy=False)
         same = [t for t in trials if t.params == params and t.number != trial.number]
         done = [t for t in same if t.state is TrialState.COMPLETE and evaluates(t)]
         if done:
             return done[0]
-        if not any(t.state is TrialState.RUNNING and t.number < trial.number for t in same):
+        earlier = [t for t in trials if t.state is TrialState.RUNNING and t.number < trial.number]
+        if not any(t.params == params or not params.keys() <= t.params.keys() for t in earlier):
             return None
         time.sleep(config.heartbeat_interval / 2)
         fail_stale_trials(study, config)  # that worker may have been killed
@@ -210,35 +217,52 @@ def run_worker(
         # Seeded by the trial number, which is unique across workers: two workers started
         # together would otherwise share a seed and propose the same candidates in lockstep.
         study.sampler = make_sampler(config, trial.number)
-        with _Heartbeat(study, trial._trial_id, config.heartbeat_interval):
-            if _active_before(study.get_trials(deepcopy=False), trial.number) >= target:
-                study.tell(trial, state=TrialState.PRUNED)  # lost a race: enough trials exist
-                continue
-            candidate = {
-                s.node: trial.suggest_categorical(s.node, [c.label for c in s.choices])
-                for s in space.slots
-            }
-            previous = _same_candidate(study, trial, candidate, config)
-            try:
-                if previous is not None:
-                    for key, value in previous.user_attrs.items():
-                        if key not in (HEARTBEAT, "baseline", RETRIES, "retry_of"):
-                            trial.set_user_attr(key, value)
-                    for key, value in previous.constraints.items():
-                        trial.set_constraint(key, value)
-                    trial.set_user_attr(SAME_AS, previous.number)
-                    values = previous.values
-                else:
-                    result = evaluate(candidate)
-                    _record(trial, result, config)
-                    values = [result.quality, result.latency]
-            except Exception as exc:  # a crashing candidate must not stop the study
-                trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
-                study.tell(trial, state=TrialState.FAIL)
-            else:
-                study.tell(trial, values)
+        # UpdateFinishedTrialError: another worker declared this trial dead (its heartbeats
+        # were starved past the grace period) and re-queued the candidate; the retry owns it.
+        with (
+            _Heartbeat(study, trial._trial_id, config.heartbeat_interval),
+            contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError),
+        ):
+            _run_trial(study, trial, space, evaluate, config, target)
         if on_trial is not None:
             on_trial(study._storage.get_trial(trial._trial_id))
+
+
+def _run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    space: SearchSpace,
+    evaluate: Evaluator,
+    config: StudyConfig,
+    target: int,
+) -> None:
+    if _active_before(study.get_trials(deepcopy=False), trial.number) >= target:
+        study.tell(trial, state=TrialState.PRUNED)  # lost a race: enough trials exist
+        return
+    candidate = {
+        s.node: trial.suggest_categorical(s.node, [c.label for c in s.choices]) for s in space.slots
+    }
+    previous = _same_candidate(study, trial, candidate, config)
+    try:
+        if previous is not None:
+            for key, value in previous.user_attrs.items():
+                if key not in (HEARTBEAT, "baseline", RETRIES, "retry_of"):
+                    trial.set_user_attr(key, value)
+            for key, value in previous.constraints.items():
+                trial.set_constraint(key, value)
+            trial.set_user_attr(SAME_AS, previous.number)
+            values = previous.values
+        else:
+            result = evaluate(candidate)
+            _record(trial, result, config)
+            values = [result.quality, result.latency]
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise
+    except Exception as exc:  # a crashing candidate must not stop the study
+        trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    else:
+        study.tell(trial, values, skip_if_finished=True)
 
 
 def _record(trial: optuna.Trial, result: Evaluation, config: StudyConfig) -> None:

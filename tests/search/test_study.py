@@ -160,3 +160,62 @@ def test_a_space_whose_every_candidate_crashes_ends(tmp_path) -> None:
     failed = [t for t in study.trials if t.state is TrialState.FAIL]
     assert len(failed) == 12 and not _evaluated(study)
     assert all("MemoryError: out of memory" in t.user_attrs["archgen:error"] for t in failed)
+
+
+def test_a_later_trial_waits_for_an_earlier_one_still_writing_the_same_candidate(tmp_path) -> None:
+    """The race behind a duplicate evaluation: the earlier trial has written only part of its
+    candidate when the later one looks. The later must wait and reuse; the earlier must not wait."""
+    import threading
+
+    from archgen.search.study import StudyConfig, _same_candidate, open_study
+    from tests.search.fake_worker import fake_space
+
+    space = fake_space(2)
+    config = StudyConfig("race", 8, heartbeat_interval=0.1, grace_period=60.0)
+    study = open_study(open_storage(f"sqlite:///{tmp_path}/race.db"), config, [])
+    params = {"layers.0.token_mixer": "swa", "layers.1.token_mixer": "mamba"}
+    choices = {s.node: [c.label for c in s.choices] for s in space.slots}
+    study.enqueue_trial(params)
+    study.enqueue_trial(params)
+    earlier, later = study.ask(), study.ask()
+    earlier.suggest_categorical("layers.0.token_mixer", choices["layers.0.token_mixer"])
+    for name, labels in choices.items():
+        later.suggest_categorical(name, labels)
+
+    def finish_earlier() -> None:
+        time.sleep(0.3)
+        earlier.suggest_categorical("layers.1.token_mixer", choices["layers.1.token_mixer"])
+        assert _same_candidate(study, earlier, params, config) is None  # never waits for later
+        time.sleep(0.3)
+        study.tell(earlier, [1.0, 1e-3])
+
+    writer = threading.Thread(target=finish_earlier)
+    writer.start()
+    reused = _same_candidate(study, later, params, config)
+    writer.join()
+    assert reused is not None and reused.number == earlier.number
+
+
+def test_a_worker_whose_trial_was_declared_dead_carries_on(tmp_path) -> None:
+    """Heartbeats starved past the grace period (a stalled machine): another worker fails the
+    trial and re-queues it while it is still being evaluated. Its worker must not crash."""
+    from dataclasses import replace
+
+    from archgen.search.study import fail_stale_trials, run_worker
+    from tests.search.fake_worker import fake_evaluator, fake_space
+
+    study, config = _in_process_study(tmp_path, 2, 6)
+    evaluate = fake_evaluator(0.0)
+    declared_dead: list[int] = []
+
+    def stalls_once(candidate):
+        if not declared_dead:
+            declared_dead.extend(fail_stale_trials(study, replace(config, grace_period=-1.0)))
+        return evaluate(candidate)
+
+    run_worker(study, fake_space(2), stalls_once, config)
+    assert len(declared_dead) == 1
+    assert len(_evaluated(study)) == 6
+    dead = study.trials[declared_dead[0]]
+    assert dead.state is TrialState.FAIL
+    assert any(t.user_attrs.get("retry_of") == dead.number for t in _evaluated(study))
