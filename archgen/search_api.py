@@ -207,7 +207,13 @@ def run_search(
     from archgen.search.measure import Measurer
     from archgen.search.report import Certified, build_report, write_json_atomic, write_plots
     from archgen.search.storage import quiet_optuna
-    from archgen.search.study import StudyConfig, open_study, pareto_front, run_worker
+    from archgen.search.study import (
+        StudyConfig,
+        open_study,
+        pareto_front,
+        run_worker,
+        worker_id,
+    )
 
     quiet_optuna()
     p = prepare(spec_path, options)
@@ -236,7 +242,7 @@ def run_search(
     )
     measurer = Measurer(workload)
     table = LatencyTable(cache_dir() / "latency.sqlite", measurer.environment())
-    predictor = LatencyPredictor(table, workload, measurer.measure_blocks, worker=_worker_id())
+    predictor = LatencyPredictor(table, workload, measurer.measure_blocks, worker=worker_id())
 
     # Block table: every (slot, choice) block once, all measured together in one interleaved
     # run; identical blocks share one measurement.
@@ -365,12 +371,6 @@ def _trust(trials: list[Any], setup_checks: dict[str, tuple[float, float]], spac
 
 def _not_ready(candidate: Any, graph: Graph) -> float:
     raise AssertionError("quality requested before the quality proxy was prepared")
-
-
-def _worker_id() -> str:
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _base_or_first(space: Any) -> dict[str, str]:

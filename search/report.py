@@ -12,7 +12,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from archgen.search.latency import TrustReport
-from archgen.search.study import ERROR, evaluates, feasible
+from archgen.search.study import ERROR, SAME_AS, WORKER, evaluates, feasible
 from archgen.train.checkpoint import write_text_atomic
 
 
@@ -79,6 +79,8 @@ def build_report(
                 "values": t.values,
                 "predicted_s": t.user_attrs.get("predicted_s"),
                 "measured_s": t.user_attrs.get("measured_s"),
+                "worker": t.user_attrs.get(WORKER),  # hostname:pid of the process that ran it
+                "same_as": t.user_attrs.get(SAME_AS),  # a repeat: the trial it reused
                 "feasible": feasible(t) if t.state is TrialState.COMPLETE else None,
             }
             for t in trials

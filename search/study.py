@@ -21,6 +21,8 @@ complete trials:
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
 import time
 import warnings
@@ -36,6 +38,7 @@ from archgen.search.space import Candidate, SearchSpace
 HEARTBEAT = "archgen:heartbeat"
 ERROR = "archgen:error"
 RETRIES = "archgen:retries"
+WORKER = "worker"
 SAME_AS = "same_as"
 BUDGET_CONSTRAINT = "latency_over_budget_s"
 
@@ -64,6 +67,11 @@ class StudyConfig:
     max_retry: int = 2
 
 
+def worker_id() -> str:
+    """This process, as other workers of a shared study see it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def make_sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
     seed = config.seed + offset
     # Constraints reach the samplers through Trial.set_constraint (Optuna >= 5).
@@ -83,14 +91,12 @@ def make_sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSample
 def open_study(
     storage: optuna.storages.BaseStorage, config: StudyConfig, baselines: Sequence[Candidate]
 ) -> optuna.Study:
-    existing = 0
-    with contextlib.suppress(KeyError):
-        existing = len(optuna.load_study(study_name=config.name, storage=storage).trials)
+    # run_worker re-seeds the sampler for every trial it asks for (see there)
     study = optuna.create_study(
         study_name=config.name,
         storage=storage,
         directions=["maximize", "minimize"],
-        sampler=make_sampler(config, existing),
+        sampler=make_sampler(config, 0),
         load_if_exists=True,
     )
     with warnings.catch_warnings():
@@ -242,11 +248,12 @@ def _run_trial(
     candidate = {
         s.node: trial.suggest_categorical(s.node, [c.label for c in s.choices]) for s in space.slots
     }
+    trial.set_user_attr(WORKER, worker_id())
     previous = _same_candidate(study, trial, candidate, config)
     try:
         if previous is not None:
             for key, value in previous.user_attrs.items():
-                if key not in (HEARTBEAT, "baseline", RETRIES, "retry_of"):
+                if key not in (HEARTBEAT, "baseline", RETRIES, "retry_of", WORKER):
                     trial.set_user_attr(key, value)
             for key, value in previous.constraints.items():
                 trial.set_constraint(key, value)

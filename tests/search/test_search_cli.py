@@ -171,3 +171,54 @@ def test_spec_without_search_section(tmp_path) -> None:
     path.write_text(SPEC.split("search:")[0])
     result = archgen("search", str(path))
     assert result.returncode == 2 and "has no 'search:' section" in result.stderr
+
+
+@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+def test_two_search_processes_cooperate_on_one_study(backend, tmp_path) -> None:
+    """Two ``archgen search`` commands on one storage (and one block-latency cache) share the
+    trials: together they evaluate the requested number of distinct candidates, and each
+    reports the whole study."""
+    import os
+    import uuid
+
+    import optuna
+
+    from archgen.search.storage import open_storage
+    from tests.search.test_study import _evaluated
+
+    if backend == "journal":
+        url = f"journal://{tmp_path}/study.journal"
+    elif not os.environ.get("ARCHGEN_TEST_POSTGRES"):
+        pytest.skip("set ARCHGEN_TEST_POSTGRES=postgresql://... (.ci/run does) to test PostgreSQL")
+    else:
+        url = os.environ["ARCHGEN_TEST_POSTGRES"]
+    path = tmp_path / "spec.yaml"  # a fresh study per run: the database outlives the test
+    path.write_text(SPEC.replace("name: tiny-hybrid", f"name: duo-{uuid.uuid4().hex[:8]}"))
+    env = {**os.environ, "COLUMNS": "200", "ARCHGEN_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "archgen.cli.main", "search", str(path), "--storage", url]
+    workers = [
+        subprocess.Popen(
+            [*command, "--trials", "12", "-o", str(tmp_path / name)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
+    name = json.loads((tmp_path / "a" / "report.json").read_text())["study"]["name"]
+    done = _evaluated(optuna.load_study(study_name=name, storage=open_storage(url)))
+    assert len(done) == 12
+    workers_seen = set()
+    for out in ("a", "b"):
+        report = json.loads((tmp_path / out / "report.json").read_text())
+        assert report["trials"]["evaluated"] == 12
+        workers_seen |= {
+            t["worker"]
+            for t in report["history"]
+            if t["state"] == "complete" and t["same_as"] is None
+        }
+    assert None not in workers_seen and 1 <= len(workers_seen) <= 2
