@@ -256,7 +256,7 @@ def doctor(spec: SpecLike, *, deep: bool = True) -> DoctorReport:
         if not available["onnx"][0] or node.op.role is not Role.TOKEN_MIXER:
             row[DECODE_COLUMN] = "ok" if available["onnx"][0] else "unavailable"
             continue
-        from archgen.backends.onnx import DECODE_EXPORTABLE
+        from archgen.backends.onnx_export import DECODE_EXPORTABLE
 
         traceable = type(node.op) in DECODE_EXPORTABLE
         row[DECODE_COLUMN] = "ok" if traceable else "no traceable decode step"

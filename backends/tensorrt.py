@@ -236,7 +236,7 @@ class TensorRTBackend(Backend):
         import torch
 
         from archgen.backends.eager import TORCH_DTYPES, source_model
-        from archgen.backends.onnx import export_forward
+        from archgen.backends.onnx_export import export_forward
 
         # TensorRT's ONNX parser knows standard ops only: no onnxruntime contrib ops.
         options = replace(options.resolve(graph), fused_attention=False)
