@@ -26,12 +26,13 @@ Three implementations of the scan, picked by ``scan=``:
   ``(channels, L)`` with the state in registers, plus a C++ reverse scan for backward. Built on
   first use; CPU only; a torch custom op, so ``torch.compile(fullgraph=True)`` keeps it in the
   graph. Requesting it where it cannot build is an error.
-* ``"triton"``: a Triton kernel (``archgen.mixers.kernels.selective_scan_triton``), one pass
-  over the sequence per block of channels with the state in registers; CUDA, float32, forward
-  only (no gradients); a ``triton_op``, so it stays in ``torch.compile`` graphs.
+* ``"triton"``: Triton kernels (``archgen.mixers.kernels.selective_scan_triton``), one pass
+  over the sequence per block of channels with the state in registers, plus a reverse scan
+  over checkpointed states for backward; CUDA, float32; ``triton_op`` s, so they stay in
+  ``torch.compile`` graphs.
 * ``"auto"``: ``"fused"`` on CPU when the kernel builds (else ``"chunked"`` with a warning,
-  once); on CUDA ``"triton"`` when no gradient is needed and triton is installed; otherwise,
-  and while exporting, ``"chunked"``.
+  once); on CUDA ``"triton"`` when triton is installed (float32 and bf16 modules; the scan runs
+  in float32); otherwise, and while exporting, ``"chunked"``.
 
 The implementation actually used by the last ``forward`` is recorded in ``last_scan_impl``.
 The scan always runs in float32 (float64 when the inputs are float64), also for bf16 modules.
@@ -289,11 +290,6 @@ class Mamba(TokenMixer):
     def _gate_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.out_proj(y.to(z.dtype) * F.silu(z))
 
-    def _needs_grad(self, x: torch.Tensor) -> bool:
-        return torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters())
-        )
-
     def _resolve_impl(self, x: torch.Tensor) -> str:
         export = exporting()
         if self.scan == "chunked":
@@ -307,11 +303,6 @@ class Mamba(TokenMixer):
                 raise RuntimeError(
                     f"Mamba(scan='triton') needs triton and a CUDA input, got a {x.device} "
                     f"input{'' if HAS_TRITON else ' and no triton installed'}"
-                )
-            if self._needs_grad(x):
-                raise RuntimeError(
-                    "Mamba(scan='triton') has no backward; use scan='auto' or 'chunked' "
-                    "where gradients are needed"
                 )
             return "triton"
         if self.scan == "fused":
@@ -327,8 +318,7 @@ class Mamba(TokenMixer):
         if export:
             return "chunked"
         if x.device.type == "cuda":
-            usable = HAS_TRITON and x.dtype != torch.float64 and not self._needs_grad(x)
-            return "triton" if usable else "chunked"
+            return "triton" if HAS_TRITON and x.dtype != torch.float64 else "chunked"
         if x.device.type != "cpu" or not fused_kernel.available():
             return "chunked"
         return "fused"

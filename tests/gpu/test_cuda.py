@@ -148,7 +148,7 @@ def test_search_measures_a_cuda_workload(backend: str) -> None:
 
 
 @pytest.mark.parametrize("seq", [1, 77, 1000])
-def test_mamba_inference_on_cuda_runs_the_triton_scan(seq: int, rng_seed: int) -> None:
+def test_mamba_on_cuda_runs_the_triton_scan_forward_and_backward(seq: int, rng_seed: int) -> None:
     graph = api.compile_spec(next(p for p in EXAMPLES if p.stem == "hybrid"))
     ref = build_model(graph, seed=0, dtype=torch.float64).get_submodule("layers.0.token_mixer")
     fast = copy.deepcopy(ref).to(CUDA, torch.float32)
@@ -159,5 +159,27 @@ def test_mamba_inference_on_cuda_runs_the_triton_scan(seq: int, rng_seed: int) -
         want = ref.reference(x)
     assert fast.last_scan_impl == "triton"  # type: ignore[union-attr]
     assert_close(y.cpu(), want, torch.float32)
-    fast(x.to(CUDA, torch.float32))  # with gradients: the chunked scan
-    assert fast.last_scan_impl == "chunked"  # type: ignore[union-attr]
+    grad_y = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    x32 = x.to(CUDA, torch.float32).requires_grad_(True)
+    y = fast(x32)
+    assert fast.last_scan_impl == "triton"  # type: ignore[union-attr]
+    got = torch.autograd.grad(y, [x32, *fast.parameters()], grad_y.to(CUDA, torch.float32))
+    x64 = x.clone().requires_grad_(True)
+    want_grads = torch.autograd.grad(ref.reference(x64), [x64, *ref.parameters()], grad_y)
+    assert_close(got[0].cpu(), want_grads[0], torch.float32)
+    tol = FLOAT32_PARAM_GRAD
+    for (name, _), g, w in zip(fast.named_parameters(), got[1:], want_grads[1:], strict=True):
+        torch.testing.assert_close(g.cpu().double(), w, atol=tol.atol, rtol=tol.rtol, msg=name)
+
+
+def test_triton_scan_op_passes_opcheck(rng_seed: int) -> None:
+    """Schema, fake implementation, autograd registration and AOT dispatch of the Triton op
+    (what torch.compile relies on), forward and backward."""
+    from archgen.mixers.kernels import selective_scan_triton
+    from tests.mixers.triton_scan_check import random_inputs
+
+    gen = torch.Generator().manual_seed(rng_seed)
+    inputs = [t.to(CUDA, torch.float32) for t in random_inputs(gen, 2, 9, 18, 3)]
+    torch.library.opcheck(
+        selective_scan_triton._scan_op, tuple(t.requires_grad_(True) for t in inputs)
+    )

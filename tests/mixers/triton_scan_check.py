@@ -13,7 +13,7 @@ import torch
 
 from archgen.mixers.kernels import selective_scan_triton
 from archgen.mixers.mamba import Mamba
-from tests.tolerances import assert_close
+from tests.tolerances import FLOAT32_PARAM_GRAD, assert_close
 
 F64 = torch.float64
 
@@ -31,19 +31,55 @@ def loop_scan(x, dt, a_mat, b, c, d_skip) -> torch.Tensor:
     return torch.stack(ys, 1)
 
 
+def random_inputs(gen: torch.Generator, bsz: int, seq: int, dim: int, n: int) -> tuple:
+    x = torch.randn(bsz, seq, dim, generator=gen, dtype=F64)
+    dt = torch.rand(bsz, seq, dim, generator=gen, dtype=F64) * 1.5 + 0.01
+    a_mat = -torch.rand(dim, n, generator=gen, dtype=F64) * 4
+    b = torch.randn(bsz, seq, n, generator=gen, dtype=F64)
+    c = torch.randn(bsz, seq, n, generator=gen, dtype=F64)
+    d_skip = torch.randn(dim, generator=gen, dtype=F64)
+    return x, dt, a_mat, b, c, d_skip
+
+
 def check_kernel(gen: torch.Generator) -> None:
     # channels not a multiple of the block (37, 70), a state size not a power of two (5), L = 1,
     # and a long sequence (600: rounding must not accumulate)
     for bsz, seq, dim, n in [(2, 13, 37, 5), (1, 40, 70, 16), (3, 1, 33, 4), (1, 600, 40, 16)]:
-        x = torch.randn(bsz, seq, dim, generator=gen, dtype=F64)
-        dt = torch.rand(bsz, seq, dim, generator=gen, dtype=F64) * 1.5 + 0.01
-        a_mat = -torch.rand(dim, n, generator=gen, dtype=F64) * 4
-        b = torch.randn(bsz, seq, n, generator=gen, dtype=F64)
-        c = torch.randn(bsz, seq, n, generator=gen, dtype=F64)
-        d_skip = torch.randn(dim, generator=gen, dtype=F64)
-        inputs = (x, dt, a_mat, b, c, d_skip)
-        got = selective_scan_triton.selective_scan(*(t.float() for t in inputs))
+        inputs = random_inputs(gen, bsz, seq, dim, n)
+        with torch.no_grad():
+            got = selective_scan_triton.selective_scan(*(t.float() for t in inputs))
         assert_close(got, loop_scan(*inputs), torch.float32, msg=f"B={bsz} L={seq} D={dim} N={n}")
+
+
+def check_kernel_backward(gen: torch.Generator) -> None:
+    """Gradients of all six inputs against autograd through the float64 loop. Lengths cover
+    one, two and three backward segments (SEGMENT = 64) and L = 1."""
+    assert selective_scan_triton.SEGMENT == 64
+    for bsz, seq, dim, n in [(2, 13, 37, 5), (1, 70, 40, 16), (3, 1, 33, 4), (2, 150, 35, 3)]:
+        inputs = random_inputs(gen, bsz, seq, dim, n)
+        grad_y = torch.randn(bsz, seq, dim, generator=gen, dtype=F64)
+        ref = [t.clone().requires_grad_(True) for t in inputs]
+        want = torch.autograd.grad(loop_scan(*ref), ref, grad_y)
+        fast = [t.float().requires_grad_(True) for t in inputs]
+        got = torch.autograd.grad(selective_scan_triton.selective_scan(*fast), fast, grad_y.float())
+        shape = f"B={bsz} L={seq} D={dim} N={n}"
+        for name, g, w in zip(("x", "dt", "A", "B", "C", "D"), got, want, strict=True):
+            if name in ("A", "D"):  # sums over all B * L tokens: the parameter-gradient entry
+                tol = FLOAT32_PARAM_GRAD
+                torch.testing.assert_close(g.double(), w, atol=tol.atol, rtol=tol.rtol)
+            else:
+                assert_close(g, w, torch.float32, msg=f"grad {name}, {shape}")
+
+
+def check_opcheck(gen: torch.Generator) -> None:
+    """Schema and autograd registration of the Triton op. (opcheck's fake-tensor and AOT
+    tests cannot run under the interpreter, which needs real storage; tests/gpu runs them.)"""
+    inputs = [t.float().requires_grad_(True) for t in random_inputs(gen, 2, 9, 18, 3)]
+    torch.library.opcheck(
+        selective_scan_triton._scan_op,
+        tuple(inputs),
+        test_utils=("test_schema", "test_autograd_registration"),
+    )
 
 
 def check_module(gen: torch.Generator) -> None:
@@ -57,16 +93,23 @@ def check_module(gen: torch.Generator) -> None:
         y = fast(u.float())
         assert fast.last_scan_impl == "triton"
         assert_close(y, ref.reference(u), torch.float32)
-    try:
-        fast(u.float())  # parameters require grad: no backward here, so a clear error
-    except RuntimeError as exc:
-        assert "has no backward" in str(exc), exc
-    else:
-        raise AssertionError("scan='triton' with gradients did not raise")
+    grad_y = torch.randn(2, 19, 24, generator=gen, dtype=F64)
+    u32 = u.float().requires_grad_(True)
+    y = fast(u32)
+    assert fast.last_scan_impl == "triton"  # with gradients too
+    got = torch.autograd.grad(y, [u32, *fast.parameters()], grad_y.float())
+    u64 = u.clone().requires_grad_(True)
+    want = torch.autograd.grad(ref.reference(u64), [u64, *ref.parameters()], grad_y)
+    assert_close(got[0], want[0], torch.float32, msg="grad of the input")
+    tol = FLOAT32_PARAM_GRAD
+    for (name, _), g, w in zip(fast.named_parameters(), got[1:], want[1:], strict=True):
+        torch.testing.assert_close(g.double(), w, atol=tol.atol, rtol=tol.rtol, msg=name)
 
 
 if __name__ == "__main__":
     generator = torch.Generator().manual_seed(int(sys.argv[1]))
     check_kernel(generator)
+    check_kernel_backward(generator)
+    check_opcheck(generator)
     check_module(generator)
     print("ok")
