@@ -10,7 +10,8 @@
 #   1. install archgen (non-editable) beside the image's torch;
 #   2. the CUDA test module (tests/gpu): mixers fwd+bwd on the GPU vs their float64 loop
 #      references, eager/compile backends on the GPU vs the float64 model, search measurement;
-#   3. benchmarks/backends.py on CUDA: eager vs torch.compile (Inductor -> Triton) vs ORT.
+#   3. benchmarks/backends.py on CUDA: eager vs torch.compile (Inductor -> Triton) vs ORT;
+#   4. benchmarks/bench_scan_cuda.py: Mamba-1 Triton vs chunked scan, forward and training.
 # Logs and tables go to $OUT (default /tmp/gpu-check).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
@@ -39,3 +40,7 @@ cp -r tests examples pyproject.toml "$WORK"/
 timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/backends.py --device cuda \
   --specs ${BENCH_SPECS:-transformer hybrid mamba2 scout_swa} --lengths 2048 --batch 8 \
   --rounds "${BENCH_ROUNDS:-3}" --repeats 10 --out "$OUT/backends_cuda.md" 2>&1 | tee "$OUT/bench.log"
+
+# 4. Mamba-1 on the GPU: Triton scan vs chunked torch scan, forward and forward+backward.
+timeout "${SCAN_BENCH_TIMEOUT:-120}" python3 -m benchmarks.bench_scan_cuda --lengths 1024,4096 \
+  2>&1 | tee "$OUT/scan_cuda.md"
