@@ -23,9 +23,10 @@ import platform
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import torch
+
+from archgen.mixers.kernels import register_scan_backward
 
 SOURCE_PATH = Path(__file__).with_name("selective_scan.cpp")
 BUILD_ROOT = Path.home() / ".cache" / "archgen" / "torch_extensions"
@@ -166,15 +167,7 @@ def _(
     )
 
 
-def _setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return _scan_backward_op(*ctx.saved_tensors, grad_y)
-
-
-_scan_op.register_autograd(_backward, setup_context=_setup_context)
+register_scan_backward(_scan_op, _scan_backward_op)
 
 
 def selective_scan(

@@ -26,11 +26,11 @@ whether it can run, before anything imports it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import triton
 import triton.language as tl
+
+from archgen.mixers.kernels import register_scan_backward
 
 BLOCK_D = 32  # channels per program: B * D / 32 programs; 32 x N fp32 state in registers
 SEGMENT = 64  # backward: the forward state is stored every SEGMENT tokens and recomputed between
@@ -249,15 +249,7 @@ def _scan_backward_op(
     return grad_x, grad_dt, grad_a.sum(0), grad_b.sum(1), grad_c.sum(1), grad_d.sum(0)
 
 
-def _setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return _scan_backward_op(*ctx.saved_tensors, grad_y.contiguous())
-
-
-_scan_op.register_autograd(_backward, setup_context=_setup_context)
+register_scan_backward(_scan_op, _scan_backward_op)
 
 
 def selective_scan(
