@@ -138,6 +138,9 @@ def _scan_bwd_kernel(
             b_t = tl.load(b_ptr + (row + t) * n_state + offs_n, mask=mask_n, other=0.0)
             h = tl.exp(dt_t[:, None] * a) * h + (dt_t * x_t)[:, None] * b_t[None, :]
 
+    # The scratch is read back by the same program, maybe by other threads than wrote it (the
+    # compiler picks each tensor's thread layout): a block-wide barrier orders the two.
+    tl.debug_barrier()
     # Backward, segment by segment from the end; g = dLoss/dh_t carried from the future.
     g = tl.zeros((BLOCK, BLOCK_N), dtype=tl.float32)
     ga = tl.zeros((BLOCK, BLOCK_N), dtype=tl.float32)
@@ -152,6 +155,7 @@ def _scan_bwd_kernel(
             dt_t = tl.load(dt_ptr + (row + t) * dim + offs_d, mask=mask_d, other=0.0)
             b_t = tl.load(b_ptr + (row + t) * n_state + offs_n, mask=mask_n, other=0.0)
             h = tl.exp(dt_t[:, None] * a) * h + (dt_t * x_t)[:, None] * b_t[None, :]
+        tl.debug_barrier()
         for i in range(0, stop - start):
             t = stop - 1 - i
             h_prev = tl.load(hs + (t - start) * tile_size + tile)
@@ -176,6 +180,7 @@ def _scan_bwd_kernel(
             tl.store(gb_ptr + (part + t) * n_state + offs_n, gb_t, mask=mask_n)
             tl.store(gc_ptr + (part + t) * n_state + offs_n, gc_t, mask=mask_n)
             g = g * decay
+        tl.debug_barrier()  # the next segment overwrites the scratch
     ga_offs = (pid_b.to(tl.int64) * dim + offs_d[:, None]) * n_state + offs_n[None, :]
     tl.store(ga_ptr + ga_offs, ga, mask=mask_dn)
     tl.store(gd_ptr + pid_b.to(tl.int64) * dim + offs_d, gd, mask=mask_d)
