@@ -226,7 +226,7 @@ def _scan_backward_op(
     bsz, seq, dim = x.shape
     n = a_mat.shape[1]
     blocks, block_n = triton.cdiv(dim, BLOCK_D), max(2, triton.next_power_of_2(n))
-    grad_x, grad_dt = torch.zeros_like(x), torch.zeros_like(x)
+    grad_x, grad_dt = x.new_zeros(x.shape), x.new_zeros(x.shape)  # contiguous, whatever x is
     grad_a = x.new_zeros(bsz, dim, n)
     grad_d = x.new_zeros(bsz, dim)
     grad_b, grad_c = x.new_zeros(bsz, blocks, seq, n), x.new_zeros(bsz, blocks, seq, n)

@@ -61,6 +61,9 @@ def check_kernel_backward(gen: torch.Generator) -> None:
         ref = [t.clone().requires_grad_(True) for t in inputs]
         want = torch.autograd.grad(loop_scan(*ref), ref, grad_y)
         fast = [t.float().requires_grad_(True) for t in inputs]
+        # x as a permuted view (dense, not contiguous): gradients must come back in x's shape
+        x_view = fast[0].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+        fast[0] = x_view
         got = torch.autograd.grad(selective_scan_triton.selective_scan(*fast), fast, grad_y.float())
         shape = f"B={bsz} L={seq} D={dim} N={n}"
         for name, g, w in zip(("x", "dt", "A", "B", "C", "D"), got, want, strict=True):
