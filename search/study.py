@@ -9,13 +9,15 @@ complete trials:
   candidate of a smaller space).
 * **heartbeats**: a thread stamps each running trial; a trial whose stamp is older than the grace
   period belongs to a killed worker and is marked failed and re-queued (at most ``max_retry``
-  times). Rerunning the same command after a SIGKILL therefore resumes without loss.
+  times). Rerunning the same command after a SIGKILL therefore resumes without loss. A worker
+  that was only stalled past the grace period finds its trial failed and carries on.
 * **failures**: an evaluation that raises is recorded as a failed trial with its error message,
   and the study continues.
 * **no duplicate work**: a candidate identical to a completed one reuses its result (the trial
   is marked ``same_as`` and tells the sampler the known values) and does not count towards
   ``n_trials``: in a small space a converged sampler proposes repeats often (a sixth of the
-  trials of the efficiency benchmark), and each would otherwise cost an evaluation.
+  trials of the efficiency benchmark), and each would otherwise cost an evaluation. Of two
+  workers' trials of one candidate, the later one waits for the earlier (``_same_candidate``).
 """
 
 from __future__ import annotations
