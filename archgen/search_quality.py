@@ -6,15 +6,19 @@
 * ``blockwise``  -- the default: the spec's base model is trained once on the spec's data (the
   built-in corpus by default) as the *teacher* (cached on disk); every (layer, choice) block is
   distilled locally from it once (cached); a candidate's quality is minus its blocks' mean
-  normalised distillation loss, so trials cost no training at all;
+  normalised distillation loss, so trials cost no training at all. Search processes sharing a
+  cache folder (several workers of one study on one machine) take turns through a file lock:
+  the first trains the teacher and its table, the others wait and reuse them, so every trial
+  of the study is scored against the same teacher;
 * finalists      -- optionally, the best Pareto models are distilled end to end from the teacher
   and the report says how well the cheap fidelity ranked them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -78,21 +82,41 @@ def blockwise_quality(
     q = spec.search.quality
     teacher_steps = min(q.teacher_steps, 150) if quick else q.teacher_steps
     distill_steps = min(q.distill_steps, 30) if quick else q.distill_steps
-    teacher, folder, prepared = train_teacher(spec, teacher_steps, cache, log)
-    alternatives = {s.node: {c.label: c.op for c in s.choices} for s in space.slots}
-    config = replace(
-        prepared.config, steps=distill_steps, warmup_steps=min(5, distill_steps - 1),
-        eval_interval=distill_steps, checkpoint_interval=distill_steps,
-    )  # fmt: skip
-    jobs = sum(len(v) for v in alternatives.values())
-    log(f"blockwise distillation: {jobs} (layer, choice) jobs of {distill_steps} steps (cached)")
-    table = blockwise_scores(teacher, alternatives, prepared.data, config,
-                             cache_dir=cache / "blockwise", log=log)  # fmt: skip
+    folder = teacher_dir(spec, teacher_steps, cache)
+    with _one_process_at_a_time(folder.with_name(folder.name + ".lock"), log):
+        teacher, folder, prepared = train_teacher(spec, teacher_steps, cache, log)
+        alternatives = {s.node: {c.label: c.op for c in s.choices} for s in space.slots}
+        config = replace(
+            prepared.config, steps=distill_steps, warmup_steps=min(5, distill_steps - 1),
+            eval_interval=distill_steps, checkpoint_interval=distill_steps,
+        )  # fmt: skip
+        jobs = sum(len(v) for v in alternatives.values())
+        log(f"blockwise distillation: {jobs} (layer, choice) jobs of {distill_steps} steps "
+            "(cached)")  # fmt: skip
+        table = blockwise_scores(teacher, alternatives, prepared.data, config,
+                                 cache_dir=cache / "blockwise", log=log)  # fmt: skip
     log(f"  {table.optimizer_steps} optimizer steps run, the rest from the cache")
     quality = TableQuality(table.scores("normalized"))
     info = {"teacher": str(folder), "blockwise_optimizer_steps": table.optimizer_steps,
             "table": [r.__dict__ for r in table.rows]}  # fmt: skip
     return (lambda candidate, graph: quality.score(candidate)), info
+
+
+@contextlib.contextmanager
+def _one_process_at_a_time(path: Path, log: Log) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"teacher: another archgen process is preparing it; waiting for {path}")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _unit_embeddings(model: Any) -> None:

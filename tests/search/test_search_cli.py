@@ -222,3 +222,41 @@ def test_two_search_processes_cooperate_on_one_study(backend, tmp_path) -> None:
             if t["state"] == "complete" and t["same_as"] is None
         }
     assert None not in workers_seen and 1 <= len(workers_seen) <= 2
+
+
+def test_search_processes_sharing_a_cache_train_one_teacher(tmp_path) -> None:
+    """Two workers of one study on one machine: one trains the teacher and distils the blocks,
+    the other waits for it and reuses both, so every trial is scored against the same teacher."""
+    import os
+
+    spec = SPEC.replace("vocab_size: 64", "vocab_size: 256").replace(
+        "quality: {fidelity: analytic}",
+        "quality: {fidelity: blockwise, teacher_steps: 12, distill_steps: 4}",
+    )
+    spec += f"""
+data: {{kind: text, paths: ["{ROOT / "archgen"}"], include: "*.py"}}
+train: {{batch_size: 4, seq_len: 32, eval_interval: 6, eval_batches: 1}}
+"""
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec)
+    env = {**os.environ, "COLUMNS": "200", "ARCHGEN_CACHE": str(tmp_path / "cache")}
+    url = f"journal://{tmp_path}/study.journal"
+    command = [sys.executable, "-m", "archgen.cli.main", "search", str(path), "--storage", url]
+    workers = [
+        subprocess.Popen(
+            [*command, "--trials", "6", "-o", str(tmp_path / name)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
+    assert sum("teacher: training the base model" in out for out in outputs) == 1, outputs
+    reports = [json.loads((tmp_path / n / "report.json").read_text()) for n in ("a", "b")]
+    assert reports[0]["quality"]["teacher"] == reports[1]["quality"]["teacher"]
+    steps = sorted(r["quality"]["blockwise_optimizer_steps"] for r in reports)
+    assert steps[0] == 0 and steps[1] > 0
