@@ -9,12 +9,11 @@ Optuna trials -> Pareto models measured end to end (certification) -> report, pl
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +131,7 @@ def prepare(spec_path: str | os.PathLike[str], options: SearchOptions) -> dict[s
     }
 
 
-STUDY_BUDGET = "budget_s"
+STUDY_BUDGET = "archgen:budget_s"  # a relative budget resolved, shared by the study's workers
 
 
 def _describe_budget(budget: float | RelativeBudget | None) -> str:
@@ -143,30 +142,34 @@ def _describe_budget(budget: float | RelativeBudget | None) -> str:
 
 def _resolve_relative_budget(
     budget: RelativeBudget,
-    p: dict[str, Any],
+    study: Any,
     base_candidate: Candidate | None,
     evaluator: CandidateEvaluator,
     log: Callable[[str], None],
 ) -> float:
-    """Seconds for ``N%`` of the base model: the value the study's first run resolved (so a
-    resumed search keeps its budget), else the base model's measured latency."""
-    import optuna
+    """Seconds for ``N%`` of the base model, one value for the whole study: the first one
+    resolved (by an earlier run, so a resumed search keeps its budget, or by another worker
+    that started at the same time), else from the base model's measured latency."""
+    from archgen.search.study import shared_value
 
-    with contextlib.suppress(KeyError):
-        stored = optuna.load_study(study_name=p["name"], storage=p["storage"]).user_attrs
-        if STUDY_BUDGET in stored:
-            log(f"budget {format_seconds(stored[STUDY_BUDGET])} ({budget}, as first resolved)")
-            return float(stored[STUDY_BUDGET])
     if base_candidate is None:
         raise ArchgenError(
             f"a relative budget ({budget}) needs the spec's base model in the search space",
             hint="give an absolute budget such as --budget 30ms",
         )
-    _, base_s = evaluator.measure(base_candidate)
-    seconds = budget.resolve(base_s)
-    log(
-        f"base model measures {format_seconds(base_s)}: budget {format_seconds(seconds)} ({budget})"
-    )
+    base: list[float] = []
+
+    def from_base_model() -> float:
+        base.append(evaluator.measure(base_candidate)[1])
+        return budget.resolve(base[0])
+
+    seconds, own = shared_value(study, STUDY_BUDGET, from_base_model)
+    if own is None:
+        log(f"budget {format_seconds(seconds)} ({budget}, as first resolved)")
+        return seconds
+    log(f"base model measures {format_seconds(base[0])}: budget {format_seconds(own)} ({budget})")
+    if own != seconds:
+        log(f"  another worker resolved it first: the study uses {format_seconds(seconds)}")
     return seconds
 
 
@@ -273,8 +276,15 @@ def run_search(
     baselines = space.baseline_candidates()
     kind_names = {block_signature(g, b): label for v in variants.values() for label, g, b in v}
     _calibrate(baselines, evaluator, measurer, kind_names, log)
+    config = StudyConfig(
+        name=p["name"],
+        n_trials=p["trials"],
+        seed=options.seed or s.seed,
+        sampler=s.sampler,
+    )
+    study = open_study(p["storage"], config, baselines)
     if isinstance(budget, RelativeBudget):
-        budget = _resolve_relative_budget(budget, p, base_candidate, evaluator, log)
+        budget = _resolve_relative_budget(budget, study, base_candidate, evaluator, log)
     evaluator.policy = LatencyPolicy(budget=budget)
     # The cheapest candidate, measured: a budget below it cannot be met by any candidate.
     _, cheapest_s = evaluator.measure(per_slot_best)
@@ -289,17 +299,7 @@ def run_search(
     evaluator.quality, quality_info = _quality(spec, p, options, log)
 
     setup_checks = dict(evaluator.known)
-    config = StudyConfig(
-        name=p["name"],
-        n_trials=p["trials"],
-        seed=options.seed or s.seed,
-        sampler=s.sampler,
-        budget=budget,
-    )
-    study = open_study(p["storage"], config, baselines)
-    if budget is not None and STUDY_BUDGET not in study.user_attrs:
-        study.set_user_attr(STUDY_BUDGET, budget)  # a resumed relative budget reuses it
-    run_worker(study, space, evaluator, config, on_trial=on_trial)
+    run_worker(study, space, evaluator, replace(config, budget=budget), on_trial=on_trial)
 
     # Certification: every Pareto model is measured end to end, now, interleaved (so that the
     # models are compared under the same machine conditions).

@@ -74,12 +74,15 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def make_sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    config: StudyConfig, offset: int, *, explore: bool = False
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded with ``config.seed + offset``; ``explore``: a random one."""
     seed = config.seed + offset
     # Constraints reach the samplers through Trial.set_constraint (Optuna >= 5).
-    if config.sampler == "nsga2":
+    if config.sampler == "nsga2" and not explore:
         return optuna.samplers.NSGAIISampler(seed=seed)
-    if config.sampler == "random":
+    if config.sampler == "random" or explore:
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -107,6 +110,32 @@ def open_study(
     for candidate in baselines:
         study.enqueue_trial(dict(candidate), user_attrs={"baseline": True}, skip_if_exists=True)
     return study
+
+
+def shared_value(
+    study: optuna.Study, key: str, compute: Callable[[], float]
+) -> tuple[float, float | None]:
+    """The value of ``key`` that every worker of ``study`` uses -- the first one recorded -- and
+    this call's own proposal (None when a value was recorded before, by another worker or an
+    earlier run of the study, and nothing was computed).
+
+    Workers that start together each ``compute`` a value (e.g. a budget relative to a measured
+    latency) and record it as a proposal: a pruned trial carrying it. Optuna storages number
+    trials atomically but have no compare-and-set for attributes, so the lowest-numbered proposal
+    wins; every worker reads after recording its own, so all see the same first one."""
+
+    def first() -> float | None:
+        proposals = [t for t in study.get_trials(deepcopy=False) if key in t.user_attrs]
+        return float(min(proposals, key=lambda t: t.number).user_attrs[key]) if proposals else None
+
+    found = first()
+    if found is not None:
+        return found, None
+    own = compute()
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={key: own}))
+    agreed = first()
+    assert agreed is not None
+    return agreed, own
 
 
 class _Heartbeat:
@@ -209,6 +238,7 @@ def run_worker(
     crashes, must not keep a worker busy forever."""
     target = min(config.n_trials, space.size())
     give_up = max(config.n_trials, 10)
+    repeated = False
     while True:
         fail_stale_trials(study, config)
         trials = study.get_trials(deepcopy=False)
@@ -224,14 +254,18 @@ def run_worker(
         trial = study.ask()
         # Seeded by the trial number, which is unique across workers: two workers started
         # together would otherwise share a seed and propose the same candidates in lockstep.
-        study.sampler = make_sampler(config, trial.number)
+        # After a repeat, one random proposal: a model-based sampler that has converged in a
+        # small or mostly infeasible space keeps proposing its favourite, and the study would
+        # end on the repeat limit short of its trials.
+        study.sampler = make_sampler(config, trial.number, explore=repeated)
+        repeated = False
         # UpdateFinishedTrialError: another worker declared this trial dead (its heartbeats
         # were starved past the grace period) and re-queued the candidate; the retry owns it.
         with (
             _Heartbeat(study, trial._trial_id, config.heartbeat_interval),
             contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError),
         ):
-            _run_trial(study, trial, space, evaluate, config, target)
+            repeated = _run_trial(study, trial, space, evaluate, config, target)
         if on_trial is not None:
             on_trial(study._storage.get_trial(trial._trial_id))
 
@@ -243,10 +277,11 @@ def _run_trial(
     evaluate: Evaluator,
     config: StudyConfig,
     target: int,
-) -> None:
+) -> bool:
+    """Run one trial; whether it repeated an earlier trial's candidate."""
     if _active_before(study.get_trials(deepcopy=False), trial.number) >= target:
         study.tell(trial, state=TrialState.PRUNED)  # lost a race: enough trials exist
-        return
+        return False
     candidate = {
         s.node: trial.suggest_categorical(s.node, [c.label for c in s.choices]) for s in space.slots
     }
@@ -272,6 +307,7 @@ def _run_trial(
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     else:
         study.tell(trial, values, skip_if_finished=True)
+    return previous is not None
 
 
 def _record(trial: optuna.Trial, result: Evaluation, config: StudyConfig) -> None:

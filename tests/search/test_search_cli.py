@@ -198,7 +198,7 @@ def test_two_search_processes_cooperate_on_one_study(backend, tmp_path) -> None:
     command = [sys.executable, "-m", "archgen.cli.main", "search", str(path), "--storage", url]
     workers = [
         subprocess.Popen(
-            [*command, "--trials", "12", "-o", str(tmp_path / name)],
+            [*command, "--trials", "12", "--budget", "95%", "-o", str(tmp_path / name)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -212,16 +212,18 @@ def test_two_search_processes_cooperate_on_one_study(backend, tmp_path) -> None:
     name = json.loads((tmp_path / "a" / "report.json").read_text())["study"]["name"]
     done = _evaluated(optuna.load_study(study_name=name, storage=open_storage(url)))
     assert len(done) == 12
-    workers_seen = set()
+    workers_seen, budgets = set(), set()
     for out in ("a", "b"):
         report = json.loads((tmp_path / out / "report.json").read_text())
         assert report["trials"]["evaluated"] == 12
+        budgets.add(report["budget_s"])  # one relative budget for the study
         workers_seen |= {
             t["worker"]
             for t in report["history"]
             if t["state"] == "complete" and t["same_as"] is None
         }
     assert None not in workers_seen and 1 <= len(workers_seen) <= 2
+    assert len(budgets) == 1
 
 
 def test_search_processes_sharing_a_cache_train_one_teacher(tmp_path) -> None:
