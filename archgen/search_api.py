@@ -203,7 +203,7 @@ def run_search(
     options: SearchOptions,
     *,
     log: Log = print,
-    on_trial: Callable[[Any], None] | None = None,
+    on_trial: Callable[[Any, Any], None] | None = None,
 ) -> SearchOutcome:
     from archgen.search.evaluate import CandidateEvaluator, LatencyPolicy
     from archgen.search.latency import LatencyPredictor, LatencyTable, Workload, block_signature

@@ -230,7 +230,7 @@ def run_worker(
     evaluate: Evaluator,
     config: StudyConfig,
     *,
-    on_trial: Callable[[FrozenTrial], None] | None = None,
+    on_trial: Callable[[FrozenTrial, Sequence[FrozenTrial]], None] | None = None,
 ) -> None:
     """Run trials until the study holds ``config.n_trials`` complete evaluating trials, or every
     candidate of a smaller space. A study also ends after ``n_trials`` repeats or ``n_trials``
@@ -266,8 +266,9 @@ def run_worker(
             contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError),
         ):
             repeated = _run_trial(study, trial, space, evaluate, config, target)
-        if on_trial is not None:
-            on_trial(study._storage.get_trial(trial._trial_id))
+        if on_trial is not None:  # this worker's trial, and the whole study (all workers)
+            trials = study.get_trials(deepcopy=False)
+            on_trial(next(t for t in trials if t._trial_id == trial._trial_id), trials)
 
 
 def _run_trial(

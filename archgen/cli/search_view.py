@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -11,16 +12,27 @@ from rich.table import Table
 from rich.text import Text
 
 from archgen.search.budget import format_seconds
-from archgen.search.study import evaluates
+from archgen.search.study import evaluates, feasible, pareto_front
+
+
+def progress_line(trials: Sequence[FrozenTrial]) -> str:
+    complete = [t for t in trials if t.state is TrialState.COMPLETE]
+    evaluated = [t for t in complete if evaluates(t)]
+    qualities = [t.values[0] for t in evaluated if feasible(t)]
+    failed = sum(t.state is TrialState.FAIL for t in trials)
+    best = f"{max(qualities):.4f}" if qualities else "-"
+    return (
+        f"candidates evaluated {len(evaluated)}  repeats {len(complete) - len(evaluated)}  "
+        f"failed {failed}  best feasible quality {best}  Pareto set {len(pareto_front(trials))}"
+    )
 
 
 class SearchView:
+    """One live line for the whole study -- all workers' trials, not only this process's:
+    candidates evaluated, repeats, failures, best feasible quality, Pareto-set size."""
+
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.done = 0
-        self.repeats = 0
-        self.failed = 0
-        self.best: float | None = None
         self._live = Live(Text(""), console=console, refresh_per_second=4, transient=True)
 
     def __enter__(self) -> SearchView:
@@ -33,24 +45,10 @@ class SearchView:
     def log(self, message: str) -> None:
         self.console.print(message, markup=False, highlight=False)
 
-    def trial(self, trial: FrozenTrial) -> None:
-        if trial.state is TrialState.COMPLETE and not evaluates(trial):
-            self.repeats += 1
-        elif trial.state is TrialState.COMPLETE:
-            self.done += 1
-            if all(c <= 0 for c in trial.constraints.values()):
-                q = trial.values[0]
-                self.best = q if self.best is None else max(self.best, q)
-        elif trial.state is TrialState.FAIL:
-            self.failed += 1
+    def trial(self, trial: FrozenTrial, study_trials: Sequence[FrozenTrial]) -> None:
+        if trial.state is TrialState.FAIL:
             self.log(f"trial {trial.number} failed: {trial.user_attrs.get('archgen:error')}")
-        best = "-" if self.best is None else f"{self.best:.4f}"
-        self._live.update(
-            Text(
-                f"candidates evaluated {self.done}  repeats {self.repeats}  failed {self.failed}"
-                f"  best feasible quality {best}"
-            )
-        )
+        self._live.update(Text(progress_line(study_trials)))
 
     def summary(self, outcome: Any) -> None:
         report = outcome.report
