@@ -12,7 +12,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from archgen.search.latency import TrustReport
-from archgen.search.study import ERROR, SAME_AS, WORKER, evaluates, feasible
+from archgen.search.study import ERROR, SAME_AS, WORKER, evaluates, feasible, is_proposal
 from archgen.train.checkpoint import write_text_atomic
 
 
@@ -50,6 +50,7 @@ def build_report(
     quality_fidelity: str,
     fidelity_check: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    trials = [t for t in trials if not is_proposal(t)]  # bookkeeping, not candidates
     states = {s.name.lower(): sum(t.state is s for t in trials) for s in TrialState}
     # complete = evaluated + repeats (a repeat reuses an earlier trial's result)
     states["evaluated"] = sum(t.state is TrialState.COMPLETE and evaluates(t) for t in trials)

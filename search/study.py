@@ -42,6 +42,7 @@ ERROR = "archgen:error"
 RETRIES = "archgen:retries"
 WORKER = "worker"
 SAME_AS = "same_as"
+PROPOSAL = "archgen:proposal"  # a pruned trial that only carries a shared_value proposal
 BUDGET_CONSTRAINT = "latency_over_budget_s"
 
 
@@ -132,7 +133,10 @@ def shared_value(
     if found is not None:
         return found, None
     own = compute()
-    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={key: own}))
+    proposal = optuna.trial.create_trial(
+        state=TrialState.PRUNED, user_attrs={key: own, PROPOSAL: key}
+    )
+    study.add_trial(proposal)
     agreed = first()
     assert agreed is not None
     return agreed, own
@@ -188,6 +192,11 @@ def fail_stale_trials(study: optuna.Study, config: StudyConfig) -> list[int]:
                 attrs["baseline"] = True
             study.enqueue_trial(dict(trial.params), user_attrs=attrs)
     return failed
+
+
+def is_proposal(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` only carries a :func:`shared_value` proposal (no candidate)."""
+    return PROPOSAL in trial.user_attrs
 
 
 def evaluates(trial: FrozenTrial) -> bool:

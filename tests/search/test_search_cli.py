@@ -109,6 +109,8 @@ def test_relative_budget_is_a_fraction_of_the_base_model_and_survives_resume(
     report = json.loads((out / "report.json").read_text())
     assert report["budget_s"] == pytest.approx(0.95 * base_s)
     assert "(95% of the base model)" in result.stdout
+    # the budget's proposal (a pruned trial in the study) is bookkeeping, not a candidate
+    assert report["trials"]["pruned"] == 0 and all(t["params"] for t in report["history"])
     again = archgen(*args, env_extra=env)
     assert again.returncode == 0
     assert "as first resolved" in again.stdout
