@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -175,6 +176,29 @@ def test_spec_without_search_section(tmp_path) -> None:
     assert result.returncode == 2 and "has no 'search:' section" in result.stderr
 
 
+def _two_searches(spec: Path, url: str, tmp_path: Path, *args: str) -> list[str]:
+    """Run two ``archgen search`` commands on one storage and one cache folder at once (output
+    folders ``a`` and ``b``); both must succeed. Their outputs."""
+    import os
+
+    env = {**os.environ, "COLUMNS": "200", "ARCHGEN_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "archgen.cli.main", "search", str(spec), "--storage", url]
+    workers = [
+        subprocess.Popen(
+            [*command, *args, "-o", str(tmp_path / name)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
+    return outputs
+
+
 @pytest.mark.parametrize("backend", ["journal", "postgresql"])
 def test_two_search_processes_cooperate_on_one_study(backend, tmp_path) -> None:
     """Two ``archgen search`` commands on one storage (and one block-latency cache) share the
@@ -196,21 +220,7 @@ def test_two_search_processes_cooperate_on_one_study(backend, tmp_path) -> None:
         url = os.environ["ARCHGEN_TEST_POSTGRES"]
     path = tmp_path / "spec.yaml"  # a fresh study per run: the database outlives the test
     path.write_text(SPEC.replace("name: tiny-hybrid", f"name: duo-{uuid.uuid4().hex[:8]}"))
-    env = {**os.environ, "COLUMNS": "200", "ARCHGEN_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "archgen.cli.main", "search", str(path), "--storage", url]
-    workers = [
-        subprocess.Popen(
-            [*command, "--trials", "12", "--budget", "95%", "-o", str(tmp_path / name)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for name in ("a", "b")
-    ]
-    outputs = [w.communicate(timeout=600)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
+    _two_searches(path, url, tmp_path, "--trials", "12", "--budget", "95%")
     name = json.loads((tmp_path / "a" / "report.json").read_text())["study"]["name"]
     done = _evaluated(optuna.load_study(study_name=name, storage=open_storage(url)))
     assert len(done) == 12
@@ -231,7 +241,6 @@ def test_two_search_processes_cooperate_on_one_study(backend, tmp_path) -> None:
 def test_search_processes_sharing_a_cache_train_one_teacher(tmp_path) -> None:
     """Two workers of one study on one machine: one trains the teacher and distils the blocks,
     the other waits for it and reuses both, so every trial is scored against the same teacher."""
-    import os
 
     spec = SPEC.replace("vocab_size: 64", "vocab_size: 256").replace(
         "quality: {fidelity: analytic}",
@@ -243,22 +252,7 @@ train: {{batch_size: 4, seq_len: 32, eval_interval: 6, eval_batches: 1}}
 """
     path = tmp_path / "spec.yaml"
     path.write_text(spec)
-    env = {**os.environ, "COLUMNS": "200", "ARCHGEN_CACHE": str(tmp_path / "cache")}
-    url = f"journal://{tmp_path}/study.journal"
-    command = [sys.executable, "-m", "archgen.cli.main", "search", str(path), "--storage", url]
-    workers = [
-        subprocess.Popen(
-            [*command, "--trials", "6", "-o", str(tmp_path / name)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for name in ("a", "b")
-    ]
-    outputs = [w.communicate(timeout=600)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
+    outputs = _two_searches(path, f"journal://{tmp_path}/study.journal", tmp_path, "--trials", "6")
     assert sum("teacher: training the base model" in out for out in outputs) == 1, outputs
     reports = [json.loads((tmp_path / n / "report.json").read_text()) for n in ("a", "b")]
     assert reports[0]["quality"]["teacher"] == reports[1]["quality"]["teacher"]
