@@ -81,10 +81,10 @@ def make_sampler(
     """The study's sampler, seeded with ``config.seed + offset``; ``explore``: a random one."""
     seed = config.seed + offset
     # Constraints reach the samplers through Trial.set_constraint (Optuna >= 5).
-    if config.sampler == "nsga2" and not explore:
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if config.sampler == "random" or explore:
+    if explore or config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if config.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # constant_liar: a trial another worker is running counts as a poor result, so

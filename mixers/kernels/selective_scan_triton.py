@@ -83,6 +83,15 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
+def _advance(h, a, x_ptr, dt_ptr, b_ptr, token, dim, n_state, offs_d, offs_n):
+    """The state after flat token ``token`` (batch row * L + t), from the state before it."""
+    x_t = tl.load(x_ptr + token * dim + offs_d, mask=offs_d < dim, other=0.0)
+    dt_t = tl.load(dt_ptr + token * dim + offs_d, mask=offs_d < dim, other=0.0)
+    b_t = tl.load(b_ptr + token * n_state + offs_n, mask=offs_n < n_state, other=0.0)
+    return tl.exp(dt_t[:, None] * a) * h + (dt_t * x_t)[:, None] * b_t[None, :]
+
+
+@triton.jit
 def _scan_bwd_kernel(
     x_ptr,
     dt_ptr,
@@ -133,10 +142,7 @@ def _scan_bwd_kernel(
     for s in range(0, n_seg):
         tl.store(ckpt + s * tile_size + tile, h)
         for t in range(s * SEG, tl.minimum(s * SEG + SEG, seq_len)):
-            x_t = tl.load(x_ptr + (row + t) * dim + offs_d, mask=mask_d, other=0.0)
-            dt_t = tl.load(dt_ptr + (row + t) * dim + offs_d, mask=mask_d, other=0.0)
-            b_t = tl.load(b_ptr + (row + t) * n_state + offs_n, mask=mask_n, other=0.0)
-            h = tl.exp(dt_t[:, None] * a) * h + (dt_t * x_t)[:, None] * b_t[None, :]
+            h = _advance(h, a, x_ptr, dt_ptr, b_ptr, row + t, dim, n_state, offs_d, offs_n)
 
     # The scratch is read back by the same program, maybe by other threads than wrote it (the
     # compiler picks each tensor's thread layout): a block-wide barrier orders the two.
@@ -151,10 +157,7 @@ def _scan_bwd_kernel(
         h = tl.load(ckpt + (n_seg - 1 - j) * tile_size + tile)
         for t in range(start, stop):  # hs[t - start] = h_{t-1}
             tl.store(hs + (t - start) * tile_size + tile, h)
-            x_t = tl.load(x_ptr + (row + t) * dim + offs_d, mask=mask_d, other=0.0)
-            dt_t = tl.load(dt_ptr + (row + t) * dim + offs_d, mask=mask_d, other=0.0)
-            b_t = tl.load(b_ptr + (row + t) * n_state + offs_n, mask=mask_n, other=0.0)
-            h = tl.exp(dt_t[:, None] * a) * h + (dt_t * x_t)[:, None] * b_t[None, :]
+            h = _advance(h, a, x_ptr, dt_ptr, b_ptr, row + t, dim, n_state, offs_d, offs_n)
         tl.debug_barrier()
         for i in range(0, stop - start):
             t = stop - 1 - i
