@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,25 +126,31 @@ def _library_versions() -> dict[str, str]:
     return {"archgen": __version__, "torch": torch.__version__}
 
 
-def build(spec: SpecLike, out_dir: str | os.PathLike[str], *, seed: int = 0) -> BuildResult:
+def build(
+    spec: SpecLike, out_dir: str | os.PathLike[str], *, seed: int = 0, force: bool = False
+) -> BuildResult:
     """Instantiate the eager model and write ``weights.safetensors``, ``spec.yaml`` (resolved)
-    and ``manifest.json`` to ``out_dir``. The folder appears complete or not at all."""
+    and ``manifest.json`` to ``out_dir``. The folder appears complete or not at all.
+
+    ``out_dir`` must not exist or be empty; ``force`` lets a previous build output there be
+    replaced. Anything else there (a training run, a user's files) is refused before any work
+    (:class:`~archgen.errors.ArchgenError`), ``force`` or not."""
     from archgen.backends.torch_model import build_model
     from archgen.backends.weights import save_weights
-    from archgen.staging import publish_folder
+    from archgen.staging import OutputFolder
 
+    target = OutputFolder(Path(out_dir), "build", force=force)
+    target.check()
     spec = as_spec(spec)
     graph = compile_spec(spec)
     model = build_model(graph, seed=seed)
     digest = spec_hash(spec)
     params = sum(p.numel() for p in model.parameters())
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with target.staging() as staging:
         save_weights(model, staging / "weights.safetensors", {"spec_hash": digest})
         (staging / "spec.yaml").write_text(resolved_yaml(spec))
         manifest = {
+            "command": "build",
             **_library_versions(),
             "spec_hash": digest,
             "model": graph.model.name,
@@ -155,7 +159,4 @@ def build(spec: SpecLike, out_dir: str | os.PathLike[str], *, seed: int = 0) -> 
             "files": ["weights.safetensors", "spec.yaml"],
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        publish_folder(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return BuildResult(out, params, digest)
+    return BuildResult(target.path, params, digest)

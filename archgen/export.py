@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -33,7 +31,7 @@ from archgen.backends.base import (
 )
 from archgen.errors import ArchgenError, UnavailableError
 from archgen.ir.graph import Graph
-from archgen.staging import publish_folder
+from archgen.staging import OutputFolder
 
 if TYPE_CHECKING:
     from archgen.backends.base import Artifact
@@ -144,15 +142,22 @@ def export(
     validation_seed: int | None = None,
     provider: Provider = "cpu",
     portable: bool = False,
+    force: bool = False,
 ) -> ExportResult:
     """Lower ``spec`` for ``fmt``, validate it, and write the engine(s), ``spec.yaml``
     (resolved), ``numerics.json`` and ``manifest.json`` to ``out_dir``.
+
+    ``out_dir`` must not exist or be empty; ``force`` lets a previous export output there be
+    replaced. Anything else there (a build or training folder, a user's files) is refused
+    before any work (:class:`~archgen.errors.ArchgenError`), ``force`` or not.
 
     Raises :class:`~archgen.errors.UnavailableError` (exit 3) before doing anything when the
     format's backend cannot run here, and :class:`~archgen.backends.validate.NumericsError`
     (exit 4) when validation fails; in both cases ``out_dir`` is left untouched."""
     if fmt not in FORMAT_BACKEND:
         raise ArchgenError(f"unknown format {fmt!r}; known: {', '.join(FORMAT_BACKEND)}")
+    target = OutputFolder(Path(out_dir), "export", force=force)
+    target.check()
     # Fail fast: an unavailable backend is reported before the spec is even compiled.
     ok, why = get_backend(FORMAT_BACKEND[fmt]).is_available()
     if not ok:
@@ -173,10 +178,8 @@ def export(
     )
     backend = _ready(FORMAT_BACKEND[fmt], graph, options)
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    out = target.path
+    with target.staging() as staging:
         artifact = backend.lower(graph, options)
         files = artifact.save(staging)
         report = run_validation(artifact, seed=validation_seed)
@@ -192,6 +195,7 @@ def export(
         (staging / "spec.yaml").write_text(resolved_yaml(spec))
         files += ["numerics.json", "spec.yaml", "manifest.json"]
         manifest = {
+            "command": "export",
             "versions": artifact.meta.extra.get("versions", library_versions()),
             "spec_hash": spec_hash(spec),
             "model": graph.model.name,
@@ -209,9 +213,6 @@ def export(
             "notes": artifact.meta.notes,
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        publish_folder(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(out, files, report, artifact)
 
 

@@ -1,23 +1,202 @@
-"""Output folders that appear complete or not at all.
+"""Output folders that appear complete or not at all, and never over someone else's files.
 
-Commands that write several files (build, export) fill a hidden staging folder next to the
-target and call :func:`publish_folder` only once everything is written and checked.
+Commands that write several files (build, export, a training checkpoint) fill a hidden staging
+folder beside the target, named after the writing process (``.NAME.staging-PID-RANDOM``), and
+rename it into place once everything is written and checked. A later run removes the staging
+folders of processes that died (killed mid-write); a live process's are never touched.
+
+:class:`OutputFolder` adds the rule for user-chosen targets (``-o``), checked before any work and
+again at publish time: a missing target or an empty folder is (re)placed; a folder holding a
+previous output of the *same* command (recognised by its ``manifest.json``, which records the
+command, and holding nothing else) is replaced only with ``force``; anything else -- a training
+run, a folder with a user's files, a file, a symbolic link -- is refused, ``force`` or not.
+
+>>> target = OutputFolder(Path("out/m"), "build")  # doctest: +SKIP
+>>> target.check()  # before any expensive work  # doctest: +SKIP
+>>> with target.staging() as folder:  # doctest: +SKIP
+...     write_files(folder)  # published to out/m when the block ends without error
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from archgen.errors import ArchgenError
 
-def publish_folder(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``, replacing an existing folder only once the new one is
-    complete (the old one is moved aside first, then deleted)."""
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        out.rename(backup)
-        staging.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        staging.rename(out)
+# ``.NAME.staging-PID-RANDOM`` (being written) and ``.NAME.old-PID-RANDOM`` (an old folder set
+# aside while --force replaces it): both belong to process PID and die with it.
+_OWNED = re.compile(r"^\.(?P<name>.+)\.(?:staging|old)-(?P<pid>\d+)-[0-9a-f]+$")
+_NAME_MAX = 120  # of the target name inside a staging name (file names stop at 255 bytes)
+
+
+def _owned_name(out: Path, what: str) -> Path:
+    return out.parent / f".{out.name[:_NAME_MAX]}.{what}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return True  # pid 0 would signal our process group: never ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale(parent: Path) -> list[Path]:
+    """Remove the staging and set-aside folders in ``parent`` whose process has died (a killed
+    build, export or checkpoint write); return what was removed."""
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _OWNED.match(entry.name)
+        if match is None or _alive(int(match["pid"])) or entry.is_symlink() or not entry.is_dir():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def new_staging(out: Path) -> Path:
+    """A fresh empty hidden folder beside ``out``, owned by this process. Created with
+    ``mkdir`` (not ``mkdtemp``) so it gets the permissions the umask gives any new folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out.parent)
+    while True:
+        staging = _owned_name(out, "staging")
+        try:
+            staging.mkdir()
+        except FileExistsError:
+            continue
+        return staging
+
+
+def replace_folder(staging: Path, out: Path) -> None:
+    """Rename ``staging`` to ``out``. An existing ``out`` folder is first renamed aside under a
+    unique name and deleted once the new one is in place (renamed back if that fails): at every
+    instant ``out`` is the old folder or the new one, except between the two renames."""
+    try:
+        os.rename(staging, out)  # out missing, or an empty folder
+        return
+    except OSError:
+        if not out.is_dir() or out.is_symlink():
+            raise
+    aside = _owned_name(out, "old")
+    os.rename(out, aside)
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        os.rename(aside, out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+# -- user-chosen output folders ----------------------------------------------------------------
+def _manifest_command(manifest: dict[str, object]) -> str | None:
+    """The command that wrote ``manifest``. Folders written before manifests recorded it are
+    recognised by their exact layout."""
+    command = manifest.get("command")
+    if isinstance(command, str):
+        return command
+    if "format" in manifest and "validation" in manifest:
+        return "export"
+    if manifest.get("files") == ["weights.safetensors", "spec.yaml"] and "seed" in manifest:
+        return "build"
+    return None
+
+
+def _listing(entries: list[str], limit: int = 5) -> str:
+    shown = ", ".join(entries[:limit])
+    return shown if len(entries) <= limit else f"{shown} and {len(entries) - limit} more"
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """The folder ``command`` (``"build"``, ``"export"``) publishes to, and whether it may.
+
+    ``force`` allows replacing a previous output of the same command, nothing else."""
+
+    path: Path
+    command: str
+    force: bool = False
+
+    def _refusal(self) -> ArchgenError | None:
+        """None when the target may receive the output (now), else the error saying why not."""
+        path, command = self.path, self.command
+        other = (
+            "choose another output folder (-o); --force only replaces a previous "
+            f"`archgen {command}` output, never anything else"
+        )
+        if path.is_symlink():
+            return ArchgenError(f"{path} is a symbolic link (to {os.readlink(path)})", hint=other)
+        if not path.exists():
+            return None
+        if not path.is_dir():
+            return ArchgenError(f"{path} exists and is not a folder", hint=other)
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+        if not entries:
+            return None
+        listing = _listing(entries)
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = None
+        wrote = _manifest_command(manifest) if isinstance(manifest, dict) else None
+        if wrote != command:
+            what = f"it is the output of `archgen {wrote}` and holds" if wrote else "it holds"
+            return ArchgenError(
+                f"{path} is not empty and not a previous `archgen {command}` output: "
+                f"{what} {listing}",
+                hint=other,
+            )
+        listed = {str(f).rstrip("/") for f in manifest.get("files", [])} | {"manifest.json"}
+        extra = [e for e in entries if e.rstrip("/") not in listed]
+        if extra:
+            return ArchgenError(
+                f"{path} holds a previous `archgen {command}` output and files it did not "
+                f"write: {_listing(extra)}",
+                hint=other,
+            )
+        if not self.force:
+            return ArchgenError(
+                f"{path} already holds a previous `archgen {command}` output ({listing})",
+                hint="choose another output folder (-o), or pass --force to replace it",
+            )
+        return None
+
+    def check(self) -> None:
+        """Raise :class:`~archgen.errors.ArchgenError` unless the output may be published."""
+        refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A staging folder to fill; published to ``path`` when the block ends without an error
+        (after checking the target again), removed in every case."""
+        self.check()
+        target = Path(os.path.abspath(self.path))  # "-o ." has no name to stage beside
+        staging = new_staging(target)
+        try:
+            yield staging
+            self.check()
+            try:
+                replace_folder(staging, target)
+            except OSError:
+                self.check()  # the target changed since the check: say how
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -46,6 +46,12 @@ PortableOpt = Annotated[
         "GroupQueryAttention); slower in onnxruntime, runs in other ONNX runtimes",
     ),
 ]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="replace a previous `archgen export` output in --output (never other files)"
+    ),
+]
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
@@ -135,7 +141,9 @@ def register(app: typer.Typer, out: Console) -> None:
     @app.command()
     def export(
         spec: SpecArg,
-        output: Annotated[Path, typer.Option("--output", "-o", help="output folder")],
+        output: Annotated[
+            Path, typer.Option("--output", "-o", help="output folder (new or empty)")
+        ],
         fmt: Annotated[
             str, typer.Option("--format", "-f", help="onnx | tensorrt | torch")
         ] = "onnx",
@@ -147,6 +155,7 @@ def register(app: typer.Typer, out: Console) -> None:
         validation_seed: SeedOpt = None,
         provider: ProviderOpt = "cpu",
         portable: PortableOpt = False,
+        force: ForceOpt = False,
     ) -> None:
         """Export an engine, validate it against the float64 reference, write it atomically."""
         from archgen import export as api
@@ -165,6 +174,7 @@ def register(app: typer.Typer, out: Console) -> None:
                 validation_seed=validation_seed,
                 provider=provider,  # type: ignore[arg-type]
                 portable=portable,
+                force=force,
             )
         except ArchgenError as exc:  # NumericsError carries the report (its import needs torch)
             report = getattr(exc, "report", None)

@@ -30,6 +30,7 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 SpecArg = Annotated[Path, typer.Argument(help="architecture spec (YAML)", show_default=False)]
+FORCE_HELP = "replace a previous `archgen {}` output in --output (never other files)"
 
 
 @app.command()
@@ -68,13 +69,14 @@ def check(
 @app.command()
 def build(
     spec: SpecArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="output folder")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output folder (new or empty)")],
     seed: Annotated[int, typer.Option(help="seed of the weight initialisation")] = 0,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP.format("build"))] = False,
 ) -> None:
     """Instantiate the model and write weights (safetensors), resolved spec and manifest."""
     from archgen import api
 
-    result = api.build(spec, output, seed=seed)
+    result = api.build(spec, output, seed=seed, force=force)
     out.print(
         f"built {result.params:,} parameters -> {result.out_dir}/ "
         f"(weights.safetensors, spec.yaml, manifest.json; spec_hash {result.spec_hash})"

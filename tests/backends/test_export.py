@@ -75,14 +75,15 @@ def test_failed_validation_exits_4_and_leaves_the_old_output_untouched(
     tiny_spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "previous.txt").write_text("an earlier, good export")
+    profile = export_api.Profile(max_seq=16)
+    export_api.export(tiny_spec, out, fmt="torch", profile=profile)  # an earlier, good export
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     impossible = Tolerance(0.0, 0.0, 0.0, 1.0, 1.0, 0.0)  # float32 vs float64 cannot meet it
     monkeypatch.setitem(validate_mod.TOLERANCES, ("eager", "float32"), impossible)
     with pytest.raises(NumericsError, match=r"first failing block layers\.0") as info:
-        export_api.export(tiny_spec, out, fmt="torch", profile=export_api.Profile(max_seq=16))
+        export_api.export(tiny_spec, out, fmt="torch", profile=profile, force=True)
     assert info.value.exit_code == 4 and info.value.report is not None
-    assert [p.name for p in out.iterdir()] == ["previous.txt"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.yaml"]
 
 
