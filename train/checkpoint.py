@@ -28,6 +28,7 @@ from torch import nn
 
 from archgen.backends.weights import load_weights, save_weights
 from archgen.errors import ArchgenError
+from archgen.staging import new_staging, replace_folder
 
 LATEST = "latest"
 
@@ -75,7 +76,8 @@ def save_checkpoint(
     """Write checkpoint ``step`` under ``root`` atomically and keep the ``keep`` newest."""
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    final = root / name
+    staging = new_staging(final)
     try:
         save_weights(model, staging / "weights.safetensors", {"step": str(step)})
         state = {
@@ -86,10 +88,7 @@ def save_checkpoint(
         }
         torch.save(state, staging / "state.pt")
         (staging / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
-        final = root / name
-        if final.exists():  # a rerun of the same step after a crash: replace it
-            shutil.rmtree(final)
-        staging.rename(final)
+        replace_folder(staging, final)  # a rerun of the same step after a crash replaces it
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     write_text_atomic(root / LATEST, name + "\n")

@@ -16,7 +16,8 @@ ALLOWED: dict[str, set[str]] = {
     "passes": {"ir", "errors"},
     "mixers": {"ir"},
     "backends": {"ir", "passes", "mixers", "errors"},
-    "train": {"ir", "passes", "mixers", "backends", "errors"},
+    # staging: the one staging-folder helper (build, export and checkpoints share it)
+    "train": {"ir", "passes", "mixers", "backends", "errors", "staging"},
     "search": {"ir", "passes", "mixers", "backends", "train", "errors"},
 }
 TORCH_FREE = {"ir", "passes"}
