@@ -410,6 +410,7 @@ def _export_best(best: Path | None, out: Path, fmt: str, log: Log) -> dict[str, 
 
     assert best is not None
     log(f"exporting {best} as {fmt} and validating its numerics...")
-    result = export(best, out / f"export-{fmt}", fmt=fmt)  # type: ignore[arg-type]
+    # the search owns OUT: a rerun replaces its own previous export (never other files)
+    result = export(best, out / f"export-{fmt}", fmt=fmt, force=True)  # type: ignore[arg-type]
     log(f"  exported to {result.out_dir}")
     return {"format": fmt, "folder": str(result.out_dir), "files": result.files}
