@@ -13,11 +13,21 @@ complete trials:
   that was only stalled past the grace period finds its trial failed and carries on.
 * **failures**: an evaluation that raises is recorded as a failed trial with its error message,
   and the study continues.
-* **no duplicate work**: a candidate identical to a completed one reuses its result (the trial
-  is marked ``same_as`` and tells the sampler the known values) and does not count towards
-  ``n_trials``: in a small space a converged sampler proposes repeats often (a sixth of the
-  trials of the efficiency benchmark), and each would otherwise cost an evaluation. Of two
-  workers' trials of one candidate, the later one waits for the earlier (``_same_candidate``).
+* **no duplicate work**: a candidate identical to a completed one is not evaluated again and
+  does not count towards ``n_trials``: in a small space a converged sampler proposes repeats
+  often (a sixth of the trials of the efficiency benchmark), and each would otherwise cost an
+  evaluation. Of two workers' trials of one candidate, the later one waits for the earlier
+  (``_same_candidate``).
+* **one complete trial per candidate**: a repeat is told as *pruned* with the user attribute
+  ``same_as`` (the trial whose result stands), not as a second complete trial, so
+  ``study.best_trials``, the Pareto front and optuna-dashboard list each candidate once. The
+  sampler still learns from it: TPE counts a pruned trial without intermediate values among its
+  poor ("above") trials once enough trials are complete, so a repeat makes the candidate less
+  likely to be proposed again (as a second complete copy did), while the original complete trial
+  keeps its values; NSGA-II and random sampling ignore it.
+  A trial asked for but not needed (other workers already run the last trials) suggests its
+  candidate before it is pruned: a pruned trial without parameters would empty the joint search
+  space of the multivariate TPE (``IntersectionSearchSpace(include_pruned=True)``).
 """
 
 from __future__ import annotations
@@ -41,7 +51,8 @@ HEARTBEAT = "archgen:heartbeat"
 ERROR = "archgen:error"
 RETRIES = "archgen:retries"
 WORKER = "worker"
-SAME_AS = "same_as"
+SAME_AS = "same_as"  # a pruned repeat: the number of the complete trial of its candidate
+UNNEEDED = "archgen:unneeded"  # a pruned trial asked for after the last needed one
 PROPOSAL = "archgen:proposal"  # a pruned trial that only carries a shared_value proposal
 BUDGET_CONSTRAINT = "latency_over_budget_s"
 
@@ -289,35 +300,33 @@ def _run_trial(
     target: int,
 ) -> bool:
     """Run one trial; whether it repeated an earlier trial's candidate."""
-    if _active_before(study.get_trials(deepcopy=False), trial.number) >= target:
-        study.tell(trial, state=TrialState.PRUNED)  # lost a race: enough trials exist
-        return False
+    # The candidate is suggested first, even by a trial that is then not needed: see the module
+    # docstring (a pruned trial without parameters empties the multivariate TPE's search space).
     candidate = {
         s.node: trial.suggest_categorical(s.node, [c.label for c in s.choices]) for s in space.slots
     }
     trial.set_user_attr(WORKER, worker_id())
+    if _active_before(study.get_trials(deepcopy=False), trial.number) >= target:
+        trial.set_user_attr(UNNEEDED, True)
+        study.tell(trial, state=TrialState.PRUNED)  # lost a race: enough trials exist
+        return False
     previous = _same_candidate(study, trial, candidate, config)
+    if previous is not None:
+        # Not a second complete trial of the candidate: pruned, pointing at the one that stands.
+        trial.set_user_attr(SAME_AS, previous.number)
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        return True
     try:
-        if previous is not None:
-            for key, value in previous.user_attrs.items():
-                if key not in (HEARTBEAT, "baseline", RETRIES, "retry_of", WORKER):
-                    trial.set_user_attr(key, value)
-            for key, value in previous.constraints.items():
-                trial.set_constraint(key, value)
-            trial.set_user_attr(SAME_AS, previous.number)
-            values = previous.values
-        else:
-            result = evaluate(candidate)
-            _record(trial, result, config)
-            values = [result.quality, result.latency]
+        result = evaluate(candidate)
+        _record(trial, result, config)
     except optuna.exceptions.UpdateFinishedTrialError:
         raise
     except Exception as exc:  # a crashing candidate must not stop the study
         trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     else:
-        study.tell(trial, values, skip_if_finished=True)
-    return previous is not None
+        study.tell(trial, [result.quality, result.latency], skip_if_finished=True)
+    return False
 
 
 def _record(trial: optuna.Trial, result: Evaluation, config: StudyConfig) -> None:

@@ -21,14 +21,16 @@ WORKER = [sys.executable, "-m", "tests.search.fake_worker"]
 
 
 def _evaluated(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Complete trials that evaluated their candidate, checked to be distinct candidates; every
-    repeat must point at one of them."""
-    done = [t for t in study.trials if t.state is TrialState.COMPLETE and evaluates(t)]
+    """Complete trials, checked to be distinct candidates that each evaluated theirs; every
+    repeat must be a pruned trial pointing at one of them."""
+    done = [t for t in study.trials if t.state is TrialState.COMPLETE]
+    assert all(evaluates(t) for t in done), "a repeat was stored as a complete trial"
     assert len({tuple(sorted(t.params.items())) for t in done}) == len(done), "evaluated twice"
     numbers = {t.number for t in done}
     for t in study.trials:
         if not evaluates(t):
-            assert t.user_attrs["same_as"] in numbers and t.state is TrialState.COMPLETE
+            assert t.user_attrs["same_as"] in numbers and t.state is TrialState.PRUNED
+            assert t.params == study.trials[t.user_attrs["same_as"]].params
     return done
 
 
@@ -97,6 +99,8 @@ def _two_workers(url: str, n: int, name: str = "fake") -> None:
     assert len(done) == n
     assert len({t.number for t in done}) == n
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # a trial not needed after all (the other worker ran the last) still carries its candidate
+    assert all(t.params for t in study.trials if t.state is TrialState.PRUNED)
 
 
 def test_two_workers_share_a_journal_file(tmp_path) -> None:
@@ -134,8 +138,31 @@ def test_repeats_reuse_results_and_do_not_count_towards_the_trials(tmp_path) -> 
     repeats = [t for t in study.trials if not evaluates(t)]
     assert len(done) == len(calls) == 8
     assert repeats, "this seed's random draws repeat candidates"
-    for t in repeats:
-        assert t.values == study.trials[t.user_attrs["same_as"]].values
+    assert all(t.state is TrialState.PRUNED and t.values is None for t in repeats)
+    # Optuna's own view lists each candidate once
+    best = study.best_trials
+    assert best and all(evaluates(t) for t in best)
+    assert len({tuple(sorted(t.params.items())) for t in best}) == len(best)
+
+
+def test_repeats_are_pruned_in_memory_and_tpe_goes_on(tmp_path) -> None:
+    """The default TPE sampler on an in-memory study: repeats are pruned trials (not complete,
+    not among ``best_trials``), each candidate is evaluated once, and no trial is left without
+    its candidate (a pruned trial without parameters empties the multivariate search space)."""
+    from archgen.search.study import StudyConfig, open_study, run_worker
+    from tests.search.fake_worker import fake_evaluator, fake_space
+
+    space = fake_space(2)
+    config = StudyConfig("memory", 12, seed=1, heartbeat_interval=5.0)
+    study = open_study(optuna.storages.InMemoryStorage(), config, space.homogeneous_candidates())
+    calls: list[dict] = []
+    evaluate = fake_evaluator(0.0)
+    run_worker(study, space, lambda c: calls.append(c) or evaluate(c), config)
+    done = _evaluated(study)
+    assert len(done) == len(calls) == 12
+    assert [t for t in study.trials if not evaluates(t)], "this seed's TPE repeats candidates"
+    assert {t.number for t in study.best_trials} <= {t.number for t in done}
+    assert all(len(t.params) == 2 for t in study.trials)
 
 
 def test_a_space_smaller_than_the_trials_ends_after_every_candidate(tmp_path) -> None:
