@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -24,6 +24,14 @@ from archgen.errors import ArchgenError
 from archgen.spec.training import data_source, train_config
 from archgen.train.config import DataSource, TextData, TokenData, TrainConfig, as_plain
 from archgen.train.tasks import TASKS, Task
+
+if TYPE_CHECKING:
+    from archgen.backends.torch_model import ArchModel
+    from archgen.ir.graph import Graph
+    from archgen.spec.models import ArchSpec
+    from archgen.train.data import TrainingData
+    from archgen.train.distill import DistillConfig
+    from archgen.train.loop import TrainResult
 
 SpecLike = str | os.PathLike[str]
 
@@ -121,22 +129,31 @@ def prepare(
     return Prepared(arch, graph, source, loaded, config)
 
 
-def _write_run_files(prepared: Prepared, out: Path, extra: dict[str, Any]) -> None:
-    """``spec.yaml`` (resolved, with the data and options actually used) and ``manifest.json``,
-    so the folder works with ``archgen generate --weights`` and as a ``--teacher``."""
+RUN_FILES = ("weights.safetensors", "spec.yaml", "config.json", "metrics.jsonl", "loss.png",
+             "checkpoints/")  # fmt: skip
+
+
+def write_run_files(
+    spec: Any, graph: Any, source: DataSource, config: TrainConfig, out: Path,
+    extra: dict[str, Any], *, files: Sequence[str] = RUN_FILES,
+) -> None:  # fmt: skip
+    """``spec.yaml`` (``spec`` resolved, with the data and options actually used) and
+    ``manifest.json``, so the folder works with ``archgen generate --weights`` and as a
+    ``--teacher``. ``spec`` is an ArchSpec whose model is ``graph``'s."""
     from archgen import api
     from archgen.spec.expand import resolve_spec, spec_to_data
     from archgen.train.checkpoint import write_text_atomic
 
-    doc = spec_to_data(resolve_spec(prepared.spec))
-    doc["data"] = as_plain(prepared.source)
-    doc["train"] = as_plain(prepared.config)
+    doc = spec_to_data(resolve_spec(spec))
+    doc.pop("search", None)
+    doc["data"] = as_plain(source)
+    doc["train"] = as_plain(config)
     write_text_atomic(out / "spec.yaml", yaml.safe_dump(doc, sort_keys=False))
     manifest = {
         **api._library_versions(),
-        "spec_hash": api.spec_hash(prepared.spec),
-        "model": prepared.graph.model.name,
-        "files": ["weights.safetensors", "spec.yaml", "metrics.jsonl", "loss.png", "checkpoints/"],
+        "spec_hash": api.spec_hash(spec),
+        "model": graph.model.name,
+        "files": list(files),
         **extra,
     }
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
@@ -168,7 +185,10 @@ def train(
         prepared.graph, prepared.data, prepared.config, out_dir,
         resume=resume, device=device, progress=progress, log=log,
     )  # fmt: skip
-    _write_run_files(prepared, out_dir, {"steps": result.steps, "final": result.final})
+    write_run_files(
+        prepared.spec, prepared.graph, prepared.source, prepared.config, out_dir,
+        {"steps": result.steps, "final": result.final},
+    )  # fmt: skip
     return result
 
 
@@ -189,6 +209,52 @@ def load_trained(folder: str | os.PathLike[str]) -> Any:
     return model.eval()
 
 
+def distill_graph(
+    student: Graph,
+    teacher: ArchModel | str | os.PathLike[str],
+    data: TrainingData,
+    config: TrainConfig,
+    out: str | os.PathLike[str],
+    *,
+    distill_config: DistillConfig | None = None,
+    init: Callable[[ArchModel], None] | None = None,
+    spec: ArchSpec | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Distill ``teacher`` (a model, or a ``build``/``train`` folder) into the model of
+    ``student`` on ``data``; ``out`` becomes a run folder (weights, ``spec.yaml``, manifest)
+    that ``archgen generate --weights`` and ``--teacher`` accept. No spec file is read.
+
+    ``init`` sets the student's starting weights (default: the teacher's same-named,
+    same-shaped tensors); ``spec`` is what ``spec.yaml`` records (default: the canonical spec
+    of ``student``).
+
+    >>> teacher = load_trained("runs/tiny")  # doctest: +SKIP
+    >>> config = TrainConfig(steps=20)  # doctest: +SKIP
+    >>> result = distill_graph(graph, teacher, data, config, "runs/s")  # doctest: +SKIP
+    """
+    import torch
+
+    from archgen.spec.expand import spec_from_graph
+    from archgen.train.distill import DistillConfig
+    from archgen.train.distill import distill as run
+
+    model = teacher if isinstance(teacher, torch.nn.Module) else load_trained(teacher)
+    dcfg = distill_config or DistillConfig()
+    out_dir = Path(out)
+    result = run(
+        student, model, data, config, out_dir, distill_config=dcfg, init=init,
+        resume=resume, device=device, progress=progress, log=log,
+    )  # fmt: skip
+    label = {"teacher": str(teacher)} if not isinstance(teacher, torch.nn.Module) else {}
+    extra = {"steps": result.steps, "final": result.final, **label, "distill": as_plain(dcfg)}
+    write_run_files(spec or spec_from_graph(student), student, data.source, config, out_dir, extra)
+    return result
+
+
 def distill(
     student: SpecLike,
     teacher_dir: str | os.PathLike[str],
@@ -202,20 +268,15 @@ def distill(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Any:
-    """Distill the trained model in ``teacher_dir`` into ``student`` (a spec)."""
+    """Distill the trained model in ``teacher_dir`` into ``student`` (a spec): the spec's data
+    and options resolved, then :func:`distill_graph`."""
     from archgen.train.distill import DistillConfig
-    from archgen.train.distill import distill as run
 
-    teacher = load_trained(teacher_dir)
     prepared = prepare(student, data, options)
     dcfg = DistillConfig(**{k: v for k, v in (distill_options or {}).items() if v is not None})
     out_dir = Path(out) if out is not None else default_out(prepared, "distilled")
     log(f"data: {prepared.data.describe()}; teacher: {teacher_dir}")
-    result = run(
-        prepared.graph, teacher, prepared.data, prepared.config, out_dir,
-        distill_config=dcfg, resume=resume, device=device, progress=progress, log=log,
+    return distill_graph(
+        prepared.graph, teacher_dir, prepared.data, prepared.config, out_dir, distill_config=dcfg,
+        spec=prepared.spec, resume=resume, device=device, progress=progress, log=log,
     )  # fmt: skip
-    extra = {"steps": result.steps, "final": result.final, "teacher": str(teacher_dir),
-             "distill": as_plain(dcfg)}  # fmt: skip
-    _write_run_files(prepared, out_dir, extra)
-    return result

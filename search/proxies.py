@@ -19,13 +19,15 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from archgen.ir.graph import Graph
+from archgen.ir.ops import Op
 from archgen.search.space import Candidate, SearchSpace
 from archgen.spec.models import ArchSpec
+from archgen.train.config import TrainConfig
 
 Quality = Callable[[Candidate, Graph], float]
 Log = Callable[[str], None]
@@ -65,11 +67,44 @@ def train_teacher(spec: ArchSpec, steps: int, cache: Path, log: Log) -> tuple[An
             prepared.graph, prepared.data, prepared.config, folder, resume=True, progress=True,
             log=log,
         )  # fmt: skip
-        training._write_run_files(prepared, folder, {"steps": result.steps, "final": result.final})
+        training.write_run_files(
+            prepared.spec, prepared.graph, prepared.source, prepared.config, folder,
+            {"steps": result.steps, "final": result.final},
+        )  # fmt: skip
         log(f"teacher: validation {result.final}")
     model = build_model(prepared.graph)
     load_weights(model, weights)
     return model.eval(), folder, prepared
+
+
+@dataclass(frozen=True)
+class BlockwiseSetup:
+    """How long the teacher trains and how each block is distilled: what the teacher's and the
+    blockwise cache's keys depend on, so the winner finds the same cached weights."""
+
+    teacher_steps: int
+    distill_steps: int
+
+    @staticmethod
+    def of(spec: ArchSpec, quick: bool) -> BlockwiseSetup:
+        assert spec.search is not None
+        q = spec.search.quality
+        if quick:
+            return BlockwiseSetup(min(q.teacher_steps, 150), min(q.distill_steps, 30))
+        return BlockwiseSetup(q.teacher_steps, q.distill_steps)
+
+    def block_config(self, teacher_config: TrainConfig) -> TrainConfig:
+        """The teacher's options with the blockwise jobs' length and schedule."""
+        steps = self.distill_steps
+        return replace(
+            teacher_config, steps=steps, warmup_steps=min(5, steps - 1), eval_interval=steps,
+            checkpoint_interval=steps,
+        )  # fmt: skip
+
+
+def alternatives(space: SearchSpace) -> dict[str, dict[str, Op]]:
+    """``{slot node: {choice label: op}}``: every (layer, choice) block the table scores."""
+    return {s.node: {c.label: c.op for c in s.choices} for s in space.slots}
 
 
 def blockwise_quality(
@@ -78,22 +113,16 @@ def blockwise_quality(
     from archgen.search.quality import TableQuality
     from archgen.train.blockwise import blockwise_scores
 
-    assert spec.search is not None
-    q = spec.search.quality
-    teacher_steps = min(q.teacher_steps, 150) if quick else q.teacher_steps
-    distill_steps = min(q.distill_steps, 30) if quick else q.distill_steps
-    folder = teacher_dir(spec, teacher_steps, cache)
-    with _one_process_at_a_time(folder.with_name(folder.name + ".lock"), log):
-        teacher, folder, prepared = train_teacher(spec, teacher_steps, cache, log)
-        alternatives = {s.node: {c.label: c.op for c in s.choices} for s in space.slots}
-        config = replace(
-            prepared.config, steps=distill_steps, warmup_steps=min(5, distill_steps - 1),
-            eval_interval=distill_steps, checkpoint_interval=distill_steps,
-        )  # fmt: skip
-        jobs = sum(len(v) for v in alternatives.values())
-        log(f"blockwise distillation: {jobs} (layer, choice) jobs of {distill_steps} steps "
-            "(cached)")  # fmt: skip
-        table = blockwise_scores(teacher, alternatives, prepared.data, config,
+    setup = BlockwiseSetup.of(spec, quick)
+    folder = teacher_dir(spec, setup.teacher_steps, cache)
+    with one_process_at_a_time(folder.with_name(folder.name + ".lock"), log):
+        teacher, folder, prepared = train_teacher(spec, setup.teacher_steps, cache, log)
+        jobs = alternatives(space)
+        config = setup.block_config(prepared.config)
+        count = sum(len(v) for v in jobs.values())
+        log(f"blockwise distillation: {count} (layer, choice) jobs of {setup.distill_steps} "
+            "steps (cached)")  # fmt: skip
+        table = blockwise_scores(teacher, jobs, prepared.data, config,
                                  cache_dir=cache / "blockwise", log=log)  # fmt: skip
     log(f"  {table.optimizer_steps} optimizer steps run, the rest from the cache")
     quality = TableQuality(table.scores("normalized"))
@@ -103,7 +132,7 @@ def blockwise_quality(
 
 
 @contextlib.contextmanager
-def _one_process_at_a_time(path: Path, log: Log) -> Iterator[None]:
+def one_process_at_a_time(path: Path, log: Log) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,28 +184,22 @@ def capability_quality(spec: ArchSpec, quick: bool) -> Quality:
 
 def finalist_check(
     spec: ArchSpec, finalists: list[tuple[Candidate, float]], space: SearchSpace, cache: Path,
-    steps: int, log: Log,
+    steps: int, log: Log, *, quick: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Distil each finalist end to end; rank agreement with the cheap fidelity's quality."""
     from scipy.stats import spearmanr
 
     from archgen import training
-    from archgen.spec.expand import spec_from_graph, spec_to_data
 
-    assert spec.search is not None
-    teacher_steps = spec.search.quality.teacher_steps
-    folder = teacher_dir(spec, teacher_steps, cache)
+    setup = BlockwiseSetup.of(spec, quick)
+    teacher, _, prepared = train_teacher(spec, setup.teacher_steps, cache, log)
+    config = replace(prepared.config, steps=steps, eval_interval=steps, checkpoint_interval=steps)
     rows = []
     for candidate, cheap in finalists:
-        graph = space.graph_for(candidate)
         with tempfile.TemporaryDirectory() as tmp:
-            student = Path(tmp) / "student.yaml"
-            import yaml
-
-            student.write_text(yaml.safe_dump(spec_to_data(spec_from_graph(graph))))
-            result = training.distill(
-                student, folder, options=training.TrainOptions(steps=steps),
-                out=Path(tmp) / "run", progress=False, log=lambda _: None,
+            result = training.distill_graph(
+                space.graph_for(candidate), teacher, prepared.data, config, Path(tmp) / "run",
+                progress=False, log=lambda _: None,
             )  # fmt: skip
         loss = float(result.final["loss"])
         log(f"finalist {dict(candidate)}: end-to-end distillation loss {loss:.4f}")

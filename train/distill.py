@@ -125,19 +125,24 @@ def distill(
     out_dir: str | Path,
     *,
     distill_config: DistillConfig | None = None,
+    init: Callable[[ArchModel], None] | None = None,
     resume: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train ``student`` to imitate ``teacher`` on ``data`` (a run folder like ``train``'s)."""
+    """Train ``student`` to imitate ``teacher`` on ``data`` (a run folder like ``train``'s).
+
+    ``init`` sets the student's starting weights (e.g. an assembled model's); without it the
+    student copies the teacher's same-named, same-shaped tensors when
+    ``distill_config.init_from_teacher``. On ``resume`` the checkpoint overwrites either."""
     dcfg = distill_config or DistillConfig()
     objective = Distillation(teacher.to(device), student, dcfg)
     teacher_params = sum(p.numel() for p in teacher.parameters())
 
-    def init(model: ArchModel) -> None:
-        if dcfg.init_from_teacher:  # on --resume the checkpoint then overwrites all of it
+    def from_teacher(model: ArchModel) -> None:
+        if dcfg.init_from_teacher:
             copied = copy_matching(teacher, model)
             log(f"initialised {len(copied)} of the student's tensors from the teacher")
 
@@ -148,7 +153,7 @@ def distill(
         out_dir,
         resume=resume,
         objective=objective,
-        init=init,
+        init=init if init is not None else from_teacher,
         device=device,
         progress=progress,
         on_step=on_step,

@@ -59,3 +59,24 @@ def test_distilling_a_narrower_student_lowers_kd_and_feature_losses(tmp_path, co
     state = torch.load(ckpt / "state.pt", weights_only=True)
     assert set(state["extra"]["adapters"]) == {"layers_0.weight", "layers_1.weight"}
     assert result.trained_steps == 25
+
+
+def test_distill_graph_takes_typed_objects_and_writes_a_model_folder(tmp_path, corpus) -> None:
+    from archgen import training
+
+    teacher = build_model(tiny_graph(layers=2), seed=1)
+    student = tiny_graph("{kind: swa, heads: 2, window: 8}", layers=2)
+    config = TrainConfig(steps=2, batch_size=4, seq_len=32, warmup_steps=1, eval_batches=1)
+    start = build_model(student, seed=7)
+    result = training.distill_graph(
+        student, teacher, corpus, config, tmp_path / "s", init=lambda m: copy_matching(start, m),
+        progress=False, log=lambda m: None,
+    )  # fmt: skip
+    assert result.steps == 2 and "bpb" in result.final
+    folder = tmp_path / "s"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["steps"] == 2 and manifest["distill"]["kd_weight"] == 1.0
+    assert set(manifest["files"]) >= {p.name + ("/" if p.is_dir() else "")
+                                      for p in folder.iterdir()} - {"manifest.json"}  # fmt: skip
+    model = training.load_trained(folder)  # the folder works as a --teacher and --weights
+    assert model.graph.node("layers.0.token_mixer").op.kind == "swa"
