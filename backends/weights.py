@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from safetensors.torch import load_model, save_model
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from archgen.errors import ArchgenError
@@ -16,12 +18,39 @@ def save_weights(
     model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
 ) -> None:
     """Save ``model``'s parameters and buffers; tied tensors are stored once."""
+    _write_atomic(Path(path), lambda tmp: save_model(model, tmp, metadata=metadata))
+
+
+def save_tensors(
+    tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Save named tensors (e.g. part of a model's state dict) that share no storage."""
+    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    _write_atomic(Path(path), lambda tmp: save_file(plain, tmp, metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a file written by :func:`save_tensors` (on the CPU)."""
     path = Path(path)
+    if not path.is_file():
+        raise ArchgenError(f"{path}: weights file not found")
+    return load_file(str(path))
+
+
+def weights_file(path: str | Path) -> Path:
+    """``path`` itself, or ``path/weights.safetensors`` for a folder written by build, train,
+    distill or search (``best/``): every ``--weights`` option accepts both."""
+    path = Path(path)
+    return path / "weights.safetensors" if path.is_dir() else path
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """``write(temporary name)`` beside ``path``, then rename it to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_model(model, tmp, metadata=metadata)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

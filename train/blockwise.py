@@ -12,9 +12,11 @@ an independent small job; its validation error fills one cell of a :class:`Score
 
 Alternatives start from the teacher's weights where names and shapes match (attention -> swa or
 checkpoint_attention keep q/k/v/o; norms and the channel mixer are always copied) and train all
-of the block's parameters. Results are cached as JSON under ``cache_dir``, keyed by a hash of
-(teacher graph and weights, node, alternative op, data, training options), so search trials and
-reruns reuse them: a fully cached call runs no optimizer step.
+of the block's parameters. Results are cached under ``cache_dir``, keyed by a hash of (teacher
+graph and weights, node, alternative op, data, training options): ``KEY.json`` the score and
+``KEY.safetensors`` the trained block's weights, named as in the whole model
+(``layers.2.token_mixer.q_proj.weight``), so search trials and reruns reuse them (a fully cached
+call runs no optimizer step) and :func:`block_weights` hands a search winner its trained blocks.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from archgen.backends.torch_model import ArchModel
+from archgen.backends.weights import load_tensors, save_tensors
 from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph, Node
 from archgen.ir.ops import Op, ResidualAdd
@@ -39,7 +42,7 @@ from archgen.train.data import TrainingData
 from archgen.train.distill import copy_matching
 from archgen.train.loop import autocast, make_optimizer
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the trained block's weights are cached beside its score
 
 
 class BlockModule(nn.Module):
@@ -206,12 +209,7 @@ def blockwise_scores(
     if seq_len > graph.model.max_seq_len:
         raise ArchgenError(f"seq_len {seq_len} exceeds the teacher's max_seq_len")
     cache = Path(cache_dir) if cache_dir is not None else None
-    base = {
-        "version": CACHE_VERSION,
-        "teacher": teacher_digest(teacher),
-        "data": data.fingerprint,
-        "train": as_plain(config),
-    }
+    keys = _CacheKeys(teacher, data, config)
     rows: dict[tuple[str, str], BlockScore] = {}
     jobs: list[_Job] = []
     for node_name, choices in alternatives.items():
@@ -223,11 +221,9 @@ def blockwise_scores(
             raise ArchgenError(f"{node_name} is not inside a block")
         for label, raw_op in choices.items():
             op = _check_op(graph, node, label, raw_op)
-            facts = {**base, "node": node_name, "op": repr(op)}
-            key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
-            hit = cache / f"{key}.json" if cache is not None else None
-            if hit is not None and hit.is_file():
-                stored = json.loads(hit.read_text())
+            key = keys.key(node_name, op)
+            if cache is not None and _cached(cache, key):
+                stored = json.loads((cache / f"{key}.json").read_text())
                 rows[node_name, label] = BlockScore(**{**stored, "label": label, "cached": True})
                 continue
             jobs.append(_build_job(teacher, node, label, op, key, config.seed))
@@ -274,10 +270,70 @@ def blockwise_scores(
         )  # fmt: skip
         rows[job.node.name, job.label] = score
         if cache is not None:
+            # the weights first: the score file is what marks the entry complete
+            save_tensors(_block_state(job), cache / f"{job.key}.safetensors")
             stored = {k: v for k, v in asdict(score).items() if k not in ("label", "cached")}
             write_text_atomic(cache / f"{job.key}.json", json.dumps(stored, indent=2) + "\n")
     ordered = tuple(rows[n, label] for n, choices in alternatives.items() for label in choices)
     return ScoreTable(ordered, steps_run)
+
+
+class _CacheKeys:
+    """The cache key of each (node, alternative op) job for one teacher, data and config."""
+
+    def __init__(self, teacher: ArchModel, data: TrainingData, config: TrainConfig) -> None:
+        self.base = {
+            "version": CACHE_VERSION,
+            "teacher": teacher_digest(teacher),
+            "data": data.fingerprint,
+            "train": as_plain(config),
+        }
+
+    def key(self, node: str, op: Op) -> str:
+        facts = {**self.base, "node": node, "op": repr(op)}
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _cached(cache: Path, key: str) -> bool:
+    return (cache / f"{key}.json").is_file() and (cache / f"{key}.safetensors").is_file()
+
+
+def _block_state(job: _Job) -> dict[str, torch.Tensor]:
+    """The trained block's tensors, named as in the whole model (``layers.2.norm1.weight``)."""
+    out = {}
+    for node in job.module.nodes:
+        if isinstance(node.op, ResidualAdd):
+            continue
+        part = job.module.parts[BlockModule.key(node, job.module.block)]
+        out.update({f"{node.name}.{k}": v for k, v in part.state_dict().items()})
+    return out
+
+
+def block_weights(
+    teacher: ArchModel,
+    alternatives: Mapping[str, Mapping[str, Op]],
+    data: TrainingData,
+    config: TrainConfig,
+    *,
+    cache_dir: str | Path,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] = print,
+) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
+    """The trained weights of each (node, alternative) block, ``{(node, label): {name:
+    tensor}}`` with names as in the whole model: read from ``cache_dir`` where
+    :func:`blockwise_scores` left them (same teacher, data and config), trained now (and
+    cached) where it did not."""
+    blockwise_scores(teacher, alternatives, data, config, cache_dir=cache_dir, device=device,
+                     log=log)  # fmt: skip
+    keys = _CacheKeys(teacher, data, config)
+    cache = Path(cache_dir)
+    out = {}
+    for node_name, choices in alternatives.items():
+        node = teacher.graph.node(node_name)
+        for label, raw_op in choices.items():
+            key = keys.key(node_name, _check_op(teacher.graph, node, label, raw_op))
+            out[node_name, label] = load_tensors(cache / f"{key}.safetensors")
+    return out
 
 
 @torch.no_grad()

@@ -86,3 +86,27 @@ def test_bad_alternatives_are_clear_errors(corpus) -> None:
     wide = SlidingWindowAttention(d_model=32, heads=2, window=4)
     with pytest.raises(ArchgenError, match="d_model 32"):
         blockwise_scores(teacher, {"layers.0.token_mixer": {"wide": wide}}, corpus, config)
+
+
+def test_cache_holds_the_trained_block_weights(tmp_path, corpus, count_steps) -> None:
+    from archgen.train.blockwise import block_weights
+
+    graph = tiny_graph(layers=2)
+    teacher = build_model(graph, seed=1)
+    swa = SlidingWindowAttention(d_model=16, heads=2, window=4)
+    choices = {"layers.1.token_mixer": {"swa4": swa}}
+    config = TrainConfig(steps=3, batch_size=4, seq_len=32, warmup_steps=1, eval_batches=1)
+    first = block_weights(teacher, choices, corpus, config, cache_dir=tmp_path, log=lambda m: None)
+    assert count_steps["n"] == 3
+    block = first["layers.1.token_mixer", "swa4"]
+    # the whole block, named as in the model; the untouched layer is not in it
+    assert set(block) == {k for k in teacher.state_dict() if k.startswith("layers.1.")}
+    again = block_weights(teacher, choices, corpus, config, cache_dir=tmp_path)
+    assert count_steps["n"] == 3  # read back, not retrained
+    for name, tensor in block.items():
+        assert torch.equal(again["layers.1.token_mixer", "swa4"][name], tensor)
+    # a score without its weights (a cache from before they were kept) is trained again
+    for weights in tmp_path.glob("*.safetensors"):
+        weights.unlink()
+    block_weights(teacher, choices, corpus, config, cache_dir=tmp_path)
+    assert count_steps["n"] == 6
