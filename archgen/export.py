@@ -62,7 +62,12 @@ def lower_options(
     portable: bool = False,
 ) -> LowerOptions:
     """``portable``: standard ONNX ops only (no onnxruntime contrib ops such as the fused
-    ``GroupQueryAttention``), for other ONNX runtimes."""
+    ``GroupQueryAttention``), for other ONNX runtimes. ``weights``: a safetensors file or a
+    folder holding ``weights.safetensors`` (build, train, distill, a search's ``best/``)."""
+    if weights is not None:
+        from archgen.backends.weights import weights_file
+
+        weights = weights_file(weights)
     return LowerOptions(
         dtype=dtype,
         min_seq=profile.min_seq,

@@ -89,13 +89,13 @@ def generate(
 
 
 def load_for_generation(spec: str | os.PathLike[str], weights: Path | None) -> torch.nn.Module:
-    """The eager model of ``spec`` with ``weights`` (a file or a ``build`` output folder)."""
+    """The eager model of ``spec`` with ``weights`` (a file, or a folder written by build, train,
+    distill or search: ``OUT/best``)."""
     from archgen import api
     from archgen.backends.torch_model import build_model
-    from archgen.backends.weights import load_weights
+    from archgen.backends.weights import load_weights, weights_file
 
     model = build_model(api.compile_spec(spec)).eval()
     if weights is not None:
-        path = Path(weights)
-        load_weights(model, path / "weights.safetensors" if path.is_dir() else path)
+        load_weights(model, weights_file(weights))
     return model

@@ -24,7 +24,12 @@ DTypeOpt = Annotated[
     str, typer.Option("--dtype", help="float32 | float64 | bfloat16 | float16 (backend-dependent)")
 ]
 WeightsOpt = Annotated[
-    Path | None, typer.Option("--weights", help="safetensors weights (default: seeded init)")
+    Path | None,
+    typer.Option(
+        "--weights",
+        help="safetensors weights, or a folder written by build/train/distill or a search's "
+        "OUT/best (default: seeded init)",
+    ),
 ]
 MinSeq = Annotated[int | None, typer.Option("--min-seq", min=1, help="shortest sequence")]
 OptSeq = Annotated[int | None, typer.Option("--opt-seq", min=1, help="typical sequence")]

@@ -106,7 +106,10 @@ def generate(
     prompt: Annotated[str, typer.Option(help="text prompt (byte-level models)")],
     weights: Annotated[
         Path | None,
-        typer.Option(help="weights.safetensors or a folder written by build/train"),
+        typer.Option(
+            help="weights.safetensors or a folder written by build/train/distill or a "
+            "search's OUT/best"
+        ),
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens to generate")] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.8,
