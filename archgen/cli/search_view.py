@@ -16,13 +16,15 @@ from archgen.search.study import evaluates, feasible, pareto_front
 
 
 def progress_line(trials: Sequence[FrozenTrial]) -> str:
-    complete = [t for t in trials if t.state is TrialState.COMPLETE]
-    evaluated = [t for t in complete if evaluates(t)]
+    """Counts over the study: complete trials are evaluated candidates; a repeat is a pruned
+    trial marked ``same_as`` (search/study.py)."""
+    evaluated = [t for t in trials if t.state is TrialState.COMPLETE and evaluates(t)]
+    repeats = sum(not evaluates(t) for t in trials)
     qualities = [t.values[0] for t in evaluated if feasible(t)]
     failed = sum(t.state is TrialState.FAIL for t in trials)
     best = f"{max(qualities):.4f}" if qualities else "-"
     return (
-        f"candidates evaluated {len(evaluated)}  repeats {len(complete) - len(evaluated)}  "
+        f"candidates evaluated {len(evaluated)}  repeats {repeats}  "
         f"failed {failed}  best feasible quality {best}  Pareto set {len(pareto_front(trials))}"
     )
 
@@ -52,11 +54,12 @@ class SearchView:
 
     def summary(self, outcome: Any) -> None:
         report = outcome.report
-        budget = report["budget_s"]
         table = Table(
-            title="Pareto set (measured end to end after the search)", title_justify="left"
+            title="Pareto set (measured end to end after the search, paired with the base model)",
+            title_justify="left",
         )
-        for col in ("trial", "mixers per slot", "quality", "predicted", "measured", "budget"):
+        columns = ("trial", "mixers per slot", "quality", "predicted", "measured", "time", "budget")
+        for col in columns:
             table.add_column(col)
         for c in report["pareto"]:
             mixers = " ".join(f"{k.split('.')[1]}:{v}" for k, v in c["params"].items())
@@ -64,8 +67,9 @@ class SearchView:
                 str(c["number"]),
                 mixers,
                 f"{c['quality']:.4f}",
-                format_seconds(c["predicted_s"]),
-                format_seconds(c["measured_s"]),
+                f"{c['predicted_ratio']:.3f} x",
+                f"{c['measured_ratio']:.3f} x",
+                _seconds(c["measured_s"]),
                 "ok" if c["within_budget"] else "OVER",
             )
         self.console.print(table)
@@ -80,11 +84,24 @@ class SearchView:
         if outcome.best_spec is not None:
             b = report["best"]
             self.console.print(
-                f"best within budget {format_seconds(budget) if budget else '-'}: trial "
-                f"{b['number']}, quality {b['quality']:.4f}, measured "
-                f"{format_seconds(b['measured_s'])} -> {outcome.best_spec}",
+                f"best within budget {budget_text(report)}: trial {b['number']}, quality "
+                f"{b['quality']:.4f}, measured {b['measured_ratio']:.3f} x the base model"
+                + (f" ({_seconds(b['measured_s'])})" if b["measured_s"] else "")
+                + f" -> {outcome.best_spec}",
                 highlight=False,
             )
         else:
             self.console.print("[bold red]no candidate met the budget when measured[/]")
         self.console.print(f"report: {outcome.out}/report.json, plots: {outcome.out}/*.png")
+
+
+def _seconds(seconds: float | None) -> str:
+    return format_seconds(seconds) if seconds else "-"
+
+
+def budget_text(report: dict[str, Any]) -> str:
+    """The budget as a ratio to the base model and in seconds, as far as the report knows."""
+    ratio, seconds = report.get("budget_ratio"), report.get("budget_s")
+    if ratio is None:
+        return "-" if seconds is None else format_seconds(seconds)
+    return f"{ratio:.3g} x the base model" + (f" ({format_seconds(seconds)})" if seconds else "")

@@ -1,12 +1,18 @@
-"""The live line of ``archgen search``: counts over the whole study (every worker's trials)."""
+"""The live line of ``archgen search``: counts over the whole study (every worker's trials); and
+the summary table, in ratios to the base model and in time."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
 
-from archgen.cli.search_view import progress_line
+from archgen.cli.search_view import SearchView, progress_line
+from archgen.search.study import BUDGET_CONSTRAINT
 
 SLOT = {"layers.0.token_mixer": CategoricalDistribution(["a", "b", "c", "d", "e"])}
 
@@ -16,18 +22,23 @@ def _trial(label: str, quality: float, latency: float, over: float, **attrs) -> 
         params={"layers.0.token_mixer": label},
         distributions=SLOT,
         values=[quality, latency],
-        constraints={"latency_over_budget_s": over},
+        constraints={BUDGET_CONSTRAINT: over},
         user_attrs=attrs,
     )
 
 
 def test_progress_line_counts_the_whole_study() -> None:
     trials = [
-        _trial("a", 0.5, 0.010, -1.0),  # feasible, on the front
-        _trial("b", 0.7, 0.020, -1.0),  # feasible, on the front
-        _trial("c", 0.6, 0.030, -1.0),  # feasible, dominated by b
-        _trial("d", 0.9, 0.050, 1.0),  # best quality, but over the budget
-        _trial("b", 0.7, 0.020, -1.0, same_as=1),  # a repeat of b
+        _trial("a", 0.5, 0.6, -1.0),  # feasible, on the front
+        _trial("b", 0.7, 0.8, -1.0),  # feasible, on the front
+        _trial("c", 0.6, 0.9, -1.0),  # feasible, dominated by b
+        _trial("d", 0.9, 1.5, 1.0),  # best quality, but over the budget
+        optuna.trial.create_trial(  # a repeat of b: pruned, pointing at it
+            params={"layers.0.token_mixer": "b"},
+            distributions=SLOT,
+            state=TrialState.PRUNED,
+            user_attrs={"same_as": 1},
+        ),
         optuna.trial.create_trial(state=TrialState.FAIL),
         optuna.trial.create_trial(state=TrialState.RUNNING),
     ]
@@ -39,3 +50,22 @@ def test_progress_line_counts_the_whole_study() -> None:
     assert "failed 1 " in line
     assert "best feasible quality 0.7000 " in line  # d is better but infeasible
     assert line.endswith("Pareto set 2")
+
+
+def test_summary_shows_ratios_to_the_base_model_and_time() -> None:
+    row = {
+        "number": 8, "params": {"layers.0.token_mixer": "b"}, "quality": -0.08,
+        "predicted_ratio": 0.85, "measured_ratio": 0.86, "predicted_s": 0.051,
+        "measured_s": 0.0516, "within_budget": True,
+    }  # fmt: skip
+    report = {
+        "budget_ratio": 0.9, "budget_s": 0.054, "pareto": [row], "best": row,
+        "predictor_trust": {"spearman": None},
+    }  # fmt: skip
+    console = Console(record=True, width=120)
+    outcome = SimpleNamespace(report=report, best_spec=Path("o/best.yaml"), out=Path("o"))
+    SearchView(console).summary(outcome)
+    text = console.export_text()
+    assert "0.860 x" in text and "51.6 ms" in text and "ok" in text
+    assert "best within budget 0.9 x the base model (54 ms): trial 8" in text
+    assert "measured 0.860 x the base model (51.6 ms)" in text
