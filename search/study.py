@@ -118,7 +118,7 @@ def open_study(
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["quality", "latency_s"])
+        study.set_metric_names(["quality", "latency_vs_base"])  # latency: x the base model
     for candidate in baselines:
         study.enqueue_trial(dict(candidate), user_attrs={"baseline": True}, skip_if_exists=True)
     return study
