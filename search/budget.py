@@ -69,3 +69,50 @@ def format_seconds(seconds: float) -> str:
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.3g} ms"
     return f"{seconds * 1e6:.3g} us"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A search's latency budget, resolved once from the user's text and held in one place:
+    ``fraction`` of the reference (base) model, or ``seconds``, or neither (no budget).
+
+    The search works in reference units (fractions of the reference's latency, measured in
+    pairs): a relative budget is its fraction whatever the machine's speed; an absolute one is
+    converted through the reference's calibrated seconds, so it follows the calibration."""
+
+    fraction: float | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> Budget:
+        if text is None:
+            return cls()
+        value = parse_search_budget(text)
+        if isinstance(value, RelativeBudget):
+            return cls(fraction=value.fraction)
+        return cls(seconds=value)
+
+    @property
+    def is_set(self) -> bool:
+        return self.fraction is not None or self.seconds is not None
+
+    def limit_units(self, reference_s: float | None) -> float | None:
+        """The budget as a fraction of the reference's latency (None: no budget, or an
+        absolute budget before the reference is calibrated)."""
+        if self.fraction is not None:
+            return self.fraction
+        if self.seconds is not None and reference_s:
+            return self.seconds / reference_s
+        return None
+
+    def limit_seconds(self, reference_s: float | None) -> float | None:
+        if self.seconds is not None:
+            return self.seconds
+        if self.fraction is not None and reference_s:
+            return self.fraction * reference_s
+        return None
+
+    def __str__(self) -> str:
+        if self.fraction is not None:
+            return str(RelativeBudget(self.fraction))
+        return format_seconds(self.seconds) if self.seconds is not None else "none"

@@ -8,10 +8,12 @@ whole-model latencies, whatever the backend (eager, compile, onnxruntime, Tensor
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -19,6 +21,7 @@ from archgen.backends.base import LowerOptions, device_name, get_backend, librar
 from archgen.errors import ArchgenError, UnavailableError
 from archgen.ir.graph import TOKENS, Graph, Node
 from archgen.search.latency import Workload
+from archgen.search.paired import Clock, PairedResult, PairingPolicy, SystemClock, measure_paired
 
 
 def stem_graph(graph: Graph) -> Graph:
@@ -54,10 +57,50 @@ def _rewire(node: Node, defined: set[str], replacement: str) -> Node:
 BLOCK_REPEAT_FACTOR = 10
 
 
+@dataclass(frozen=True)
+class GroupTiming:
+    """Graphs timed together in interleaved rounds (:meth:`Measurer.time_group`)."""
+
+    medians: list[float]
+    utilisation: float | None  # CPU time / (threads x wall); None where it means nothing
+    threads: int
+    contended: bool
+
+
+@dataclass(frozen=True)
+class BlockTiming:
+    """What a block adds to the stem, and the reference model timed in the same rounds: the
+    block's cost in reference units is ``seconds / reference_s``, comparable across runs."""
+
+    seconds: float
+    reference_s: float | None
+    utilisation: float | None
+    threads: int
+    contended: bool
+
+
 class Measurer:
-    def __init__(self, workload: Workload, *, warmup: int = 3) -> None:
+    """Times graphs on the workload's backend, device and threads.
+
+    ``reference`` (the spec's base model) anchors :meth:`measure_against_reference` and
+    :meth:`measure_blocks`. When a measurement finds the cores contended (another process
+    busy: :mod:`archgen.search.paired`), it is taken again with fewer threads and flagged, so
+    that a slowed measurement is never recorded as the workload's latency."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        *,
+        warmup: int = 3,
+        reference: Graph | None = None,
+        policy: PairingPolicy | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.workload = workload
         self.warmup = warmup
+        self.reference = reference
+        self.policy = policy or PairingPolicy(rounds=max(PairingPolicy.rounds, workload.repeats))
+        self.clock: Clock = clock or SystemClock()
         self.backend = get_backend(workload.backend)
         ok, why = self.backend.is_available()
         if not ok:
@@ -69,6 +112,8 @@ class Measurer:
                 f"phase 'decode' is measured on the eager backend only (got {workload.backend!r})"
             )
         self.measurements = 0
+        self.contended_measurements = 0  # taken again with fewer threads
+        self._reference_artifacts: dict[int, Any] = {}
 
     def environment(self) -> dict[str, str]:
         versions = library_versions("onnxruntime", "tensorrt")
@@ -79,7 +124,7 @@ class Measurer:
             "threads": str(self.workload.threads),
         }
 
-    def options(self) -> LowerOptions:
+    def options(self, threads: int | None = None) -> LowerOptions:
         w = self.workload
         return LowerOptions(
             dtype=w.dtype,  # type: ignore[arg-type]
@@ -87,12 +132,87 @@ class Measurer:
             min_seq=1,
             opt_seq=w.seq_len,
             max_seq=w.seq_len,
-            threads=w.threads,
+            threads=threads or w.threads,
             decode_graph=False,
             device=w.device,  # eager, compile
             provider=w.device,  # onnxruntime's execution provider
         )
 
+    @property
+    def cpu_meaningful(self) -> bool:
+        """Whether CPU time tells contention apart: real CPU measurements only."""
+        return self.workload.device == "cpu" and self.workload.backend != "null"
+
+    def fewer_threads(self, utilisation: float | None, threads: int) -> int | None:
+        """The thread count to measure with when ``threads`` found the cores contended (the
+        cores this process actually got), or None when there is nothing to fall back to."""
+        if utilisation is None or threads <= 1:
+            return None
+        return max(1, min(threads - 1, math.floor(utilisation * threads + 0.1)))
+
+    def _tokens(self, graph: Graph) -> torch.Tensor:
+        w = self.workload
+        generator = torch.Generator().manual_seed(0)
+        return torch.randint(0, graph.model.vocab_size, (w.batch, w.seq_len), generator=generator)
+
+    def _lower(self, graph: Graph, threads: int) -> Callable[[], float]:
+        """A warm artifact of ``graph`` as one timed call."""
+        tokens = self._tokens(graph)
+        artifact = self.backend.lower(graph, self.options(threads))
+        artifact.measure(tokens, warmup=self.warmup, repeats=1)  # warm-up, discarded
+        return lambda: artifact.measure(tokens, warmup=0, repeats=1).times_s[0]
+
+    def _reference_call(self, threads: int) -> Callable[[], float]:
+        if self.reference is None:
+            raise ArchgenError("no reference model to measure against")
+        if threads not in self._reference_artifacts:
+            self._reference_artifacts[threads] = self._lower(self.reference, threads)
+        return self._reference_artifacts[threads]
+
+    # -- whole models, relative to the reference -------------------------------------------
+    def measure_against_reference(
+        self, graphs: Sequence[Graph], *, rounds: int | None = None
+    ) -> list[PairedResult]:
+        """Each graph timed call by call between calls of the reference; at fewer threads
+        (flagged by ``threads``) when the workload's threads found the cores contended."""
+        self.measurements += len(graphs)
+        policy = replace(self.policy, rounds=rounds) if rounds else self.policy
+        if self.workload.phase == "decode":
+            return [self._decode_ratio(g) for g in graphs]
+        threads = self.workload.threads
+        results = self._paired(graphs, threads, policy)
+        fewer = self.fewer_threads(results[0].utilisation, threads)
+        if any(r.contended for r in results) and fewer is not None:
+            self.contended_measurements += len(graphs)
+            results = self._paired(graphs, fewer, policy)
+        return results
+
+    def _paired(
+        self, graphs: Sequence[Graph], threads: int, policy: PairingPolicy
+    ) -> list[PairedResult]:
+        reference = self._reference_call(threads)
+        calls = [self._lower(g, threads) for g in graphs]
+        return measure_paired(
+            reference,
+            calls,
+            threads=threads,
+            policy=policy,
+            clock=self.clock,
+            cpu_meaningful=self.cpu_meaningful,
+        )
+
+    def _decode_ratio(self, graph: Graph) -> PairedResult:
+        """Decode steps are timed one model at a time (the token loop is the measurement)."""
+        assert self.reference is not None
+        ref, own = self.measure_graph(self.reference), self.measure_graph(graph)
+        w = self.workload
+        return PairedResult(
+            ratio=own / ref, rel_error=0.0, reference_s=ref, model_s=own, rounds=w.repeats,
+            rejected=0, attempts=1, utilisation=None, threads=w.threads, stable=True,
+            contended=False,
+        )  # fmt: skip
+
+    # -- absolute timings ------------------------------------------------------------------
     def measure_graph(self, graph: Graph, *, repeats: int | None = None) -> float:
         """Median seconds of one forward (prefill) or one decode step at context ``seq_len``."""
         self.measurements += 1
@@ -101,8 +221,7 @@ class Measurer:
             w = replace(w, repeats=repeats)
         if w.phase == "decode":
             return self._measure_decode(graph)
-        torch.manual_seed(0)
-        tokens = torch.randint(0, graph.model.vocab_size, (w.batch, w.seq_len))
+        tokens = self._tokens(graph)
         artifact = self.backend.lower(graph, self.options())
         return artifact.measure(tokens, warmup=self.warmup, repeats=w.repeats).median_s
 
@@ -132,50 +251,52 @@ class Measurer:
             torch.set_num_threads(previous)
 
     def measure_graphs(self, graphs: list[Graph], *, repeats: int | None = None) -> list[float]:
-        """Median seconds of each graph's forward, measured call by call in interleaved rounds.
-
-        Every graph is lowered and warmed up first; then each of ``repeats`` rounds times one
-        call of every graph in turn, and each graph's median is over its calls. This machine's
-        speed changes by 10-30 % from one half-minute to the next (research/perf-anchors.md §0;
-        on the AMD EPYC VM, medians of 15-call batches of one model ranged 68-93 ms): timed one
-        after the other, graphs measured in a slow spell would rank behind equal ones. A round
-        lasts a few seconds, so a slow spell hits every graph in the rounds it covers, and the
-        medians compare graphs under the same conditions. Decode-phase workloads are timed one
-        graph at a time (their loop is the measurement)."""
+        """Median seconds of each graph's forward, measured call by call in interleaved rounds
+        (:meth:`time_group`); decode-phase workloads are timed one graph at a time."""
         w = self.workload
-        repeats = repeats or w.repeats
         if w.phase == "decode" or len(graphs) < 2:
-            return [self.measure_graph(g, repeats=repeats) for g in graphs]
+            return [self.measure_graph(g, repeats=repeats or w.repeats) for g in graphs]
         self.measurements += len(graphs)
-        torch.manual_seed(0)
-        artifacts = []
-        for graph in graphs:
-            tokens = torch.randint(0, graph.model.vocab_size, (w.batch, w.seq_len))
-            artifact = self.backend.lower(graph, self.options())
-            artifact.measure(tokens, warmup=self.warmup, repeats=1)  # warm-up, discarded
-            artifacts.append((artifact, tokens))
+        return self.time_group(graphs, repeats=repeats or w.repeats, threads=w.threads).medians
+
+    def time_group(self, graphs: Sequence[Graph], *, repeats: int, threads: int) -> GroupTiming:
+        """Every graph lowered and warmed up, then ``repeats`` rounds each timing one call of
+        every graph in turn; each graph's median is over its calls.
+
+        This machine's speed changes by 10-30 % from one half-minute to the next
+        (research/perf-anchors.md §0): timed one after the other, graphs measured in a slow
+        spell would rank behind equal ones. A round lasts a few seconds, so a slow spell hits
+        every graph in the rounds it covers."""
+        calls = [self._lower(g, threads) for g in graphs]
         times: list[list[float]] = [[] for _ in graphs]
+        wall0, cpu0 = self.clock.wall(), self.clock.cpu()
         for _ in range(repeats):
-            for i, (artifact, tokens) in enumerate(artifacts):
-                times[i].extend(artifact.measure(tokens, warmup=0, repeats=1).times_s)
-        return [statistics.median(t) for t in times]
+            for i, call in enumerate(calls):
+                times[i].append(call())
+        wall, cpu = self.clock.wall() - wall0, self.clock.cpu() - cpu0
+        utilisation = cpu / (threads * wall) if self.cpu_meaningful and wall > 0 else None
+        contended = utilisation is not None and utilisation < self.policy.contended_below
+        medians = [statistics.median(t) for t in times]
+        return GroupTiming(medians, utilisation, threads, contended)
 
-    def measure_design(self, graphs: list[Graph]) -> list[float]:
-        """Median seconds of models the predictor is fitted on (LatencyPredictor.calibrate),
-        measured together with BLOCK_REPEAT_FACTOR times the workload's repeats: measured once
-        per search, they set the factors every later prediction uses."""
-        return self.measure_graphs(graphs, repeats=self.workload.repeats * BLOCK_REPEAT_FACTOR)
+    def measure_design(self, graphs: list[Graph]) -> list[PairedResult]:
+        """Models the predictor is fitted on (LatencyPredictor.calibrate), against the
+        reference with twice the usual rounds: measured once per search, they set the factors
+        every later prediction uses."""
+        return self.measure_against_reference(graphs, rounds=2 * self.policy.rounds)
 
-    def measure_blocks(self, items: Sequence[tuple[Graph, str]]) -> list[float]:
+    # -- blocks ----------------------------------------------------------------------------
+    def measure_blocks(self, items: Sequence[tuple[Graph, str]]) -> list[BlockTiming]:
         """Seconds each ``(graph, block)`` adds to the stem (never negative), measured together.
 
         A block is a small difference of two timings, measured once and reused by every search:
-        it gets BLOCK_REPEAT_FACTOR times the workload's repeats. The stem and every block graph
-        are timed in the same interleaved rounds (:meth:`measure_graphs`), so all differences
-        see the same machine drift and are comparable with each other. Graphs with different
-        stems (embedding, head) are measured in separate groups."""
+        it gets BLOCK_REPEAT_FACTOR times the workload's repeats. The stem, every block graph
+        and the reference model are timed in the same interleaved rounds, so all differences
+        see the same machine drift, and each block's cost relative to the reference is
+        comparable with a later run's. Graphs with different stems (embedding, head) are
+        measured in separate groups; a contended group is timed again with fewer threads."""
         repeats = self.workload.repeats * BLOCK_REPEAT_FACTOR
-        out: list[float] = [0.0] * len(items)
+        out: list[BlockTiming | None] = [None] * len(items)
         groups: dict[tuple[str, ...], list[int]] = {}
         for i, (graph, _) in enumerate(items):
             key = tuple(repr(n) for n in stem_graph(graph).nodes)
@@ -183,11 +304,26 @@ class Measurer:
         for members in groups.values():
             stem = stem_graph(items[members[0]][0])
             graphs = [stem] + [block_graph(*items[i]) for i in members]
-            stem_s, *with_block = self.measure_graphs(graphs, repeats=repeats)
+            if self.reference is not None:
+                graphs.append(self.reference)
+            timing = self._time_blocks(graphs, repeats)
+            stem_s, *with_block = timing.medians
+            reference_s = with_block.pop() if self.reference is not None else None
             for i, seconds in zip(members, with_block, strict=True):
-                out[i] = max(0.0, seconds - stem_s)
-        return out
+                out[i] = BlockTiming(
+                    max(0.0, seconds - stem_s), reference_s, timing.utilisation,
+                    timing.threads, timing.contended,
+                )  # fmt: skip
+        return [o for o in out if o is not None]
+
+    def _time_blocks(self, graphs: Sequence[Graph], repeats: int) -> GroupTiming:
+        timing = self.time_group(graphs, repeats=repeats, threads=self.workload.threads)
+        fewer = self.fewer_threads(timing.utilisation, timing.threads)
+        if timing.contended and fewer is not None:
+            self.contended_measurements += len(graphs)
+            timing = self.time_group(graphs, repeats=repeats, threads=fewer)
+        return timing
 
     def measure_block(self, graph: Graph, block: str) -> float:
         """Seconds one block adds to the stem (:meth:`measure_blocks` of one)."""
-        return self.measure_blocks([(graph, block)])[0]
+        return self.measure_blocks([(graph, block)])[0].seconds

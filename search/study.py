@@ -53,16 +53,17 @@ RETRIES = "archgen:retries"
 WORKER = "worker"
 SAME_AS = "same_as"  # a pruned repeat: the number of the complete trial of its candidate
 UNNEEDED = "archgen:unneeded"  # a pruned trial asked for after the last needed one
-PROPOSAL = "archgen:proposal"  # a pruned trial that only carries a shared_value proposal
-BUDGET_CONSTRAINT = "latency_over_budget_s"
+BUDGET_CONSTRAINT = "latency_over_budget"  # reference units
 
 
 @dataclass(frozen=True)
 class Evaluation:
     quality: float  # higher is better
-    latency: float  # seconds; what the budget is checked against (measured when measured)
+    latency: float  # reference units (x the base model): measured when measured, else predicted
     predicted: float
     measured: float | None = None
+    # the budget constraint (> 0: over budget) as the evaluator judged it; None: no budget
+    over_budget: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,7 +76,6 @@ class StudyConfig:
     n_trials: int
     seed: int = 0
     sampler: str = "tpe"
-    budget: float | None = None
     heartbeat_interval: float = 2.0
     grace_period: float = 10.0
     max_retry: int = 2
@@ -122,35 +122,6 @@ def open_study(
     for candidate in baselines:
         study.enqueue_trial(dict(candidate), user_attrs={"baseline": True}, skip_if_exists=True)
     return study
-
-
-def shared_value(
-    study: optuna.Study, key: str, compute: Callable[[], float]
-) -> tuple[float, float | None]:
-    """The value of ``key`` that every worker of ``study`` uses -- the first one recorded -- and
-    this call's own proposal (None when a value was recorded before, by another worker or an
-    earlier run of the study, and nothing was computed).
-
-    Workers that start together each ``compute`` a value (e.g. a budget relative to a measured
-    latency) and record it as a proposal: a pruned trial carrying it. Optuna storages number
-    trials atomically but have no compare-and-set for attributes, so the lowest-numbered proposal
-    wins; every worker reads after recording its own, so all see the same first one."""
-
-    def first() -> float | None:
-        proposals = [t for t in study.get_trials(deepcopy=False) if key in t.user_attrs]
-        return float(min(proposals, key=lambda t: t.number).user_attrs[key]) if proposals else None
-
-    found = first()
-    if found is not None:
-        return found, None
-    own = compute()
-    proposal = optuna.trial.create_trial(
-        state=TrialState.PRUNED, user_attrs={key: own, PROPOSAL: key}
-    )
-    study.add_trial(proposal)
-    agreed = first()
-    assert agreed is not None
-    return agreed, own
 
 
 class _Heartbeat:
@@ -203,11 +174,6 @@ def fail_stale_trials(study: optuna.Study, config: StudyConfig) -> list[int]:
                 attrs["baseline"] = True
             study.enqueue_trial(dict(trial.params), user_attrs=attrs)
     return failed
-
-
-def is_proposal(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` only carries a :func:`shared_value` proposal (no candidate)."""
-    return PROPOSAL in trial.user_attrs
 
 
 def evaluates(trial: FrozenTrial) -> bool:
@@ -330,10 +296,10 @@ def _run_trial(
 
 
 def _record(trial: optuna.Trial, result: Evaluation, config: StudyConfig) -> None:
-    trial.set_user_attr("predicted_s", result.predicted)
-    trial.set_user_attr("measured_s", result.measured)
-    if config.budget is not None:
-        trial.set_constraint(BUDGET_CONSTRAINT, result.latency - config.budget)
+    trial.set_user_attr("predicted_ratio", result.predicted)
+    trial.set_user_attr("measured_ratio", result.measured)
+    if result.over_budget is not None:
+        trial.set_constraint(BUDGET_CONSTRAINT, result.over_budget)
     for key, value in result.extra.items():
         trial.set_user_attr(key, value)
 

@@ -170,6 +170,14 @@ def search(
         str | None, typer.Option(help="export the winner (onnx) and validate its numerics")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="sampler seed (overrides search.seed)")] = None,
+    finalize_steps: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="end-to-end distillation steps for the assembled winner written to OUT/best/ "
+            "(default 100, 40 with --quick; 0 skips)",
+        ),
+    ] = None,
 ) -> None:
     """Search mixer placements under a latency budget; rerun the same command to resume."""
     from archgen.cli.search_view import SearchView
@@ -184,6 +192,7 @@ def search(
         quality=quality,
         export=export,
         seed=seed,
+        finalize_steps=finalize_steps,
     )
     with SearchView(out) as view:
         outcome = run_search(spec, options, log=view.log, on_trial=view.trial)

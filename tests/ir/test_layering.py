@@ -18,7 +18,20 @@ ALLOWED: dict[str, set[str]] = {
     "backends": {"ir", "passes", "mixers", "errors"},
     # staging: the one staging-folder helper (build, export and checkpoints share it)
     "train": {"ir", "passes", "mixers", "backends", "errors", "staging"},
-    "search": {"ir", "passes", "mixers", "backends", "train", "errors"},
+    # the search loop (search/run.py) reads the typed spec's search section and drives the
+    # training and export APIs (teacher, blockwise table, the winner's weights, its export)
+    "search": {
+        "ir",
+        "passes",
+        "mixers",
+        "backends",
+        "train",
+        "errors",
+        "spec",
+        "training",
+        "export",
+        "staging",
+    },
 }
 TORCH_FREE = {"ir", "passes"}
 GPU_ONLY = {"tensorrt": "backends/tensorrt.py", "onnxruntime": "backends/onnx"}

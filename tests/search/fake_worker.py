@@ -16,6 +16,7 @@ from archgen.search.storage import open_storage, quiet_optuna
 from archgen.search.study import Evaluation, StudyConfig, open_study, run_worker
 
 D = 32
+BUDGET_S = 12e-3
 LABELS = {
     "attention": (ops.Attention(d_model=D, heads=4).resolved(), 1.0, 4.0),
     "swa": (ops.SlidingWindowAttention(d_model=D, heads=4, window=8).resolved(), 0.7, 2.0),
@@ -43,7 +44,7 @@ def fake_evaluator(sleep: float, fail_label: str | None = None):
             raise RuntimeError(f"simulated crash for {fail_label}")
         quality = sum(LABELS[label][1] for label in labels)
         latency = sum(LABELS[label][2] for label in labels) * 1e-3
-        return Evaluation(quality, latency, latency)
+        return Evaluation(quality, latency, latency, over_budget=latency - BUDGET_S)
 
     return evaluate
 
@@ -56,7 +57,6 @@ def main() -> None:
     config = StudyConfig(
         os.environ.get("ARCHGEN_FAKE_STUDY", "fake"),
         n,
-        budget=12e-3,
         heartbeat_interval=0.3,
         grace_period=2.0,
     )

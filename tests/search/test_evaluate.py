@@ -1,11 +1,17 @@
-"""CandidateEvaluator: when a candidate is measured, and that a measurement is never repeated."""
+"""CandidateEvaluator and LatencyJudge: when a candidate is measured, and that a measurement is
+never repeated. (The rules against single bad measurements: tests/search/test_paired.py.)"""
 
 from __future__ import annotations
 
-from archgen.search.evaluate import CandidateEvaluator, LatencyPolicy
+import itertools
+
+from archgen.search.budget import Budget
+from archgen.search.evaluate import CandidateEvaluator, LatencyJudge, LatencyPolicy
+from archgen.search.paired import PairedResult, ReferenceCalibration
 from tests.search.fake_worker import LABELS, fake_space
 
-MS = {label: cost * 1e-3 for label, (_, _, cost) in LABELS.items()}
+# reference units: the all-attention model of three layers is 1.0
+UNITS = {label: cost / (3 * LABELS["attention"][2]) for label, (_, _, cost) in LABELS.items()}
 
 
 class _SumPredictor:
@@ -18,7 +24,7 @@ class _SumPredictor:
     def predict(self, graph) -> float:
         ops = {n.name: n.op for n in graph.nodes}
         return sum(
-            MS[label]
+            UNITS[label]
             for slot in self.space.slots
             for label, (op, _, _) in LABELS.items()
             if ops[slot.node] == op
@@ -28,58 +34,60 @@ class _SumPredictor:
         self.observed.append(measured)
 
 
-def _evaluator(budget: float | None = None):
+def _paired(ratio: float) -> PairedResult:
+    return PairedResult(
+        ratio=ratio, rel_error=0.003, reference_s=0.01, model_s=0.01 * ratio, rounds=8,
+        rejected=0, attempts=1, utilisation=0.98, threads=2, stable=True, contended=False,
+    )  # fmt: skip
+
+
+def _evaluator(budget: Budget = Budget()):
     space = fake_space(3)
     calls: list[object] = []
     predictor = _SumPredictor(space)
 
-    def measure_graph(graph) -> float:
-        calls.append(graph)
-        return predictor.predict(graph) * 1.1  # measured: 10 % above, same ranking
+    def measure(graphs) -> list[PairedResult]:
+        calls.extend(graphs)
+        return [_paired(predictor.predict(g) * 1.1) for g in graphs]  # 10 % above, same ranking
 
-    evaluator = CandidateEvaluator(
-        space=space,
-        predictor=predictor,  # type: ignore[arg-type]
-        measure_graph=measure_graph,
-        quality=lambda candidate, graph: 1.0,
-        policy=LatencyPolicy(budget=budget),
-    )
-    return space, evaluator, calls
+    judge = LatencyJudge(
+        space=space, predictor=predictor,  # type: ignore[arg-type]
+        measure_paired=measure, budget=budget, calibration=ReferenceCalibration(threads=2),
+        workload_threads=2,
+    )  # fmt: skip
+    return space, CandidateEvaluator(judge, lambda candidate, graph: 1.0), calls
 
 
 def test_a_remembered_candidate_is_not_measured_again() -> None:
     space, evaluator, calls = _evaluator()
     candidate = {s.node: "mamba" for s in space.slots}
-    evaluator.remember(candidate, 0.007, 0.009)
+    evaluator.judge.remember(candidate, 0.7, _paired(0.9))
     result = evaluator(candidate)
-    assert calls == [] and (result.predicted, result.measured, result.latency) == (
-        0.007,
-        0.009,
-        0.009,
-    )
-    assert evaluator.measure(candidate) == (0.007, 0.009) and calls == []
-    assert evaluator.checks == [(0.007, 0.009)]  # one check per candidate
+    assert calls == [] and (result.predicted, result.measured, result.latency) == (0.7, 0.9, 0.9)
+    assert evaluator.judge.measure(candidate).measured == 0.9 and calls == []
+    assert evaluator.judge.checks == [(0.7, 0.9)]  # one check per candidate
 
 
 def test_candidates_are_measured_until_the_predictor_ranks_well_then_near_the_budget() -> None:
-    import itertools
-
-    space, evaluator, calls = _evaluator(budget=0.009)
+    limit = 0.7
+    space, evaluator, calls = _evaluator(Budget(fraction=limit))
     labels = list(LABELS)
     candidates = [
         {s.node: label for s, label in zip(space.slots, combo, strict=True)}
         for combo in itertools.product(labels, repeat=3)
     ]
-    policy = evaluator.policy
-    for i, candidate in enumerate(candidates[:6]):  # too few checks to trust the predictor
+    judge = evaluator.judge
+    policy: LatencyPolicy = judge.policy
+    for candidate in candidates[:6]:  # too few checks to trust the predictor
         assert evaluator(candidate).measured is not None
-        assert len(calls) == i + 1
-    assert evaluator.trust().spearman > 0.9 and len(evaluator.checks) == policy.min_samples
+    assert judge.trust().spearman > 0.9 and len(judge.checks) == policy.min_samples
     nears = []
     for candidate in candidates[6:]:
         before = len(calls)
         result = evaluator(candidate)
-        near = abs(result.predicted - 0.009) <= policy.margin * 0.009
+        near = abs(result.predicted - limit) <= policy.margin * limit
         assert (len(calls) > before) == near == (result.measured is not None), candidate
         nears.append(near)
+        if result.measured is None:  # predicted only: the constraint is the prediction's
+            assert result.over_budget == result.predicted - limit
     assert any(nears) and not all(nears)  # both cases were exercised

@@ -7,6 +7,7 @@ import pytest
 from archgen.errors import ArchgenError
 from archgen.search.budget import RelativeBudget, parse_budget, parse_search_budget
 from archgen.search.latency import (
+    BlockRow,
     LatencyPredictor,
     LatencyTable,
     Workload,
@@ -14,6 +15,7 @@ from archgen.search.latency import (
     select_correction,
     trust_report,
 )
+from archgen.search.measure import BlockTiming
 from archgen.search.robust import nearest_neighbour_average, robust_combine
 
 
@@ -42,25 +44,50 @@ def test_nna_with_no_faulty_workers_is_the_mean() -> None:
     assert nearest_neighbour_average([1.0, 2.0, 6.0], faulty=0) == pytest.approx(3.0)
 
 
+def _row(seconds: float, worker: str = "w", **kw) -> BlockRow:
+    fields = {"reference": "ref", "reference_s": 0.1, "utilisation": 0.98, "threads": 2}
+    return BlockRow(seconds, **{**fields, **kw}, measured_at=0.0, worker=worker)
+
+
+def _predictor(table: LatencyTable, measure_blocks, **kw) -> LatencyPredictor:
+    return LatencyPredictor(table, Workload(threads=2), measure_blocks, reference="ref", **kw)
+
+
 def test_table_combines_workers_robustly(tmp_path) -> None:
     table = LatencyTable(tmp_path / "t.sqlite", {"torch": "x"})
     for worker, seconds in [("a", 0.010), ("b", 0.0102), ("c", 0.0099), ("throttled", 0.25)]:
-        table.add("sig", "shape", worker, seconds)
-    assert table.get("sig", "shape") == pytest.approx(0.01003, rel=0.01)
+        table.add("sig", "shape", _row(seconds, worker))
+    predictor = _predictor(table, None)
+    assert predictor._cached("sig", "shape") == pytest.approx(0.1003, rel=0.01)  # units
     # a table read in another environment (other library versions) does not see these rows
     other = LatencyTable(tmp_path / "t.sqlite", {"torch": "y"})
-    assert other.get("sig", "shape") is None
+    assert other.rows("sig", "shape") == []
 
 
 def test_faulty_measurements_cannot_move_the_table_much(tmp_path) -> None:
     table = LatencyTable(tmp_path / "t.sqlite", {})
     for i in range(6):
-        table.add("s", "L", f"w{i}", 0.020 + 0.0001 * i)
-    clean = table.get("s", "L")
-    table.add("s", "L", "evil1", 5.0)
-    table.add("s", "L", "evil2", 0.000001)
-    assert table.get("s", "L") == pytest.approx(clean, rel=0.02)
+        table.add("s", "L", _row(0.020 + 0.0001 * i, f"w{i}"))
+    clean = _predictor(table, None)._cached("s", "L")
+    table.add("s", "L", _row(5.0, "evil1"))
+    table.add("s", "L", _row(0.000001, "evil2"))
+    assert _predictor(table, None)._cached("s", "L") == pytest.approx(clean, rel=0.02)
     assert robust_combine([0.02] * 6 + [5.0, 1e-6]) == pytest.approx(0.02, rel=0.02)
+
+
+def test_rows_measured_under_load_or_against_a_drifted_reference_are_not_used(tmp_path) -> None:
+    table = LatencyTable(tmp_path / "t.sqlite", {})
+    table.add("s", "L", _row(0.040, utilisation=0.6))  # a CI run beside it: 4x, contended
+    table.add("s", "L", _row(0.015, threads=1))  # the fallback threads
+    table.add("s", "L", _row(0.010, reference="other"))  # against another reference model
+    table.add("s", "L", _row(0.030, reference_s=0.3))  # the reference timed 3x slower then
+    now = _predictor(table, None, reference_s=0.1)
+    assert now._cached("s", "L") is None and now.stale_rows == 4
+    table.add("s", "L", _row(0.010))
+    assert _predictor(table, None, reference_s=0.1)._cached("s", "L") == pytest.approx(0.1)
+    # a uniformly slower machine (the reference 20 % slower too) reads the same units
+    table.add("s", "L", _row(0.012, reference_s=0.12))
+    assert _predictor(table, None, reference_s=0.115)._cached("s", "L") == pytest.approx(0.1)
 
 
 def test_correction_fit_recovers_per_kind_factors_and_the_offset() -> None:
@@ -112,7 +139,6 @@ def test_search_budgets_may_be_a_percentage_of_the_base_model() -> None:
 
 def test_missing_blocks_are_measured_once_all_together(tmp_path) -> None:
     from archgen import api
-    from archgen.search.latency import LatencyPredictor, Workload
     from tests.backends.conformance import TINY_SPEC
 
     spec = tmp_path / "tiny.yaml"
@@ -120,15 +146,15 @@ def test_missing_blocks_are_measured_once_all_together(tmp_path) -> None:
     graph = api.compile_spec(spec)
     calls: list[list[str]] = []
 
-    def measure_blocks(items) -> list[float]:
+    def measure_blocks(items) -> list[BlockTiming]:
         calls.append([b for _, b in items])
-        return [0.001 * (i + 1) for i in range(len(items))]
+        return [BlockTiming(0.001 * (i + 1), 0.1, 0.98, 2, False) for i in range(len(items))]
 
     table = LatencyTable(tmp_path / "t.sqlite", {})
-    predictor = LatencyPredictor(table, Workload(), measure_blocks)
+    predictor = _predictor(table, measure_blocks)
     blocks = graph.blocks()
     predictor.ensure_blocks([(graph, b) for b in blocks] * 2)  # duplicates measured once
-    distinct = {predictor.block_seconds(graph, b) for b in blocks}
+    distinct = {predictor.block_cost(graph, b) for b in blocks}
     assert len(calls) == 1 and predictor.block_measurements == len(calls[0]) == len(distinct)
     predictor.predict(graph)  # everything is in the table now: nothing more is measured
     assert len(calls) == 1
@@ -136,27 +162,26 @@ def test_missing_blocks_are_measured_once_all_together(tmp_path) -> None:
 
 def test_a_new_predictor_reads_the_table_once_and_measures_nothing(tmp_path, monkeypatch) -> None:
     from archgen import api
-    from archgen.search.latency import LatencyPredictor, Workload
     from tests.backends.conformance import TINY_SPEC
 
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY_SPEC)
     graph = api.compile_spec(spec)
     table = LatencyTable(tmp_path / "t.sqlite", {})
-    first = LatencyPredictor(table, Workload(), lambda items: [0.002] * len(items))
+    first = _predictor(table, lambda items: [BlockTiming(0.002, 0.1, 0.98, 2, False)] * len(items))
     expected = first.predict(graph)
 
     def must_not_measure(items) -> list[float]:
         raise AssertionError(f"measured {len(items)} block(s) the table holds")
 
     reads: list[str] = []
-    original_get = LatencyTable.get
+    original_rows = LatencyTable.rows
     monkeypatch.setattr(
         LatencyTable,
-        "get",
-        lambda self, sig, shape: reads.append(sig) or original_get(self, sig, shape),
+        "rows",
+        lambda self, sig, shape: reads.append(sig) or original_rows(self, sig, shape),
     )
-    second = LatencyPredictor(LatencyTable(tmp_path / "t.sqlite", {}), Workload(), must_not_measure)
+    second = _predictor(LatencyTable(tmp_path / "t.sqlite", {}), must_not_measure)
     assert second.predict(graph) == pytest.approx(expected)
     after_first = len(reads)
     assert after_first == len({reads[i] for i in range(after_first)})  # one read per signature
@@ -230,7 +255,7 @@ def _count_predictor() -> LatencyPredictor:
     def no_blocks(items) -> list[float]:
         raise AssertionError("nothing to measure")
 
-    return _CountPredictor(None, Workload(), no_blocks)  # type: ignore[arg-type]
+    return _CountPredictor(None, Workload(), no_blocks, "ref")  # type: ignore[arg-type]
 
 
 def test_calibration_on_homogeneous_models_predicts_in_context_costs() -> None:

@@ -91,8 +91,8 @@ def test_blocks_are_measured_together_against_one_stem_under_drift(graph: Graph)
     blocks = graph.blocks()[:2]
     calls = 3 * (1 + 10 * BLOCK_REPEAT_FACTOR)  # warm-up, then the rounds, of 3 graphs
     machine = DriftingMachine(drift=0.05 / calls)  # the last calls run 5 % slower than the first
-    seconds = measurer(machine).measure_blocks([(graph, b) for b in blocks])
-    for b, s in zip(blocks, seconds, strict=True):
+    timings = measurer(machine).measure_blocks([(graph, b) for b in blocks])
+    for b, s in zip(blocks, [t.seconds for t in timings], strict=True):
         expected = 1e-3 * (len(block_graph(graph, b).nodes) - len(stem_graph(graph).nodes))
         assert s == pytest.approx(expected, rel=0.05)
     assert len(set(machine.order[:3])) == 3  # stem, block 1, block 2: one warm-up each

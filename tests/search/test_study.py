@@ -120,7 +120,7 @@ def _in_process_study(tmp_path, layers: int, n: int, sampler: str = "tpe") -> op
     from archgen.search.study import StudyConfig, open_study
     from tests.search.fake_worker import fake_space
 
-    config = StudyConfig("small", n, seed=3, sampler=sampler, budget=1.0)
+    config = StudyConfig("small", n, seed=3, sampler=sampler)
     storage = open_storage(f"sqlite:///{tmp_path}/small.db")
     return open_study(storage, config, fake_space(layers).homogeneous_candidates()), config
 
@@ -246,31 +246,6 @@ def test_a_worker_whose_trial_was_declared_dead_carries_on(tmp_path) -> None:
     dead = study.trials[declared_dead[0]]
     assert dead.state is TrialState.FAIL
     assert any(t.user_attrs.get("retry_of") == dead.number for t in _evaluated(study))
-
-
-def test_workers_agree_on_a_shared_value_whoever_records_first(tmp_path) -> None:
-    """Two workers resolve a relative budget at the same time from their own measurements: the
-    first recorded wins, for both, and a later run (a resume) reuses it without computing."""
-    from archgen.search.study import StudyConfig, open_study, shared_value
-
-    url = f"sqlite:///{tmp_path}/shared.db"
-    config = StudyConfig("shared", 4)
-    first = open_study(open_storage(url), config, [])
-    second = open_study(open_storage(url), config, [])
-
-    def measured_while_the_other_records() -> float:
-        assert shared_value(second, "budget", lambda: 0.031) == (0.031, 0.031)
-        return 0.029  # this worker measured a little faster
-
-    assert shared_value(first, "budget", measured_while_the_other_records) == (0.031, 0.029)
-    resumed = open_study(open_storage(url), config, [])
-
-    def must_not_run() -> float:
-        raise AssertionError("a recorded value is not computed again")
-
-    assert shared_value(resumed, "budget", must_not_run) == (0.031, None)
-    proposals = [t for t in resumed.trials if "budget" in t.user_attrs]
-    assert [t.state for t in proposals] == [TrialState.PRUNED, TrialState.PRUNED]
 
 
 def test_a_sampler_stuck_on_one_candidate_still_gets_every_trial(tmp_path, monkeypatch) -> None:
