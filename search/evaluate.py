@@ -38,6 +38,7 @@ PairedMeasurer = Callable[[Sequence[Graph]], list[PairedResult]]
 # search_load.md). Lower, so a fallback measurement errs towards "within budget": it is never
 # what makes a candidate infeasible, and certification asks it to fit with this allowance.
 FALLBACK_THREADS_UNCERTAINTY = 0.08
+CORES_BUSY = "cores_busy"  # trial attribute
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class LatencyCheck:
     # every measurement stable and taken at the workload's threads on uncontended cores: what
     # the predictor may learn from
     clean: bool
+    # one of the models the predictor was calibrated on (LatencyPredictor.calibrate): its
+    # prediction came before the calibration, so it says nothing of the predictor's trust
+    design: bool = False
 
     @property
     def threads(self) -> int:
@@ -97,8 +101,9 @@ class LatencyJudge:
 
     @property
     def checks(self) -> list[tuple[float, float]]:
-        """(predicted, measured) pairs, one per measured candidate: what trust is judged on."""
-        return [(c.predicted, c.measured) for c in self.known.values()]
+        """(predicted, measured) pairs, one per candidate measured after the predictor's
+        calibration: what trust is judged on."""
+        return [(c.predicted, c.measured) for c in self.known.values() if not c.design]
 
     def trust(self) -> TrustReport:
         return trust_report([p for p, _ in self.checks], [m for _, m in self.checks])
@@ -118,10 +123,12 @@ class LatencyJudge:
         return statistics.median(abs(p - m) / m for p, m in checks)
 
     def remember(self, candidate: Candidate, predicted: float, result: PairedResult) -> None:
-        """Record a measurement taken elsewhere (the calibration design) as this candidate's."""
+        """Record a measurement of the calibration design as this candidate's (so it is not
+        measured again); it is no check of the predictor."""
         self.known[self.space.key(candidate)] = LatencyCheck(
-            predicted, result.ratio, (result,), self._uncertainty([result]), self._clean([result])
-        )
+            predicted, result.ratio, (result,), self._uncertainty([result]),
+            self._clean([result]), design=True,
+        )  # fmt: skip
 
     def fallback_allowance(self, result: PairedResult) -> float:
         """What ``result`` may be off by for being taken at fallback threads."""
@@ -227,10 +234,13 @@ class CandidateEvaluator:
 def _attrs(judge: LatencyJudge, check: LatencyCheck) -> dict[str, object]:
     """What a trial records of its measurement, beyond the two ratios."""
     return {
+        "calibration_design": check.design,
         "predicted_s": judge.seconds(check.predicted),
         "measured_s": judge.seconds(check.measured),
         "latency_uncertainty": check.uncertainty,
         "measurements": len(check.measurements),
         "measured_threads": check.threads,
         "clean_measurement": check.clean,
+        # the cores were busy: measured with fewer threads than the workload's (said live)
+        CORES_BUSY: check.threads < judge.workload_threads,
     }

@@ -32,6 +32,7 @@ from archgen.search.budget import Budget, format_seconds
 from archgen.search.latency import TrustReport, Workload
 from archgen.search.report import Certified
 from archgen.search.space import Candidate, SearchSpace
+from archgen.search.winner import Winner
 from archgen.spec.models import ArchSpec
 
 Log = Callable[[str], None]
@@ -72,6 +73,7 @@ class SearchOutcome:
     best: Certified | None
     best_spec: Path | None
     best_model: Path | None  # OUT/best/: the winner with trained weights
+    winner: Winner | None  # how best/ was made (bits per byte before and after finalisation)
     trust: TrustReport
     report: dict[str, Any]  # what report.json holds
 
@@ -204,12 +206,13 @@ def run_search_plan(
     best = choose(certified)
 
     # 9. Outputs.
-    best_spec = best_model = None
-    winner_info: dict[str, Any] | None = None
+    best_spec = None
+    winner: Winner | None = None
     if best is not None:
         best_spec = plan.out / "best.yaml"
         _write_best(best_spec, space.graph_for(best.params), plan.spec)
-        best_model, winner_info = _winner(plan, best, log)
+        winner = _winner(plan, best, log)
+    best_model = winner.folder if winner is not None else None
     trust = _trust(trials, setup_checks, space)
     measurement = {
         "reference": "the spec's base model",
@@ -235,7 +238,7 @@ def run_search_plan(
     )
     report["study"] = {"name": plan.study_name, "storage": plan.storage_url}
     report["quality"] = quality_info
-    report["winner"] = winner_info
+    report["winner"] = winner.to_json() if winner is not None else None
     if plan.fidelity == "blockwise" and not plan.quick and plan.spec.search is not None:
         q = plan.spec.search.quality
         if q.finalist_steps > 0:
@@ -257,7 +260,8 @@ def run_search_plan(
         write_json_atomic(plan.out / "report.json", report)
     return SearchOutcome(
         out=plan.out, budget=plan.budget, reference_s=calibration.seconds, certified=certified,
-        best=best, best_spec=best_spec, best_model=best_model, trust=trust, report=report,
+        best=best, best_spec=best_spec, best_model=best_model, winner=winner, trust=trust,
+        report=report,
     )  # fmt: skip
 
 
@@ -324,18 +328,17 @@ def _write_best(path: Path, graph: Graph, spec: ArchSpec) -> None:
     write_text_atomic(path, header + yaml.safe_dump(data, sort_keys=False))
 
 
-def _winner(plan: SearchPlan, best: Certified, log: Log) -> tuple[Path | None, dict | None]:
+def _winner(plan: SearchPlan, best: Certified, log: Log) -> Winner | None:
     """OUT/best/: the winner with trained weights, where the quality proxy trained any."""
     if plan.fidelity != "blockwise":
         log("no trained weights for the winner: only the blockwise proxy trains blocks")
-        return None, None
+        return None
     from archgen.search.winner import build_winner
 
-    winner = build_winner(
+    return build_winner(
         plan.spec, plan.space.graph_for(best.params), best.params, plan.space, plan.cache,
         plan.out, finalize_steps=plan.finalize_steps, quick=plan.quick, log=log,
     )  # fmt: skip
-    return winner.folder, winner.to_json()
 
 
 def _export_best(

@@ -4,7 +4,6 @@ the summary table, in ratios to the base model and in time."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 from optuna.distributions import CategoricalDistribution
@@ -53,19 +52,29 @@ def test_progress_line_counts_the_whole_study() -> None:
 
 
 def test_summary_shows_ratios_to_the_base_model_and_time() -> None:
-    row = {
-        "number": 8, "params": {"layers.0.token_mixer": "b"}, "quality": -0.08,
-        "predicted_ratio": 0.85, "measured_ratio": 0.86, "predicted_s": 0.051,
-        "measured_s": 0.0516, "within_budget": True,
+    from archgen.search.budget import Budget
+    from archgen.search.latency import TrustReport
+    from archgen.search.report import Certified
+    from archgen.search.run import SearchOutcome
+
+    row = Certified(
+        number=8, params={"layers.0.token_mixer": "b"}, quality=-0.08, predicted_ratio=0.85,
+        measured_ratio=0.86, predicted_s=0.051, measured_s=0.0516, within_budget=True,
+    )  # fmt: skip
+    measurement = {
+        "calibration": {"drift_min": 0.97, "drift_max": 1.12},
+        "contended_measurements": 3, "remeasured": 2,
     }  # fmt: skip
-    report = {
-        "budget_ratio": 0.9, "budget_s": 0.054, "pareto": [row], "best": row,
-        "predictor_trust": {"spearman": None},
-    }  # fmt: skip
+    outcome = SearchOutcome(
+        out=Path("o"), budget=Budget(fraction=0.9), reference_s=0.06, certified=[row], best=row,
+        best_spec=Path("o/best.yaml"), best_model=None, winner=None,
+        trust=TrustReport(7, 0.93, 0.81, 4.2), report={"measurement": measurement},
+    )  # fmt: skip
     console = Console(record=True, width=120)
-    outcome = SimpleNamespace(report=report, best_spec=Path("o/best.yaml"), out=Path("o"))
     SearchView(console).summary(outcome)
     text = console.export_text()
     assert "0.860 x" in text and "51.6 ms" in text and "ok" in text
     assert "best within budget 0.9 x the base model (54 ms): trial 8" in text
     assert "measured 0.860 x the base model (51.6 ms)" in text
+    assert "Spearman 0.930" in text and "MAPE 4.2 %" in text
+    assert "timed 0.97-1.12x its first calibration; 3 measurement(s)" in text

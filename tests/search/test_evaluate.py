@@ -65,7 +65,11 @@ def test_a_remembered_candidate_is_not_measured_again() -> None:
     result = evaluator(candidate)
     assert calls == [] and (result.predicted, result.measured, result.latency) == (0.7, 0.9, 0.9)
     assert evaluator.judge.measure(candidate).measured == 0.9 and calls == []
-    assert evaluator.judge.checks == [(0.7, 0.9)]  # one check per candidate
+    # a calibration model's prediction came before the calibration: it is no check of trust
+    assert evaluator.judge.checks == []
+    other = {**candidate, space.slots[0].node: "swa"}
+    checked = evaluator.judge.measure(other)
+    assert evaluator.judge.checks == [(checked.predicted, checked.measured)]
 
 
 def test_candidates_are_measured_until_the_predictor_ranks_well_then_near_the_budget() -> None:
