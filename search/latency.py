@@ -206,10 +206,11 @@ class LatencyPredictor:
             return abs(row.reference_s / self.reference_s - 1) <= REFERENCE_AGREEMENT
         return True
 
-    def _cached(self, signature: str, shape: str) -> float | None:
+    def _cached(self, signature: str, shape: str, *, count_stale: bool = True) -> float | None:
         rows = self.table.rows(signature, shape)
         good = [r.units for r in rows if self.usable(r) and r.units is not None]
-        self.stale_rows += len(rows) - len(good)
+        if count_stale:
+            self.stale_rows += len(rows) - len(good)
         return robust_combine(good) if good else None
 
     def ensure_blocks(self, items: Sequence[tuple[Graph, str]]) -> None:
@@ -239,7 +240,7 @@ class LatencyPredictor:
             self.table.add(signature, shape, row)
             own = row.units if row.units is not None else row.seconds
             # what the table now says, combined with any other worker's usable measurement
-            self._units[signature] = self._cached(signature, shape) or own
+            self._units[signature] = self._cached(signature, shape, count_stale=False) or own
         self.block_measurements += len(missing)
 
     def _block(self, graph: Graph, block: str) -> tuple[str, float]:

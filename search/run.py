@@ -178,7 +178,9 @@ def run_search_plan(
         name=plan.study_name, n_trials=plan.trials, seed=plan.seed, sampler=plan.sampler
     )
     study = open_study(storage, config, space.baseline_candidates())
-    setup_checks = dict((key, (c.predicted, c.measured)) for key, c in judge.known.items())
+    setup_checks = {
+        key: (c.predicted, c.measured) for key, c in judge.known.items() if not c.design
+    }
     run_worker(study, space, CandidateEvaluator(judge, quality), config, on_trial=on_trial)
 
     # 8. Certification, once per study.
@@ -290,12 +292,15 @@ def _trust(
     trials: Sequence[FrozenTrial], setup_checks: dict[str, tuple[float, float]], space: Any
 ) -> TrustReport:
     """Rank agreement of predictions made before measuring, one pair per candidate, over every
-    measured trial of the study (all runs and workers) and this run's setup measurements."""
+    measured trial of the study (all runs and workers) and this run's setup measurements --
+    except the calibration models, whose predictions came before the calibration."""
     from archgen.search.latency import trust_report
     from archgen.search.study import evaluates
 
     pairs = dict(setup_checks)
     for t in trials:
+        if t.user_attrs.get("calibration_design"):
+            continue  # a calibration model, predicted before the calibration
         if t.user_attrs.get("measured_ratio") is not None and evaluates(t):
             pairs[space.key(t.params)] = (
                 t.user_attrs["predicted_ratio"], t.user_attrs["measured_ratio"]

@@ -95,3 +95,27 @@ def test_candidates_are_measured_until_the_predictor_ranks_well_then_near_the_bu
         if result.measured is None:  # predicted only: the constraint is the prediction's
             assert result.over_budget == result.predicted - limit
     assert any(nears) and not all(nears)  # both cases were exercised
+
+
+def test_trust_leaves_out_the_calibration_models() -> None:
+    import optuna
+
+    from archgen.search.run import _trust
+
+    space = fake_space(3)
+    labels = list(LABELS)
+
+    def trial(i: int, predicted: float, measured: float, design: bool):
+        params = {s.node: labels[(i + k) % len(labels)] for k, s in enumerate(space.slots)}
+        attrs = {"predicted_ratio": predicted, "measured_ratio": measured}
+        attrs["calibration_design"] = design
+        dist = {s.node: optuna.distributions.CategoricalDistribution(labels) for s in space.slots}
+        return optuna.trial.create_trial(
+            params=params, distributions=dist, values=[1.0, measured], user_attrs=attrs
+        )
+
+    # calibration models predicted before the offset existed: far off; later checks agree
+    trials = [trial(i, 0.7 + 0.05 * i, 0.9 - 0.05 * i, True) for i in range(3)]
+    trials += [trial(i, 0.8 + 0.04 * i, 0.81 + 0.04 * i, False) for i in range(3, 7)]
+    report = _trust(trials, {}, space)
+    assert report.n == 4 and report.spearman == 1.0 and report.mape < 2
