@@ -15,7 +15,6 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -50,10 +49,6 @@ def study_lock(storage: optuna.storages.BaseStorage, url: str, name: str) -> Ite
 
 def _safe(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:12]
-
-
-# Pareto graphs -> one paired result each
-FrontMeasurer = Callable[[Sequence[Any]], list[PairedResult]]
 
 
 def certify(

@@ -56,7 +56,6 @@ def block_signature(graph: Graph, block: str) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:20]
 
 
-CONTENDED_BELOW = PairingPolicy.contended_below  # CPU utilisation of a contended timing
 # A cached row whose reference timed this far from the reference now was taken on a machine in
 # another state (throttled, loaded in a way utilisation missed): it is measured again.
 REFERENCE_AGREEMENT = 0.25
@@ -81,7 +80,7 @@ class BlockRow:
 
     @property
     def contended(self) -> bool:
-        return self.utilisation is not None and self.utilisation < CONTENDED_BELOW
+        return PairingPolicy().contended(self.utilisation)
 
 
 class LatencyTable:

@@ -275,7 +275,7 @@ class Measurer:
                 times[i].append(call())
         wall, cpu = self.clock.wall() - wall0, self.clock.cpu() - cpu0
         utilisation = cpu / (threads * wall) if self.cpu_meaningful and wall > 0 else None
-        contended = utilisation is not None and utilisation < self.policy.contended_below
+        contended = self.policy.contended(utilisation)
         medians = [statistics.median(t) for t in times]
         return GroupTiming(medians, utilisation, threads, contended)
 

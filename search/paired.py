@@ -68,6 +68,10 @@ class PairingPolicy:
     contended_below: float = 0.8
     min_mad: float = 0.002  # relative MAD floor: equal models would reject everything else
 
+    def contended(self, utilisation: float | None) -> bool:
+        """Whether a timing at this CPU utilisation had the cores to itself (None: unknown)."""
+        return utilisation is not None and utilisation < self.contended_below
+
 
 @dataclass(frozen=True)
 class PairedResult:
@@ -158,7 +162,7 @@ def measure_paired(
         cpu_used += clock.cpu() - cpu0
         wall_used += clock.wall() - wall0
         utilisation = cpu_used / (threads * wall_used) if cpu_meaningful and wall_used else None
-        contended = utilisation is not None and utilisation < policy.contended_below
+        contended = policy.contended(utilisation)
         for i in pending:
             r = robust_ratio(series[i].ratios, policy)
             stable = r.rel_error <= policy.max_rel_error

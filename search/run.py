@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial
 
@@ -34,6 +34,10 @@ from archgen.search.report import Certified
 from archgen.search.space import Candidate, SearchSpace
 from archgen.search.winner import Winner
 from archgen.spec.models import ArchSpec
+
+if TYPE_CHECKING:
+    from archgen.search.evaluate import LatencyJudge
+    from archgen.search.measure import Measurer
 
 Log = Callable[[str], None]
 OnTrial = Callable[[FrozenTrial, Sequence[FrozenTrial]], None]
@@ -268,7 +272,11 @@ def run_search_plan(
 
 
 def _calibrate(
-    baselines: list[Candidate], judge: Any, measurer: Any, kind_names: dict[str, str], log: Log
+    baselines: list[Candidate],
+    judge: LatencyJudge,
+    measurer: Measurer,
+    kind_names: dict[str, str],
+    log: Log,
 ) -> None:
     """Measure the base and homogeneous models against the reference, as the predictor's
     in-context design (LatencyPredictor.calibrate); the study's baseline trials then reuse
