@@ -13,7 +13,7 @@ import torch
 
 from archgen.mixers.kernels import selective_scan_triton
 from archgen.mixers.mamba import Mamba
-from tests.tolerances import FLOAT32_PARAM_GRAD, assert_close
+from tests.tolerances import FLOAT32_PARAM_GRAD, assert_close, assert_within_rounding_of
 
 F64 = torch.float64
 
@@ -29,6 +29,21 @@ def loop_scan(x, dt, a_mat, b, c, d_skip) -> torch.Tensor:
         )
         ys.append(torch.einsum("bdn,bn->bd", h, c[:, t]) + d_skip * x[:, t])
     return torch.stack(ys, 1)
+
+
+def loop_scan_magnitude(x, dt, a_mat, b, c, d_skip) -> torch.Tensor:
+    """``sum_n |h_n C_n| + |D x|`` per output, with the float64 state: the size of the terms each
+    output sums, which float32 rounding scales with (tests.tolerances.assert_within_rounding_of).
+    Over 16 seeds the kernel's error stays under 0.04x the bound; Delta off by 0.01 % exceeds it."""
+    h = x.new_zeros(x.shape[0], x.shape[2], a_mat.shape[1])
+    sizes = []
+    for t in range(x.shape[1]):
+        h = (
+            torch.exp(dt[:, t, :, None] * a_mat) * h
+            + (dt[:, t] * x[:, t])[..., None] * b[:, t, None]
+        )
+        sizes.append(torch.einsum("bdn,bn->bd", h.abs(), c[:, t].abs()) + (d_skip * x[:, t]).abs())
+    return torch.stack(sizes, 1)
 
 
 def random_inputs(gen: torch.Generator, bsz: int, seq: int, dim: int, n: int) -> tuple:
@@ -48,7 +63,13 @@ def check_kernel(gen: torch.Generator) -> None:
         inputs = random_inputs(gen, bsz, seq, dim, n)
         with torch.no_grad():
             got = selective_scan_triton.selective_scan(*(t.float() for t in inputs))
-        assert_close(got, loop_scan(*inputs), torch.float32, msg=f"B={bsz} L={seq} D={dim} N={n}")
+        assert_within_rounding_of(
+            got,
+            loop_scan(*inputs),
+            loop_scan_magnitude(*inputs),
+            torch.float32,
+            msg=f"B={bsz} L={seq} D={dim} N={n}",
+        )
 
 
 def check_kernel_backward(gen: torch.Generator) -> None:
