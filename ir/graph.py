@@ -2,7 +2,14 @@
 
 A :class:`Node` applies one :class:`~archgen.ir.ops.Op` to named input values and produces one
 value named like the node. Nodes are grouped into *blocks* (``layers.3``): the unit that
-numerics validation reports and that search swaps. Graphs are immutable; passes return new ones.
+numerics validation reports and that search swaps. Graphs are immutable; passes return new ones,
+changing them through :mod:`archgen.ir.edit`.
+
+Derived facts -- a node's ``annotations`` (its cost) and the graph's ``value_types`` -- are not
+part of a graph's identity. :meth:`Graph.with_nodes` drops the facts of every node that changed
+(and the types of every value downstream of one), so an edit can never leave stale costs or
+shapes behind, however the new nodes were made: ``infer_shapes`` / ``annotate_cost`` recompute
+them.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ class Node:
     def annotated(self, **facts: Any) -> Node:
         return replace(self, annotations=MappingProxyType({**self.annotations, **facts}))
 
+    def without_facts(self) -> Node:
+        return self if not self.annotations else replace(self, annotations=_EMPTY)
+
 
 TOKENS = "tokens"
 
@@ -57,15 +67,28 @@ class Graph:
     inputs: Mapping[str, TensorType]
     outputs: tuple[str, ...]
     value_types: Mapping[str, TensorType] = field(default_factory=lambda: _EMPTY, compare=False)
+    _index: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "_index", MappingProxyType({n.name: i for i, n in enumerate(self.nodes)})
+        )
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
     def node(self, name: str) -> Node:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(f"no node named {name!r}")
+        return self.nodes[self.index(name)]
+
+    def index(self, name: str) -> int:
+        """Position of node ``name`` in topological order."""
+        try:
+            return self._index[name]
+        except KeyError:
+            raise KeyError(f"no node named {name!r}") from None
 
     def blocks(self) -> list[str]:
         """Block names in order of first appearance."""
@@ -86,8 +109,43 @@ class Graph:
     def nodes_with_role(self, role: Role) -> list[Node]:
         return [n for n in self.nodes if n.op.role is role]
 
-    def with_nodes(self, nodes: tuple[Node, ...]) -> Graph:
-        return replace(self, nodes=nodes)
+    def with_nodes(
+        self,
+        nodes: tuple[Node, ...],
+        *,
+        inputs: Mapping[str, TensorType] | None = None,
+        outputs: tuple[str, ...] | None = None,
+    ) -> Graph:
+        """This graph with new nodes (and optionally inputs / outputs); see the module docstring
+        for which derived facts survive. Passes call it; everything else edits through
+        :mod:`archgen.ir.edit`."""
+        fresh: list[Node] = []
+        stale: set[str] = set()
+        for node in nodes:
+            i = self._index.get(node.name)
+            before = self.nodes[i] if i is not None else None
+            if before is not None and before == node:
+                fresh.append(node)
+                continue
+            stale.add(node.name)
+            # facts carried over from the node it replaces describe that node, not this one
+            carried = before is not None and node.annotations == before.annotations
+            fresh.append(node.without_facts() if carried else node)
+        new_inputs = self.inputs if inputs is None else MappingProxyType(dict(inputs))
+        known = {**self.value_types, **self.inputs}
+        stale |= {v for v in new_inputs if known.get(v) != new_inputs[v]}
+        for node in fresh:  # topological order: downstream of a stale value is stale
+            if node.name not in stale and any(v in stale for v in node.inputs):
+                stale.add(node.name)
+        defined = set(new_inputs) | {n.name for n in fresh}
+        types = {v: t for v, t in self.value_types.items() if v in defined and v not in stale}
+        return replace(
+            self,
+            nodes=tuple(fresh),
+            inputs=new_inputs,
+            outputs=self.outputs if outputs is None else outputs,
+            value_types=MappingProxyType(types),
+        )
 
 
 class GraphBuilder:

@@ -1,0 +1,125 @@
+"""The edit API: the only way to change a graph outside the spec expansion.
+
+Every function takes a graph and returns a new one (graphs are immutable); none mutates. Edits
+go through :meth:`Graph.with_nodes`, so the derived facts of whatever they touch (costs, value
+types downstream) are dropped and recomputed by the next ``infer_shapes`` / ``annotate_cost``.
+An edit that would leave the graph ill-formed (a value used before it is defined, a removed
+node still in use) raises :class:`EditError` naming the node, before anything is built.
+
+>>> g = replace_op(g, "layers.0.token_mixer", Mamba(d_model=256))  # doctest: +SKIP
+>>> g = insert_before(g, "layers.0.token_norm", [new_norm])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from archgen.ir.graph import Graph, Node
+from archgen.ir.ops import Op
+
+
+class EditError(ValueError):
+    """An edit that would make the graph ill-formed."""
+
+
+def users(graph: Graph, value: str) -> list[Node]:
+    """The nodes that read ``value``, in order."""
+    return [n for n in graph.nodes if value in n.inputs]
+
+
+def replace_op(graph: Graph, name: str, op: Op) -> Graph:
+    """Node ``name`` applies ``op`` instead (same inputs, block and weight names)."""
+    node = graph.node(name)
+    return _set(graph, replace(node, op=op))
+
+
+def set_inputs(graph: Graph, name: str, inputs: Sequence[str]) -> Graph:
+    """Node ``name`` reads ``inputs`` instead; each must be defined before it."""
+    node = replace(graph.node(name), inputs=tuple(inputs))
+    _check_defined_before(graph, node, graph.index(name))
+    return _set(graph, node)
+
+
+def replace_all_uses(graph: Graph, old: str, new: str, *, except_in: Iterable[str] = ()) -> Graph:
+    """Every reader of value ``old`` (graph outputs included) reads ``new`` instead, except the
+    nodes named in ``except_in`` (e.g. the node that now consumes ``old`` to produce ``new``)."""
+    skip = set(except_in)
+    new_pos = graph.index(new) if new in graph else -1
+    nodes = []
+    for i, node in enumerate(graph.nodes):
+        if node.name not in skip and old in node.inputs:
+            if i <= new_pos:
+                raise EditError(f"%{node.name} would read %{new} before it is defined")
+            node = replace(node, inputs=tuple(new if v == old else v for v in node.inputs))
+        nodes.append(node)
+    outputs = tuple(new if o == old else o for o in graph.outputs)
+    return graph.with_nodes(tuple(nodes), outputs=outputs)
+
+
+def insert_before(graph: Graph, anchor: str, nodes: Sequence[Node]) -> Graph:
+    """Insert ``nodes`` (in order) just before node ``anchor``."""
+    return _insert(graph, graph.index(anchor), nodes)
+
+
+def insert_after(graph: Graph, anchor: str, nodes: Sequence[Node]) -> Graph:
+    """Insert ``nodes`` (in order) just after node ``anchor``."""
+    return _insert(graph, graph.index(anchor) + 1, nodes)
+
+
+def remove(graph: Graph, names: Iterable[str]) -> Graph:
+    """Remove the named nodes; none of their values may still be read by a remaining node or be
+    a graph output (redirect readers first with :func:`replace_all_uses`)."""
+    gone = set(names)
+    for name in gone:
+        graph.node(name)  # KeyError names an unknown node
+    for node in graph.nodes:
+        if node.name in gone:
+            continue
+        used = [v for v in node.inputs if v in gone]
+        if used:
+            raise EditError(f"cannot remove %{used[0]}: %{node.name} still reads it")
+    for out in graph.outputs:
+        if out in gone:
+            raise EditError(f"cannot remove %{out}: it is a graph output")
+    return graph.with_nodes(tuple(n for n in graph.nodes if n.name not in gone))
+
+
+def _set(graph: Graph, node: Node) -> Graph:
+    nodes = list(graph.nodes)
+    nodes[graph.index(node.name)] = node
+    return graph.with_nodes(tuple(nodes))
+
+
+def _insert(graph: Graph, at: int, new: Sequence[Node]) -> Graph:
+    taken = [n.name for n in new if n.name in graph or n.name in graph.inputs]
+    if taken:
+        raise EditError(f"cannot insert %{taken[0]}: the name is already defined")
+    nodes = [*graph.nodes[:at], *new, *graph.nodes[at:]]
+    defined = set(graph.inputs)
+    for i, node in enumerate(nodes[: at + len(new)]):
+        if i >= at:
+            missing = [v for v in node.inputs if v not in defined]
+            if missing:
+                raise EditError(f"inserted %{node.name} reads %{missing[0]}, not defined before it")
+        defined.add(node.name)
+    return graph.with_nodes(tuple(nodes))
+
+
+def _check_defined_before(graph: Graph, node: Node, position: int) -> None:
+    defined = set(graph.inputs) | {n.name for n in graph.nodes[:position]}
+    missing = [v for v in node.inputs if v not in defined]
+    if missing:
+        raise EditError(f"%{node.name} would read %{missing[0]} before it is defined")
+
+
+__all__ = [
+    "EditError",
+    "insert_after",
+    "insert_before",
+    "remove",
+    "replace_all_uses",
+    "replace_op",
+    "set_inputs",
+    "users",
+]
