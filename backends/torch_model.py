@@ -4,6 +4,11 @@ Module paths equal node names (``layers.3.token_mixer``), so parameter names are
 readable (``layers.3.token_mixer.q_proj.weight``) and validation can name blocks the same way
 the IR printer does. The module holds no mixer math: it instantiates implementations from
 ``archgen.mixers.registry`` and wires them as the graph says.
+
+The graph's single input may be tokens (a whole LM: embedding first) or a hidden value (a block
+cut out with :func:`archgen.ir.slicing.subgraph`: ``f32[B, L, d_model]`` -> the block's
+output). Either way the interpreter is this one, and a block's parameters are named as in the
+whole model, so block weights load into a whole model unchanged.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archgen.ir.graph import TOKENS, Graph, Node
+from archgen.errors import ArchgenError
+from archgen.ir.graph import Graph, Node
 from archgen.ir.ops import Embedding, LMHead, ResidualAdd, Role
 from archgen.mixers.base import DecodeState
 from archgen.mixers.registry import build_module
@@ -44,6 +50,9 @@ class ArchModel(nn.Module):
     >>> model = ArchModel(compile_spec("examples/transformer.yaml"))  # doctest: +SKIP
     >>> model(torch.zeros(1, 8, dtype=torch.long)).shape  # doctest: +SKIP
     torch.Size([1, 8, 256])
+    >>> block = ArchModel(subgraph(graph, "layers.2"))  # doctest: +SKIP
+    >>> block(torch.zeros(1, 8, 256)).shape  # doctest: +SKIP
+    torch.Size([1, 8, 256])
     """
 
     def __init__(
@@ -54,7 +63,16 @@ class ArchModel(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if len(graph.inputs) != 1:
+            raise ArchgenError(
+                f"a model runs a graph with one input, this one has {len(graph.inputs)} "
+                f"({', '.join(graph.inputs)})"
+            )
         self.graph = graph
+        (self._input,) = graph.inputs
+        self._embedding_path = next(
+            (n.name for n in graph.nodes if isinstance(n.op, Embedding)), None
+        )
         self._program: list[tuple[Node, str | None]] = []
         for node in graph.nodes:
             op = node.op
@@ -65,6 +83,10 @@ class ArchModel(nn.Module):
                 _set_submodule(self, node.name, emb)
             elif isinstance(op, LMHead):
                 if op.tied:
+                    if self._embedding_path is None:
+                        raise ArchgenError(
+                            f"{node.name} is tied to an embedding the graph does not hold"
+                        )
                     path = None
                 else:
                     head = nn.Linear(
@@ -76,7 +98,6 @@ class ArchModel(nn.Module):
             else:
                 _set_submodule(self, node.name, build_module(op, device=device, dtype=dtype))
             self._program.append((node, path))
-        self._embedding_path = next(n.name for n in graph.nodes if isinstance(n.op, Embedding))
         self._token_mixers = [n.name for n in graph.nodes if n.op.role is Role.TOKEN_MIXER]
 
     # Not `_apply`: that name is nn.Module's hook behind .to()/.double(), which it would shadow.
@@ -84,21 +105,23 @@ class ArchModel(nn.Module):
         if isinstance(node.op, ResidualAdd):
             return args[0] + args[1]
         if isinstance(node.op, LMHead) and path is None:
+            assert self._embedding_path is not None  # checked in __init__
             return F.linear(args[0], self.get_submodule(self._embedding_path).weight)
         return self.get_submodule(path)(*args)  # type: ignore[arg-type]
 
     def run(
-        self, tokens: torch.Tensor, capture: tuple[str, ...] = ()
+        self, x: torch.Tensor, capture: tuple[str, ...] = ()
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits and the values named in ``capture`` (e.g. block outputs, for validation)."""
-        env: dict[str, torch.Tensor] = {TOKENS: tokens}
+        """The graph's output for its input ``x`` (tokens ``[B, L]`` of an LM: logits) and the
+        values named in ``capture`` (e.g. block outputs, for validation)."""
+        env: dict[str, torch.Tensor] = {self._input: x}
         for node, path in self._program:
             env[node.output] = self._apply_node(node, [env[i] for i in node.inputs], path)
         (out,) = self.graph.outputs
         return env[out], {name: env[name] for name in capture}
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, L] int64 -> [B, L, V]
-        return self.run(tokens)[0]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # LM: [B, L] int64 -> [B, L, V]
+        return self.run(x)[0]
 
     # -- incremental decoding ------------------------------------------------------------------
     def init_state(
@@ -115,10 +138,11 @@ class ArchModel(nn.Module):
         }
 
     def step(
-        self, token: torch.Tensor, state: dict[str, DecodeState], pos: torch.Tensor
+        self, x: torch.Tensor, state: dict[str, DecodeState], pos: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, DecodeState]]:
-        """One token ``[B]`` at position ``pos`` -> logits ``[B, V]`` and the new state."""
-        env: dict[str, torch.Tensor] = {TOKENS: token[:, None]}
+        """The input at position ``pos`` (an LM: one token ``[B]``; a block: ``[B, d_model]``)
+        -> the output there (logits ``[B, V]``) and the new state."""
+        env: dict[str, torch.Tensor] = {self._input: x[:, None]}
         new_state = dict(state)
         for node, path in self._program:
             args = [env[i] for i in node.inputs]

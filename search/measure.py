@@ -2,8 +2,9 @@
 
 Whole models go through ``Backend.lower(...).measure``. A block is measured the same way, as the
 difference between a graph holding only that block (embedding -> block -> head) and the bare
-*stem* (embedding -> head): so block latencies come from the same backend, threads and dtype as
-whole-model latencies, whatever the backend (eager, compile, onnxruntime, TensorRT).
+*stem* (embedding -> head), both cut by :mod:`archgen.ir.slicing`: so block latencies come from
+the same backend, threads and dtype as whole-model latencies, whatever the backend (eager,
+compile, onnxruntime, TensorRT).
 """
 
 from __future__ import annotations
@@ -19,40 +20,10 @@ import torch
 
 from archgen.backends.base import LowerOptions, device_name, get_backend, library_versions
 from archgen.errors import ArchgenError, UnavailableError
-from archgen.ir.graph import TOKENS, Graph, Node
+from archgen.ir.graph import Graph
+from archgen.ir.slicing import only_block, stem
 from archgen.search.latency import Workload
 from archgen.search.paired import Clock, PairedResult, PairingPolicy, SystemClock, measure_paired
-
-
-def stem_graph(graph: Graph) -> Graph:
-    """``graph`` without its blocks: embedding -> final norm -> head."""
-    embed = next(n.name for n in graph.nodes if n.block is None)
-    nodes = [n for n in graph.nodes if n.block is None]
-    defined = {n.name for n in nodes}
-    return graph.with_nodes(tuple(_rewire(n, defined, embed) for n in nodes))
-
-
-def block_graph(graph: Graph, block: str) -> Graph:
-    """``graph`` with only ``block`` between the embedding and the head."""
-    embed = next(n.name for n in graph.nodes if n.block is None)
-    inner = [n for n in graph.nodes if n.block == block]
-    defined = {n.name for n in graph.nodes if n.block in (None, block)} | {TOKENS}
-    out: list[Node] = []
-    for n in graph.nodes:
-        if n.block is None:
-            out.append(n if n.name == embed else _rewire(n, defined, inner[-1].name))
-        elif n.block == block:
-            out.append(_rewire(n, defined, embed))
-    return graph.with_nodes(tuple(out))
-
-
-def _rewire(node: Node, defined: set[str], replacement: str) -> Node:
-    """Point every input of ``node`` that is not in ``defined`` at ``replacement``."""
-    if node.inputs == (TOKENS,):
-        return node
-    inputs = tuple(i if i in defined else replacement for i in node.inputs)
-    return replace(node, inputs=inputs)
-
 
 BLOCK_REPEAT_FACTOR = 10
 
@@ -299,11 +270,11 @@ class Measurer:
         out: list[BlockTiming | None] = [None] * len(items)
         groups: dict[tuple[str, ...], list[int]] = {}
         for i, (graph, _) in enumerate(items):
-            key = tuple(repr(n) for n in stem_graph(graph).nodes)
+            key = tuple(repr(n) for n in stem(graph).nodes)
             groups.setdefault(key, []).append(i)
         for members in groups.values():
-            stem = stem_graph(items[members[0]][0])
-            graphs = [stem] + [block_graph(*items[i]) for i in members]
+            bare = stem(items[members[0]][0])
+            graphs = [bare] + [only_block(*items[i]) for i in members]
             if self.reference is not None:
                 graphs.append(self.reference)
             timing = self._time_blocks(graphs, repeats)

@@ -3,8 +3,11 @@
 For a trained teacher and, per mixer node, a few alternative ops (``{"layers.2.token_mixer":
 {"swa64": SlidingWindowAttention(...), ...}}``), each alternative *block* -- the teacher's block
 with that node's op replaced -- is trained alone to map the teacher block's input to the teacher
-block's output (both captured with ``ArchModel.run(capture=...)``). Each (node, alternative) is
-an independent small job; its validation error fills one cell of a :class:`ScoreTable`:
+block's output (both captured with ``ArchModel.run(capture=...)``). The block is the teacher's
+graph with the op replaced (:func:`archgen.ir.edit.replace_op`), cut out with
+:func:`archgen.ir.slicing.subgraph` and run by the same ``ArchModel`` as whole models, so its
+parameters are named as in the whole model. Each (node, alternative) is an independent small
+job; its validation error fills one cell of a :class:`ScoreTable`:
 
 * ``mse``        -- mean squared error of the block output on the validation windows;
 * ``normalized`` -- that error divided by the mean square of what the teacher block adds
@@ -28,14 +31,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from archgen.backends.torch_model import ArchModel
 from archgen.backends.weights import load_tensors, save_tensors
 from archgen.errors import ArchgenError
+from archgen.ir.edit import EditError, replace_op
 from archgen.ir.graph import Graph, Node
-from archgen.ir.ops import Op, ResidualAdd
-from archgen.mixers.registry import build_module
+from archgen.ir.ops import Op, causality_problem
+from archgen.ir.slicing import block_io, subgraph
 from archgen.train.checkpoint import write_text_atomic
 from archgen.train.config import TrainConfig, as_plain
 from archgen.train.data import TrainingData
@@ -43,45 +46,6 @@ from archgen.train.distill import copy_matching
 from archgen.train.loop import autocast, make_optimizer
 
 CACHE_VERSION = 2  # 2: the trained block's weights are cached beside its score
-
-
-class BlockModule(nn.Module):
-    """One block of a graph as a module: ``x`` (the block input) -> block output."""
-
-    def __init__(self, nodes: list[Node], block: str, input_name: str, output_name: str) -> None:
-        super().__init__()
-        self.nodes, self.input_name, self.output_name = nodes, input_name, output_name
-        self.parts = nn.ModuleDict()
-        for node in nodes:
-            if not isinstance(node.op, ResidualAdd):
-                self.parts[self.key(node, block)] = build_module(node.op)
-        self.block = block
-
-    @staticmethod
-    def key(node: Node, block: str) -> str:
-        return node.name.removeprefix(block + ".").replace(".", "_")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        env = {self.input_name: x}
-        for node in self.nodes:
-            args = [env[i] for i in node.inputs]
-            if isinstance(node.op, ResidualAdd):
-                env[node.name] = args[0] + args[1]
-            else:
-                env[node.name] = self.parts[self.key(node, self.block)](*args)
-        return env[self.output_name]
-
-
-def block_io(graph: Graph, block: str) -> tuple[list[Node], str, str]:
-    """The nodes of ``block``, the value entering it and the value leaving it."""
-    nodes = [n for n in graph.nodes if n.block == block]
-    if not nodes:
-        raise ArchgenError(f"the teacher has no block {block!r}")
-    produced = {n.name for n in nodes}
-    entering = {i for n in nodes for i in n.inputs if i not in produced}
-    if len(entering) != 1:
-        raise ArchgenError(f"block {block!r} has {len(entering)} inputs; blockwise needs one")
-    return nodes, entering.pop(), graph.block_outputs()[block]
 
 
 @dataclass(frozen=True)
@@ -151,8 +115,8 @@ def _check_op(graph: Graph, node: Node, label: str, op: Op) -> Op:
     problems = op.problems()
     if problems:
         raise ArchgenError(f"alternative {label!r}: {problems[0].field}: {problems[0].message}")
-    if graph.model.task == "causal-lm" and not op.is_causal():
-        raise ArchgenError(f"alternative {label!r} for {node.name} is not causal")
+    if (why := causality_problem(op, graph.model.task)) is not None:
+        raise ArchgenError(f"alternative {label!r} for {node.name} is {why}")
     return op
 
 
@@ -162,7 +126,7 @@ class _Job:
     label: str
     op: Op
     key: str
-    module: BlockModule
+    module: ArchModel  # the block alone: its input value -> its output value
     from_teacher: int
     input_name: str
     output_name: str
@@ -170,20 +134,20 @@ class _Job:
 
 
 def _build_job(teacher: ArchModel, node: Node, label: str, op: Op, key: str, seed: int) -> _Job:
-    graph = teacher.graph
-    nodes, entering, leaving = block_io(graph, node.block or "")
-    swapped = [n if n.name != node.name else Node(n.name, op, n.inputs, n.block) for n in nodes]
+    block = node.block or ""
+    try:
+        swapped = replace_op(teacher.graph, node.name, op)
+        io, alone = block_io(swapped, block), subgraph(swapped, block)
+    except EditError as e:
+        raise ArchgenError(f"blockwise distillation of {node.name}: {e}") from None
     with torch.random.fork_rng(devices=[]):
         # Fresh parameters of the alternative are seeded by the job alone, so a job's result
         # does not depend on which other jobs share the call.
         torch.manual_seed(int(key[:15], 16) ^ seed)
-        module = BlockModule(swapped, node.block or "", entering, leaving)
-    copied = 0
-    for n in nodes:
-        if not isinstance(n.op, ResidualAdd):
-            part = module.parts[BlockModule.key(n, module.block)]
-            copied += len(copy_matching(teacher.get_submodule(n.name), part))
-    return _Job(node, label, op, key, module, copied, entering, leaving)
+        module = ArchModel(alone)
+    # the block's parameters are named as in the teacher: same name and shape -> copied
+    copied = len(copy_matching(teacher, module))
+    return _Job(node, label, op, key, module, copied, io.entering, io.leaving)
 
 
 def blockwise_scores(
@@ -300,13 +264,7 @@ def _cached(cache: Path, key: str) -> bool:
 
 def _block_state(job: _Job) -> dict[str, torch.Tensor]:
     """The trained block's tensors, named as in the whole model (``layers.2.norm1.weight``)."""
-    out = {}
-    for node in job.module.nodes:
-        if isinstance(node.op, ResidualAdd):
-            continue
-        part = job.module.parts[BlockModule.key(node, job.module.block)]
-        out.update({f"{node.name}.{k}": v for k, v in part.state_dict().items()})
-    return out
+    return dict(job.module.state_dict())
 
 
 def block_weights(

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from archgen import api
-from archgen.backends.torch_model import build_model
+from archgen.backends.torch_model import ArchModel, build_model
 from archgen.backends.weights import load_weights, save_weights
 from archgen.errors import ArchgenError
+from archgen.ir.slicing import block_io, subgraph
 from tests.conftest import EXAMPLES
 from tests.tolerances import assert_close
 
@@ -70,3 +71,20 @@ def test_capture_returns_block_outputs() -> None:
     logits, values = model.run(torch.randint(0, 256, (1, 5)), capture=names)
     assert list(values) == list(names) and all(v.shape == (1, 5, 256) for v in values.values())
     assert logits.shape == (1, 5, 256)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_a_block_alone_is_the_whole_models_block(path) -> None:
+    # One interpreter for models and blocks: a block cut out of the graph computes what the
+    # block computes inside the whole model, from parameters named as in the whole model.
+    graph = api.compile_spec(path)
+    block = graph.blocks()[len(graph.blocks()) // 2]
+    io = block_io(graph, block)
+    whole = build_model(graph, seed=1, dtype=torch.float64).eval()
+    tokens = torch.randint(0, graph.model.vocab_size, (2, 9))
+    _, values = whole.run(tokens, capture=(io.entering, io.leaving))
+    alone = ArchModel(subgraph(graph, block), dtype=torch.float64).eval()
+    theirs = whole.state_dict()
+    assert set(alone.state_dict()) == {k for k in theirs if k.startswith(block + ".")}
+    alone.load_state_dict({k: theirs[k] for k in alone.state_dict()})
+    torch.testing.assert_close(alone(values[io.entering]), values[io.leaving])

@@ -14,8 +14,9 @@ import torch
 from archgen import api
 from archgen.backends.base import LowerOptions, Measurement
 from archgen.ir.graph import Graph
+from archgen.ir.slicing import only_block, stem
 from archgen.search.latency import Workload
-from archgen.search.measure import BLOCK_REPEAT_FACTOR, Measurer, block_graph, stem_graph
+from archgen.search.measure import BLOCK_REPEAT_FACTOR, Measurer
 from tests.backends.conformance import TINY_SPEC
 
 
@@ -68,8 +69,7 @@ def test_equal_graphs_measure_equal_despite_drift(graph: Graph) -> None:
 
 def test_rounds_alternate_between_graphs(graph: Graph) -> None:
     machine = DriftingMachine(drift=0.0)
-    stem = stem_graph(graph)
-    measurer(machine).measure_graphs([graph, stem], repeats=10)
+    measurer(machine).measure_graphs([graph, stem(graph)], repeats=10)
     runs = [machine.order[0]]
     for g in machine.order[1:]:
         if g != runs[-1]:
@@ -80,7 +80,7 @@ def test_rounds_alternate_between_graphs(graph: Graph) -> None:
 def test_block_is_its_difference_to_the_stem_timed_alongside(graph: Graph) -> None:
     block = graph.blocks()[0]
     seconds = measurer(DriftingMachine(drift=0.0)).measure_block(graph, block)
-    expected = 1e-3 * (len(block_graph(graph, block).nodes) - len(stem_graph(graph).nodes))
+    expected = 1e-3 * (len(only_block(graph, block).nodes) - len(stem(graph).nodes))
     assert seconds == pytest.approx(expected)
 
 
@@ -93,7 +93,7 @@ def test_blocks_are_measured_together_against_one_stem_under_drift(graph: Graph)
     machine = DriftingMachine(drift=0.05 / calls)  # the last calls run 5 % slower than the first
     timings = measurer(machine).measure_blocks([(graph, b) for b in blocks])
     for b, s in zip(blocks, [t.seconds for t in timings], strict=True):
-        expected = 1e-3 * (len(block_graph(graph, b).nodes) - len(stem_graph(graph).nodes))
+        expected = 1e-3 * (len(only_block(graph, b).nodes) - len(stem(graph).nodes))
         assert s == pytest.approx(expected, rel=0.05)
     assert len(set(machine.order[:3])) == 3  # stem, block 1, block 2: one warm-up each
     rounds = [machine.order[i : i + 3] for i in range(3, len(machine.order), 3)]
