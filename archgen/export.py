@@ -238,7 +238,7 @@ def doctor(spec: SpecLike, *, deep: bool = True) -> DoctorReport:
 
     ``deep`` also runs the backends' slower probes (the onnx backend traces each mixer alone
     with a symbolic sequence length: seconds per kind)."""
-    from archgen.ir.ops import Role
+    from archgen.ir.ops import Role, Trait
 
     graph = compile_spec(spec)
     names = backend_names()
@@ -262,8 +262,6 @@ def doctor(spec: SpecLike, *, deep: bool = True) -> DoctorReport:
         if not available["onnx"][0] or node.op.role is not Role.TOKEN_MIXER:
             row[DECODE_COLUMN] = "ok" if available["onnx"][0] else "unavailable"
             continue
-        from archgen.backends.onnx_export import DECODE_EXPORTABLE
-
-        traceable = type(node.op) in DECODE_EXPORTABLE
+        traceable = node.op.has(Trait.DECODE_EXPORTABLE)
         row[DECODE_COLUMN] = "ok" if traceable else "no traceable decode step"
     return report

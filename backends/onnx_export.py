@@ -27,19 +27,8 @@ from archgen.backends.base import LowerOptions, UnsupportedError
 from archgen.backends.eager import BoundaryModule
 from archgen.backends.onnx_attention import gqa_translation
 from archgen.backends.torch_model import ArchModel
-from archgen.ir import ops
 from archgen.ir.graph import Graph
-from archgen.ir.ops import Role
-
-# Token mixers whose ``step`` traces to one graph valid at every position, and the state that
-# makes it so; a mixer missing here (e.g. the dense mixer) has no decode graph.
-DECODE_EXPORTABLE: dict[type[ops.Op], str] = {
-    ops.Attention: "KV cache grows by concatenation (dynamic dim 'past')",
-    ops.SlidingWindowAttention: "fixed-size ring buffer",
-    ops.Mamba: "fixed-size conv + SSM state",
-    ops.Mamba2: "fixed-size conv + SSM state",
-    ops.CheckpointAttention: "fixed-size checkpoint cache, ceil(max_seq_len / s) slots",
-}
+from archgen.ir.ops import Role, Trait
 
 
 @contextlib.contextmanager
@@ -264,9 +253,12 @@ def export_forward(model: ArchModel, path: Path, options: LowerOptions) -> dict[
 
 
 def decode_support(graph: Graph) -> tuple[bool, str]:
-    """Whether every token mixer's ``step`` exports as one graph, and if not, which does not."""
-    for node in graph.nodes_with_role(Role.TOKEN_MIXER):
-        if type(node.op) not in DECODE_EXPORTABLE:
+    """Whether every node's ``step`` exports as one graph (ops' ``Trait.DECODE_EXPORTABLE``;
+    only token mixers can lack it), and if not, which does not and why."""
+    for node in graph.nodes:
+        if not node.op.has(Trait.DECODABLE):
+            return False, f"{node.name} ({node.op.kind}) has no decode step"
+        if not node.op.has(Trait.DECODE_EXPORTABLE):
             return False, f"{node.name} ({node.op.kind}) has no traceable decode step"
     return True, "ok"
 

@@ -1,4 +1,5 @@
-"""``verify``: the graph is a well-formed DAG and every node's attributes obey its rules."""
+"""``verify``: the graph is a well-formed DAG, every node has its op's number of operands and
+its attributes obey its rules, and (in a causal LM) every node is causal."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from archgen.ir.graph import Graph
-from archgen.ir.ops import Role
+from archgen.ir.ops import causality_problem
 from archgen.passes.base import GraphInvalid, Pass, PassResult
 
 
@@ -19,17 +20,19 @@ class Verify(Pass):
         for node in graph.nodes:
             if node.name in defined:
                 raise GraphInvalid(f"value %{node.name} is defined twice")
+            if len(node.inputs) != node.op.arity:
+                raise GraphInvalid(
+                    f"%{node.name} ({node.op.kind}) takes {node.op.arity} operand(s), "
+                    f"got {len(node.inputs)}"
+                )
             for value in node.inputs:
                 if value not in defined:
                     raise GraphInvalid(f"%{node.name} uses %{value} before it is defined")
             for problem in node.op.problems():
                 raise GraphInvalid(f"%{node.name}.{problem.field}: {problem.message}")
-            if (
-                graph.model.task == "causal-lm"
-                and node.op.role is Role.TOKEN_MIXER
-                and not node.op.is_causal()
-            ):
-                raise GraphInvalid(f"%{node.name} ({node.op.kind}) is not causal in a causal-lm")
+            causality = causality_problem(node.op, graph.model.task)
+            if causality is not None:
+                raise GraphInvalid(f"%{node.name} ({node.op.kind}) is {causality}")
             defined.add(node.name)
         for out in graph.outputs:
             if out not in defined:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph
-from archgen.ir.ops import Op
+from archgen.ir.ops import Op, causality_problem
 
 Supports = Callable[[Op], tuple[bool, str]]
 
@@ -66,8 +66,8 @@ class SearchSpace:
                 raise ArchgenError(f"search slot {node!r} names no node of the model")
             kept: list[Choice] = []
             for choice in choices:
-                if base.model.task == "causal-lm" and not choice.op.is_causal():
-                    excluded.append(Exclusion(node, choice.label, "not causal (task causal-lm)"))
+                if (why := causality_problem(choice.op, base.model.task)) is not None:
+                    excluded.append(Exclusion(node, choice.label, why))
                     continue
                 if supports is not None:
                     ok, why = supports(choice.op)

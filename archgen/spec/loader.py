@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from archgen.ir.ops import Op
+from archgen.ir.ops import Op, causality_problem
 from archgen.spec.errors import SpecError, SpecIssue, closest, did_you_mean, format_path
 from archgen.spec.models import (
     CHANNEL_MIXER_SPECS,
@@ -332,7 +332,7 @@ def semantic_issues(model: ModelSpec, source: SourceMap | None = None) -> list[S
             op = build_op(mixer, model)
             for problem in op.problems():
                 found.append(issue((*path, slot, problem.field), problem.message))
-            if slot == "token_mixer" and model.task == "causal-lm" and not op.is_causal():
+            if causality_problem(op, model.task) is not None:
                 field = "causal" if "causal" in mixer.model_fields_set else "kind"
                 found.append(
                     issue(

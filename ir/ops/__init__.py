@@ -6,7 +6,15 @@ from archgen.ir.ops.attention import (
     DenseMixer,
     SlidingWindowAttention,
 )
-from archgen.ir.ops.base import OP_REGISTRY, Constraint, Layout, Op, Role, ops_with_role
+from archgen.ir.ops.base import (
+    OP_REGISTRY,
+    Constraint,
+    Op,
+    Role,
+    Trait,
+    causality_problem,
+    ops_with_role,
+)
 from archgen.ir.ops.channel import MLP, SwiGLU
 from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
 from archgen.ir.ops.norms import LayerNorm, RMSNorm
@@ -22,7 +30,6 @@ __all__ = [
     "Embedding",
     "LMHead",
     "LayerNorm",
-    "Layout",
     "Mamba",
     "Mamba2",
     "Op",
@@ -31,5 +38,7 @@ __all__ = [
     "Role",
     "SlidingWindowAttention",
     "SwiGLU",
+    "Trait",
+    "causality_problem",
     "ops_with_role",
 ]

@@ -10,6 +10,7 @@ from archgen.ir.ops.base import (
     Constraint,
     Op,
     Role,
+    Trait,
     attr,
     causal_pairs,
     linear_flops,
@@ -23,6 +24,7 @@ class _SoftmaxAttentionBase(Op):
     """Shared attributes and cost of the q/k/v/o-projection mixers."""
 
     role: ClassVar[Role] = Role.TOKEN_MIXER
+    arity: ClassVar[int] = 1
 
     d_model: int = attr("model width", ge=1)
     heads: int = attr("query heads", default=8, ge=1, le=4096)
@@ -101,6 +103,10 @@ class _SoftmaxAttentionBase(Op):
 class Attention(_SoftmaxAttentionBase):
     kind: ClassVar[str] = "attention"
     summary: ClassVar[str] = "causal multi-head attention (GQA, RoPE)"
+    # decode state: a KV cache that grows by concatenation (dynamic dim 'past' in ONNX)
+    traits: ClassVar[frozenset[Trait]] = frozenset(
+        {Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE}
+    )
 
     def key_pairs(self, seq_len: int) -> int:
         return causal_pairs(seq_len)
@@ -116,6 +122,10 @@ class SlidingWindowAttention(_SoftmaxAttentionBase):
 
     kind: ClassVar[str] = "swa"
     summary: ClassVar[str] = "causal sliding-window attention"
+    # decode state: a fixed-size ring buffer of the last ``window`` keys
+    traits: ClassVar[frozenset[Trait]] = frozenset(
+        {Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE}
+    )
 
     window: int = attr("keys each query sees, itself included", default=256, ge=1)
 
@@ -134,6 +144,10 @@ class CheckpointAttention(_SoftmaxAttentionBase):
 
     kind: ClassVar[str] = "checkpoint_attention"
     summary: ClassVar[str] = "SCOUT checkpoint attention over segment summaries"
+    # decode state: a fixed-size checkpoint cache, ceil(max_seq_len / s) slots
+    traits: ClassVar[frozenset[Trait]] = frozenset(
+        {Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE}
+    )
 
     segment_size: int = attr("tokens per segment (s); s=1 is full attention", default=10, ge=1)
     rope_theta: float | None = attr(
@@ -158,6 +172,10 @@ class DenseMixer(Op):
 
     kind: ClassVar[str] = "dense"
     role: ClassVar[Role] = Role.TOKEN_MIXER
+    arity: ClassVar[int] = 1
+    # Causal and decodable only with ``causal=True`` (see :meth:`has`). Its decode state is every
+    # past input, indexed by a row of the max_seq_len^2 matrix: no single exported graph.
+    traits: ClassVar[frozenset[Trait]] = frozenset({Trait.CAUSAL, Trait.DECODABLE})
     context_fields: ClassVar[tuple[str, ...]] = ("d_model", "max_seq_len")
     summary: ClassVar[str] = "learned dense token-mixing matrix (JustDense)"
 
@@ -166,8 +184,11 @@ class DenseMixer(Op):
     heads: int = attr("independent mixing matrices", default=1, ge=1)
     causal: bool = attr("lower-triangular mask (required in a causal LM)", default=True)
 
-    def is_causal(self) -> bool:
-        return bool(self.causal)
+    def has(self, trait: Trait) -> bool:
+        # the unmasked matrix mixes in future tokens, so it has neither property
+        if trait in (Trait.CAUSAL, Trait.DECODABLE) and not self.causal:
+            return False
+        return super().has(trait)
 
     def extra_problems(self) -> list[Constraint]:
         if self.d_model % self.heads:

@@ -5,8 +5,9 @@ attributes; the fields named in ``context_fields`` come from the model (``d_mode
 ``vocab_size``, ...) and every other field is user-facing: the spec layer generates its schema
 from them (field ``metadata``: ``doc``, bounds ``ge``/``le``/``gt``, ``auto=True`` for a field whose
 ``None`` default is resolved by :meth:`Op.resolved`). A class declares its type rule
-(:meth:`infer`), its static properties (role, causality, layout, decodability) and its cost as
-closed-form functions of the shapes.
+(:meth:`infer`), its static properties as data (``role``, ``arity``, ``traits``) and its cost as
+closed-form functions of the shapes. A property that depends on an attribute (the dense mixer is
+causal only with ``causal=True``) is answered by :meth:`Op.has`, which every reader asks.
 """
 
 from __future__ import annotations
@@ -29,9 +30,18 @@ class Role(enum.Enum):
     RESIDUAL = "residual"
 
 
-class Layout(enum.Enum):
-    SEQUENCE = "1d"
-    GRID = "2d"
+class Trait(enum.Enum):
+    """A static property of a node kind, declared in its class's ``traits``."""
+
+    CAUSAL = "causal"  # output at position i depends on inputs at positions <= i only
+    DECODABLE = "decodable"  # has an incremental one-token ``step`` (mixers/base.py)
+    # ... and that step traces to one ONNX graph valid at every position (its state has a fixed
+    # size or grows along one dynamic dim), so the onnx backend can export a decode graph
+    DECODE_EXPORTABLE = "decode-exportable"
+
+
+# Ops that act on each position independently: causal, and their step is their forward.
+POSITIONWISE: frozenset[Trait] = frozenset({Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE})
 
 
 @dataclass(frozen=True)
@@ -48,9 +58,8 @@ class Op:
 
     kind: ClassVar[str]
     role: ClassVar[Role]
-    causal_kind: ClassVar[bool] = True
-    layout: ClassVar[Layout] = Layout.SEQUENCE
-    decodable: ClassVar[bool] = True
+    arity: ClassVar[int]  # number of operands
+    traits: ClassVar[frozenset[Trait]]
     context_fields: ClassVar[tuple[str, ...]] = ("d_model",)
     summary: ClassVar[str] = ""
 
@@ -67,8 +76,9 @@ class Op:
         """This op with every ``auto`` attribute filled in. Idempotent."""
         return self
 
-    def is_causal(self) -> bool:
-        return self.causal_kind
+    def has(self, trait: Trait) -> bool:
+        """Whether this op has ``trait``; subclasses narrow it by their attributes."""
+        return trait in self.traits
 
     def problems(self) -> list[Constraint]:
         """Bounds from field metadata plus the cross-attribute rules of :meth:`extra_problems`."""
@@ -94,7 +104,7 @@ class Op:
     # -- type rule -----------------------------------------------------------------------------
     def infer(self, inputs: Sequence[TensorType]) -> TensorType:
         """Default rule of shape-preserving mixers: one input ``[B, L, d_model]``, same output."""
-        (x,) = _expect_arity(self, inputs, 1)
+        (x,) = _expect_arity(self, inputs)
         d_model = getattr(self, "d_model", None)
         if x.shape[-1] != d_model:
             raise TypeRuleError(
@@ -119,10 +129,19 @@ class Op:
         return 0
 
 
-def _expect_arity(op: Op, inputs: Sequence[TensorType], n: int) -> Sequence[TensorType]:
-    if len(inputs) != n:
-        raise TypeRuleError(f"{op.kind}: expected {n} input(s), got {len(inputs)}")
+def _expect_arity(op: Op, inputs: Sequence[TensorType]) -> Sequence[TensorType]:
+    if len(inputs) != op.arity:
+        raise TypeRuleError(f"{op.kind}: expected {op.arity} input(s), got {len(inputs)}")
     return inputs
+
+
+def causality_problem(op: Op, task: str) -> str | None:
+    """Why ``op`` cannot be a node of a model with ``task``, or None: a causal LM needs every
+    node causal (only token mixers can fail). The one rule behind the spec loader, ``verify``,
+    the search space and blockwise training; each reports it in its own way."""
+    if task == "causal-lm" and not op.has(Trait.CAUSAL):
+        return "not causal in a causal-lm"
+    return None
 
 
 OpT = TypeVar("OpT", bound=type[Op])
@@ -134,6 +153,10 @@ def register_op(cls: OpT) -> OpT:
     """Class decorator: make ``cls`` known under ``cls.kind`` (one registry for all node kinds)."""
     if cls.kind in OP_REGISTRY:
         raise ValueError(f"duplicate node kind {cls.kind!r}")
+    # readers (verify, the causality rule, the onnx decode export) rely on both being declared
+    missing = [name for name in ("arity", "traits") if not hasattr(cls, name)]
+    if missing:
+        raise TypeError(f"node kind {cls.kind!r} does not declare {', '.join(missing)}")
     OP_REGISTRY[cls.kind] = cls
     return cls
 
@@ -175,12 +198,14 @@ def ceil_div(a: int, b: int) -> int:
 
 __all__ = [
     "OP_REGISTRY",
+    "POSITIONWISE",
     "Constraint",
-    "Layout",
     "Op",
     "Role",
+    "Trait",
     "attr",
     "causal_pairs",
+    "causality_problem",
     "ceil_div",
     "linear_flops",
     "linear_params",

@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
-from archgen.ir.ops.base import Op, Role, attr, ceil_div, linear_flops, linear_params, register_op
+from archgen.ir.ops.base import (
+    POSITIONWISE,
+    Op,
+    Role,
+    Trait,
+    attr,
+    ceil_div,
+    linear_flops,
+    linear_params,
+    register_op,
+)
 
 
 @register_op
@@ -15,7 +25,8 @@ class MLP(Op):
 
     kind: ClassVar[str] = "mlp"
     role: ClassVar[Role] = Role.CHANNEL_MIXER
-    decodable: ClassVar[bool] = True
+    arity: ClassVar[int] = 1
+    traits: ClassVar[frozenset[Trait]] = POSITIONWISE
     summary: ClassVar[str] = "two-layer MLP"
 
     d_model: int = attr("model width", ge=1)
@@ -54,6 +65,8 @@ class SwiGLU(Op):
 
     kind: ClassVar[str] = "swiglu"
     role: ClassVar[Role] = Role.CHANNEL_MIXER
+    arity: ClassVar[int] = 1
+    traits: ClassVar[frozenset[Trait]] = POSITIONWISE
     summary: ClassVar[str] = "gated MLP with SiLU gate"
 
     d_model: int = attr("model width", ge=1)

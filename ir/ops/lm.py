@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from archgen.ir.ops.base import (
+    POSITIONWISE,
     Op,
     Role,
+    Trait,
     _expect_arity,
     attr,
     linear_flops,
@@ -22,6 +24,8 @@ from archgen.ir.types import TensorType, TypeRuleError
 class Embedding(Op):
     kind: ClassVar[str] = "embedding"
     role: ClassVar[Role] = Role.EMBEDDING
+    arity: ClassVar[int] = 1
+    traits: ClassVar[frozenset[Trait]] = POSITIONWISE
     context_fields: ClassVar[tuple[str, ...]] = ("d_model", "vocab_size")
     summary: ClassVar[str] = "token embedding table"
 
@@ -29,7 +33,7 @@ class Embedding(Op):
     vocab_size: int = attr("vocabulary size", ge=2)
 
     def infer(self, inputs: Sequence[TensorType]) -> TensorType:
-        (tokens,) = _expect_arity(self, inputs, 1)
+        (tokens,) = _expect_arity(self, inputs)
         if tokens.dtype != "int64" or len(tokens.shape) != 2:
             raise TypeRuleError(f"embedding: expected i64[B, L] tokens, got {tokens}")
         return TensorType((*tokens.shape, self.d_model), "float32")
@@ -43,6 +47,8 @@ class Embedding(Op):
 class LMHead(Op):
     kind: ClassVar[str] = "lm_head"
     role: ClassVar[Role] = Role.HEAD
+    arity: ClassVar[int] = 1
+    traits: ClassVar[frozenset[Trait]] = POSITIONWISE
     context_fields: ClassVar[tuple[str, ...]] = ("d_model", "vocab_size")
     summary: ClassVar[str] = "projection to vocabulary logits"
 
@@ -51,7 +57,7 @@ class LMHead(Op):
     tied: bool = attr("share the embedding table as the output projection", default=True)
 
     def infer(self, inputs: Sequence[TensorType]) -> TensorType:
-        (x,) = _expect_arity(self, inputs, 1)
+        (x,) = _expect_arity(self, inputs)
         if x.shape[-1] != self.d_model:
             raise TypeRuleError(f"lm_head: expected last dim {self.d_model}, got {x}")
         return x.with_last(self.vocab_size)
@@ -73,12 +79,14 @@ class ResidualAdd(Op):
 
     kind: ClassVar[str] = "residual_add"
     role: ClassVar[Role] = Role.RESIDUAL
+    arity: ClassVar[int] = 2  # (stream, branch)
+    traits: ClassVar[frozenset[Trait]] = POSITIONWISE
     summary: ClassVar[str] = "residual connection"
 
     d_model: int = attr("model width", ge=1)
 
     def infer(self, inputs: Sequence[TensorType]) -> TensorType:
-        stream, branch = _expect_arity(self, inputs, 2)
+        stream, branch = _expect_arity(self, inputs)
         if stream.shape != branch.shape:
             raise TypeRuleError(f"residual_add: shapes differ: {stream} vs {branch}")
         return stream

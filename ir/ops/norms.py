@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from archgen.ir.ops.base import Op, Role, attr, register_op
+from archgen.ir.ops.base import POSITIONWISE, Op, Role, Trait, attr, register_op
 
 
 @register_op
@@ -13,6 +13,8 @@ from archgen.ir.ops.base import Op, Role, attr, register_op
 class RMSNorm(Op):
     kind: ClassVar[str] = "rmsnorm"
     role: ClassVar[Role] = Role.NORM
+    arity: ClassVar[int] = 1
+    traits: ClassVar[frozenset[Trait]] = POSITIONWISE
     summary: ClassVar[str] = "root-mean-square norm with a learned scale"
 
     d_model: int = attr("model width", ge=1)
@@ -30,6 +32,8 @@ class RMSNorm(Op):
 class LayerNorm(Op):
     kind: ClassVar[str] = "layernorm"
     role: ClassVar[Role] = Role.NORM
+    arity: ClassVar[int] = 1
+    traits: ClassVar[frozenset[Trait]] = POSITIONWISE
     summary: ClassVar[str] = "layer norm with learned scale and bias"
 
     d_model: int = attr("model width", ge=1)

@@ -13,6 +13,7 @@ from archgen.ir.ops.base import (
     Constraint,
     Op,
     Role,
+    Trait,
     attr,
     ceil_div,
     linear_flops,
@@ -26,6 +27,11 @@ from archgen.ir.ops.base import (
 class Mamba(Op):
     kind: ClassVar[str] = "mamba"
     role: ClassVar[Role] = Role.TOKEN_MIXER
+    arity: ClassVar[int] = 1
+    # decode state: fixed-size conv window + SSM state
+    traits: ClassVar[frozenset[Trait]] = frozenset(
+        {Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE}
+    )
     summary: ClassVar[str] = "Mamba-1 selective state-space mixer (S6)"
 
     d_model: int = attr("model width", ge=1)
@@ -85,6 +91,11 @@ class Mamba(Op):
 class Mamba2(Op):
     kind: ClassVar[str] = "mamba2"
     role: ClassVar[Role] = Role.TOKEN_MIXER
+    arity: ClassVar[int] = 1
+    # decode state: fixed-size conv window + SSM state
+    traits: ClassVar[frozenset[Trait]] = frozenset(
+        {Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE}
+    )
     summary: ClassVar[str] = "Mamba-2 state-space duality mixer (SSD)"
 
     d_model: int = attr("model width", ge=1)

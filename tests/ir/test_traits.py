@@ -1,0 +1,98 @@
+"""Op traits and arity are data on each op class; one causality rule; verify checks arity."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from archgen import api
+from archgen.ir import ops
+from archgen.ir.graph import Graph, Node
+from archgen.ir.ops import OP_REGISTRY, Op, Role, Trait, causality_problem
+from archgen.ir.types import TensorType, TypeRuleError
+from archgen.passes import PassError, Verify, run_pipeline
+from tests.conftest import EXAMPLES
+
+TRANSFORMER = next(p for p in EXAMPLES if p.stem == "transformer")
+D_MODEL, MAX_LEN = 256, 1024
+
+# The token mixers whose decode step exports as one ONNX graph (the former table in
+# backends/onnx_export.py); a change here is a change of what the onnx backend can export.
+DECODE_EXPORTABLE_KINDS = {"attention", "swa", "checkpoint_attention", "mamba", "mamba2"}
+
+
+def _graph() -> Graph:
+    from archgen.spec.expand import graph_from_spec
+
+    return graph_from_spec(api.load_spec(TRANSFORMER))
+
+
+def _instance(cls: type[Op], **attrs: object) -> Op:
+    context = {"d_model": D_MODEL, "max_seq_len": MAX_LEN, "vocab_size": 1000}
+    return cls(**{k: context[k] for k in cls.context_fields}, **attrs)  # type: ignore[arg-type]
+
+
+def _token_mixers() -> list[Op]:
+    found = [_instance(c) for c in OP_REGISTRY.values() if c.role is Role.TOKEN_MIXER]
+    return [*found, ops.DenseMixer(d_model=D_MODEL, max_seq_len=MAX_LEN, causal=False)]
+
+
+def _with_token_mixer(graph: Graph, op: Op) -> Graph:
+    nodes = list(graph.nodes)
+    i = next(k for k, n in enumerate(nodes) if n.op.role is Role.TOKEN_MIXER)
+    nodes[i] = replace(nodes[i], op=op)
+    return graph.with_nodes(tuple(nodes))
+
+
+@pytest.mark.parametrize("kind", sorted(OP_REGISTRY))
+def test_every_op_declares_traits_and_arity(kind: str) -> None:
+    cls = OP_REGISTRY[kind]
+    below_op = [k for k in cls.__mro__ if issubclass(k, Op) and k is not Op]
+    assert any("traits" in vars(k) for k in below_op), f"{kind} inherits no declared traits"
+    assert any("arity" in vars(k) for k in below_op), f"{kind} inherits no declared arity"
+    assert isinstance(cls.traits, frozenset) and all(isinstance(t, Trait) for t in cls.traits)
+    assert cls.arity == (2 if cls.role is Role.RESIDUAL else 1)
+    if cls.role is not Role.TOKEN_MIXER:
+        # position-wise ops can never break causality or decoding
+        assert cls.traits == ops.base.POSITIONWISE
+
+
+def test_dense_mixer_causality_follows_its_attribute() -> None:
+    causal = ops.DenseMixer(d_model=D_MODEL, max_seq_len=MAX_LEN, causal=True)
+    full = replace(causal, causal=False)
+    assert causal.has(Trait.CAUSAL) and causal.has(Trait.DECODABLE)
+    assert not full.has(Trait.CAUSAL) and not full.has(Trait.DECODABLE)
+    assert not causal.has(Trait.DECODE_EXPORTABLE)
+    assert causality_problem(causal, "causal-lm") is None
+    assert causality_problem(full, "causal-lm") == "not causal in a causal-lm"
+
+
+def test_verify_rejects_a_node_with_the_wrong_number_of_operands() -> None:
+    graph = _graph()
+    nodes = list(graph.nodes)
+    i = next(k for k, n in enumerate(nodes) if n.op.kind == "residual_add")
+    nodes[i] = Node(nodes[i].name, nodes[i].op, nodes[i].inputs[:1], nodes[i].block)
+    with pytest.raises(PassError, match=r"\(residual_add\) takes 2 operand\(s\), got 1"):
+        run_pipeline(graph.with_nodes(tuple(nodes)), [Verify()])
+
+
+def test_type_rule_uses_arity() -> None:
+    op = ops.ResidualAdd(d_model=D_MODEL)
+    x = TensorType((1, 8, D_MODEL), "float32")
+    assert op.infer([x, x]) == x
+    with pytest.raises(TypeRuleError, match="expected 2 input"):
+        op.infer([x])
+
+
+def test_decode_exportable_trait_is_what_decode_support_reports() -> None:
+    from archgen.backends.onnx_export import decode_support
+
+    graph = _graph()
+    exportable = set()
+    for op in _token_mixers():
+        ok, why = decode_support(_with_token_mixer(graph, op))
+        assert ok == op.has(Trait.DECODE_EXPORTABLE), (op.kind, why)
+        if ok:
+            exportable.add(op.kind)
+    assert exportable == DECODE_EXPORTABLE_KINDS
