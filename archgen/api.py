@@ -19,8 +19,8 @@ from archgen.errors import ArchgenError
 from archgen.ir.cost import NodeCost, node_cost
 from archgen.ir.graph import Graph
 from archgen.ir.ops import Role
-from archgen.passes import default_pipeline, run_pipeline
-from archgen.passes.base import DumpHook
+from archgen.passes import Pass, full_pipeline, parse_pipeline, run_pipeline
+from archgen.passes.base import DumpHook, NoteHook
 from archgen.spec.expand import graph_from_spec, resolve_spec, spec_to_data
 from archgen.spec.loader import load_spec
 from archgen.spec.models import ArchSpec
@@ -41,16 +41,30 @@ def spec_hash(spec: ArchSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+PassesLike = str | Sequence[Pass] | None
+
+
+def as_passes(passes: PassesLike) -> list[Pass]:
+    """A pipeline string (``"compress_segments{s=16,local=swa}"``) or pass list -> passes."""
+    if passes is None:
+        return []
+    return parse_pipeline(passes) if isinstance(passes, str) else list(passes)
+
+
 def compile_spec(
     spec: SpecLike,
     *,
     seq_len: int | None = None,
+    passes: PassesLike = None,
     dump_after: Sequence[str] = (),
     on_dump: DumpHook | None = None,
+    on_note: NoteHook | None = None,
 ) -> Graph:
-    """Spec -> IR graph through the default pass pipeline (verified, typed, costed at seq_len)."""
+    """Spec -> IR graph: verified, typed, rewritten by ``passes`` (if any), verified and typed
+    again, and costed at ``seq_len`` (:func:`archgen.passes.full_pipeline`)."""
     graph = graph_from_spec(as_spec(spec))
-    return run_pipeline(graph, default_pipeline(seq_len), dump_after=dump_after, on_dump=on_dump)
+    pipeline = full_pipeline(as_passes(passes), seq_len)
+    return run_pipeline(graph, pipeline, dump_after=dump_after, on_dump=on_dump, on_note=on_note)
 
 
 @dataclass(frozen=True)
@@ -70,24 +84,31 @@ class CheckReport:
     total: NodeCost
 
 
-def check(spec: SpecLike, *, seq_len: int | None = None) -> CheckReport:
-    """Validate a spec and cost it per layer at ``seq_len`` (default: the model's max_seq_len)."""
+def check(
+    spec: SpecLike,
+    *,
+    seq_len: int | None = None,
+    passes: PassesLike = None,
+    on_note: NoteHook | None = None,
+) -> CheckReport:
+    """Validate a spec and cost it per layer at ``seq_len`` (default: the model's max_seq_len),
+    after the rewrites in ``passes`` if any."""
     spec = as_spec(spec)
     if seq_len is not None and seq_len > spec.model.max_seq_len:
         raise ArchgenError(
             f"--seq-len {seq_len} exceeds the model's max_seq_len {spec.model.max_seq_len}",
             hint="raise model.max_seq_len in the spec to cost longer sequences",
         )
-    graph = compile_spec(spec, seq_len=seq_len)
+    graph = compile_spec(spec, seq_len=seq_len, passes=passes, on_note=on_note)
     seq_len = seq_len or graph.model.max_seq_len
     rows: dict[str, dict[str, Any]] = {}
     for node in graph.nodes:
         key = node.block or node.name
         row = rows.setdefault(key, {"token": "", "channel": "", "cost": None})
-        if node.op.role is Role.TOKEN_MIXER:
-            row["token"] = node.op.kind
+        if node.op.role is Role.TOKEN_MIXER:  # a rewritten block may hold two (swa + ...)
+            row["token"] = "+".join(filter(None, (row["token"], node.op.kind)))
         elif node.op.role is Role.CHANNEL_MIXER:
-            row["channel"] = node.op.kind
+            row["channel"] = "+".join(filter(None, (row["channel"], node.op.kind)))
         elif node.block is None:
             row["token"] = node.op.kind
         cost = node_cost(node, seq_len)

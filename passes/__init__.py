@@ -1,16 +1,19 @@
-"""Graph passes. The default pipeline reads top to bottom::
+"""Graph passes, each registered by name (``archgen passes`` lists them).
 
-verify -> infer_shapes -> annotate_cost
+Analyses: ``verify -> infer_shapes -> annotate_cost`` (the default pipeline). Rewrites:
+``compress_segments`` (SCOUT), ``replace_mixer``. A user pipeline runs between the analyses
+(:func:`~archgen.passes.pipeline.full_pipeline`).
 """
 
 from __future__ import annotations
 
 from archgen.passes.annotate_cost import AnnotateCost
-from archgen.passes.base import Pass, PassError, PassResult, run_pipeline
+from archgen.passes.base import PASS_REGISTRY, Pass, PassError, PassResult, run_pipeline
+from archgen.passes.compress_segments import CompressSegments
 from archgen.passes.infer_shapes import InferShapes
+from archgen.passes.pipeline import PassOptionError, full_pipeline, parse_pipeline
+from archgen.passes.replace_mixer import ReplaceMixer, replace_mixers
 from archgen.passes.verify import Verify
-
-PASS_REGISTRY: dict[str, type[Pass]] = {p.name: p for p in (Verify, InferShapes, AnnotateCost)}
 
 
 def default_pipeline(seq_len: int | None = None) -> list[Pass]:
@@ -20,11 +23,17 @@ def default_pipeline(seq_len: int | None = None) -> list[Pass]:
 __all__ = [
     "PASS_REGISTRY",
     "AnnotateCost",
+    "CompressSegments",
     "InferShapes",
     "Pass",
     "PassError",
+    "PassOptionError",
     "PassResult",
+    "ReplaceMixer",
     "Verify",
     "default_pipeline",
+    "full_pipeline",
+    "parse_pipeline",
+    "replace_mixers",
     "run_pipeline",
 ]

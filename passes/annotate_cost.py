@@ -7,17 +7,18 @@ from typing import ClassVar
 
 from archgen.ir.cost import node_cost
 from archgen.ir.graph import Graph
-from archgen.passes.base import Pass, PassResult
+from archgen.passes.base import Pass, PassResult, option, register_pass
 
 
+@register_pass
 @dataclass(frozen=True)
 class AnnotateCost(Pass):
     name: ClassVar[str] = "annotate_cost"
     requires: ClassVar[tuple[str, ...]] = ("shapes",)
     ensures: ClassVar[tuple[str, ...]] = ("cost",)
 
-    seq_len: int | None = None  # default: the model's max_seq_len
-    dtype_bytes: int = 4
+    seq_len: int | None = option("sequence length to cost at (default: max_seq_len)", None)
+    dtype_bytes: int = option("bytes per activation / state element", 4)
 
     def run(self, graph: Graph) -> PassResult:
         seq_len = self.seq_len or graph.model.max_seq_len
@@ -25,4 +26,7 @@ class AnnotateCost(Pass):
             n.annotated(cost=node_cost(n, seq_len, self.dtype_bytes), cost_seq_len=seq_len)
             for n in graph.nodes
         )
-        return PassResult(graph.with_nodes(nodes), changed=True)
+        changed = any(
+            new.annotations != old.annotations for new, old in zip(nodes, graph.nodes, strict=True)
+        )
+        return PassResult(graph.with_nodes(nodes), changed=changed)

@@ -8,9 +8,10 @@ from typing import ClassVar
 
 from archgen.ir.graph import Graph
 from archgen.ir.types import TensorType, TypeRuleError
-from archgen.passes.base import GraphInvalid, Pass, PassResult
+from archgen.passes.base import GraphInvalid, Pass, PassResult, register_pass
 
 
+@register_pass
 @dataclass(frozen=True)
 class InferShapes(Pass):
     name: ClassVar[str] = "infer_shapes"

@@ -8,9 +8,10 @@ from typing import ClassVar
 
 from archgen.ir.graph import Graph
 from archgen.ir.ops import causality_problem
-from archgen.passes.base import GraphInvalid, Pass, PassResult
+from archgen.passes.base import GraphInvalid, Pass, PassResult, register_pass
 
 
+@register_pass
 @dataclass(frozen=True)
 class Verify(Pass):
     name: ClassVar[str] = "verify"

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph
 from archgen.ir.ops import Op, causality_problem
+from archgen.passes.replace_mixer import replace_mixers
 
 Supports = Callable[[Op], tuple[bool, str]]
 
@@ -94,9 +95,10 @@ class SearchSpace:
         return n if self.slots else 0
 
     def graph_for(self, candidate: Candidate) -> Graph:
-        ops = {s.node: s.choice(candidate[s.node]).op for s in self.slots}
-        nodes = tuple(replace(n, op=ops[n.name]) if n.name in ops else n for n in self.base.nodes)
-        return self.base.with_nodes(nodes)
+        """The base graph with each slot's chosen op (the ``replace_mixer`` rewrite)."""
+        return replace_mixers(
+            self.base, {s.node: s.choice(candidate[s.node]).op for s in self.slots}
+        )
 
     def base_candidate(self) -> dict[str, str] | None:
         """The base graph as a candidate, when every slot's current op is one of its choices."""

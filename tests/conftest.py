@@ -16,3 +16,11 @@ def rng_seed(request: pytest.FixtureRequest) -> int:
     seed = random.randrange(2**31)
     request.node.user_properties.append(("seed", seed))
     return seed
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-goldens",
+        action="store_true",
+        help="rewrite the golden printed-IR files of tests/passes instead of comparing",
+    )

@@ -30,6 +30,14 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 SpecArg = Annotated[Path, typer.Argument(help="architecture spec (YAML)", show_default=False)]
+PassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--passes",
+        help='rewrites to apply, e.g. "compress_segments{s=16,local=swa}" (`archgen passes` '
+        "lists them)",
+    ),
+]
 FORCE_HELP = "replace a previous `archgen {}` output in --output (never other files)"
 
 
@@ -43,6 +51,7 @@ def check(
     resolved: Annotated[
         bool, typer.Option("--resolved", help="print the spec with every default filled in")
     ] = False,
+    passes: PassesOpt = None,
     dump_after: Annotated[
         list[str] | None,
         typer.Option("--dump-after", help="print the IR after this pass (repeatable)"),
@@ -56,14 +65,29 @@ def check(
     if resolved:
         typer.echo(api.resolved_yaml(spec), nl=False)
         return
+    pipeline = api.as_passes(passes)
     if dump_after:
         api.compile_spec(
             spec,
             seq_len=seq_len,
+            passes=pipeline,
             dump_after=dump_after,
             on_dump=lambda name, g: typer.echo(f"// IR after {name}\n{print_graph(g)}"),
         )
-    print_check(out, api.check(spec, seq_len=seq_len), spec)
+    report = api.check(spec, seq_len=seq_len, passes=pipeline, on_note=_print_note)
+    print_check(out, report, spec)
+
+
+def _print_note(pass_name: str, note: str) -> None:
+    err.print(f"note: {pass_name}: {note}", markup=False, soft_wrap=True)
+
+
+@app.command("passes")
+def list_passes() -> None:
+    """List every pass: what it does, whether it is exact, and its options."""
+    from archgen.cli.report import print_passes
+
+    print_passes(out)
 
 
 @app.command()

@@ -46,3 +46,55 @@ def print_check(console: Console, report: CheckReport, spec_path: Path) -> None:
         markup=False,
         soft_wrap=True,
     )
+
+
+def print_passes(console: Console) -> None:
+    """``archgen passes``: every registered pass, its exactness and its options."""
+    import dataclasses
+    import sys
+    import typing
+
+    from archgen.passes import PASS_REGISTRY
+
+    for name, cls in PASS_REGISTRY.items():
+        kind = "analysis" if cls.analysis else ("exact" if cls.exact else "approximate")
+        doc = cls.__doc__ or ""
+        if doc.startswith(cls.__name__ + "("):  # dataclass's generated signature: no docstring
+            doc = sys.modules[cls.__module__].__doc__ or ""
+        summary = " ".join(doc.strip().split("\n\n")[0].split())
+        summary = summary.removeprefix(f"``{name}``: ")
+        console.print(f"[bold]{name}[/bold] ({kind}): ", end="")
+        console.print(summary, markup=False)
+        hints = typing.get_type_hints(cls)
+        for f in cls.options():
+            if f.name == "extra":
+                console.print(f"    any other option: {f.metadata.get('doc', '')}", markup=False)
+                continue
+            default = (
+                "required"
+                if f.default is dataclasses.MISSING
+                else f"default {'null' if f.default is None else f.default}"
+            )
+            console.print(
+                f"    {f.name}: {_type_text(hints[f.name])}, {default} -- "
+                f"{f.metadata.get('doc', '')}",
+                markup=False,
+            )
+    console.print(
+        'usage: archgen check|build SPEC --passes "name{option=value,...},name2"', markup=False
+    )
+
+
+def _type_text(hint: object) -> str:
+    """``int``, ``swa|mamba|null``, ``[int,...]``: how the value is written on the command line."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return "|".join("null" if a is type(None) else _type_text(a) for a in args)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (tuple, list):
+        return "[int,...]"
+    return getattr(hint, "__name__", str(hint))
