@@ -55,8 +55,8 @@ def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> Se
     from archgen.api import compile_spec
     from archgen.backends.base import get_backend
     from archgen.ir.graph import Node
-    from archgen.search.latency import Workload
     from archgen.search.space import Choice, SearchSpace
+    from archgen.search.timing import Workload
 
     spec = load_spec(spec_path)
     if spec.search is None:

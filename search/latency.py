@@ -22,28 +22,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from archgen.ir.graph import Graph
 from archgen.search.paired import PairingPolicy
 from archgen.search.robust import robust_combine
-
-
-@dataclass(frozen=True)
-class Workload:
-    batch: int = 1
-    seq_len: int = 1024
-    phase: str = "prefill"  # or "decode": seconds per generated token at context seq_len
-    dtype: str = "float32"
-    backend: str = "eager"
-    device: str = "cpu"
-    threads: int = 2
-    repeats: int = 15
-
-    def shape_key(self) -> str:
-        return f"{self.phase}:B{self.batch}:L{self.seq_len}:{self.dtype}"
+from archgen.search.timing import BlockTiming, Workload
 
 
 def block_signature(graph: Graph, block: str) -> str:
@@ -129,14 +114,7 @@ class LatencyTable:
 
 # [(graph, block name), ...] -> what each block adds to the stem, timed together with the
 # reference (one shared stem, interleaved: Measurer.measure_blocks)
-BlockMeasurer = Callable[[Sequence[tuple[Graph, str]]], Sequence["BlockTimingLike"]]
-
-
-class BlockTimingLike(Protocol):
-    seconds: float
-    reference_s: float | None
-    utilisation: float | None
-    threads: int
+BlockMeasurer = Callable[[Sequence[tuple[Graph, str]]], Sequence[BlockTiming]]
 
 
 def graph_signature(graph: Graph) -> str:

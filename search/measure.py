@@ -13,7 +13,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -22,32 +22,10 @@ from archgen.backends.base import LowerOptions, device_name, get_backend, librar
 from archgen.errors import ArchgenError, UnavailableError
 from archgen.ir.graph import Graph
 from archgen.ir.slicing import only_block, stem
-from archgen.search.latency import Workload
 from archgen.search.paired import Clock, PairedResult, PairingPolicy, SystemClock, measure_paired
+from archgen.search.timing import BlockTiming, GroupTiming, Workload
 
 BLOCK_REPEAT_FACTOR = 10
-
-
-@dataclass(frozen=True)
-class GroupTiming:
-    """Graphs timed together in interleaved rounds (:meth:`Measurer.time_group`)."""
-
-    medians: list[float]
-    utilisation: float | None  # CPU time / (threads x wall); None where it means nothing
-    threads: int
-    contended: bool
-
-
-@dataclass(frozen=True)
-class BlockTiming:
-    """What a block adds to the stem, and the reference model timed in the same rounds: the
-    block's cost in reference units is ``seconds / reference_s``, comparable across runs."""
-
-    seconds: float
-    reference_s: float | None
-    utilisation: float | None
-    threads: int
-    contended: bool
 
 
 class Measurer:

@@ -29,9 +29,10 @@ from optuna.trial import FrozenTrial
 from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph
 from archgen.search.budget import Budget, format_seconds
-from archgen.search.latency import TrustReport, Workload
+from archgen.search.latency import TrustReport
 from archgen.search.report import Certified
 from archgen.search.space import Candidate, SearchSpace
+from archgen.search.timing import Workload
 from archgen.search.winner import Winner
 from archgen.spec.models import ArchSpec
 

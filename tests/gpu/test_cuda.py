@@ -136,8 +136,8 @@ def test_onnxruntime_cuda_provider_validates() -> None:
 
 @pytest.mark.parametrize("backend", ["eager", "compile"])
 def test_search_measures_a_cuda_workload(backend: str) -> None:
-    from archgen.search.latency import Workload
     from archgen.search.measure import Measurer
+    from archgen.search.timing import Workload
 
     graph = api.compile_spec(next(p for p in EXAMPLES if p.stem == "hybrid"))
     measurer = Measurer(Workload(seq_len=256, backend=backend, device="cuda", repeats=5))

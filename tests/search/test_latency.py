@@ -10,13 +10,12 @@ from archgen.search.latency import (
     BlockRow,
     LatencyPredictor,
     LatencyTable,
-    Workload,
     fit_correction,
     select_correction,
     trust_report,
 )
-from archgen.search.measure import BlockTiming
 from archgen.search.robust import nearest_neighbour_average, robust_combine
+from archgen.search.timing import BlockTiming, Workload
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ from archgen import api
 from archgen.backends.base import LowerOptions, Measurement
 from archgen.ir.graph import Graph
 from archgen.ir.slicing import only_block, stem
-from archgen.search.latency import Workload
 from archgen.search.measure import BLOCK_REPEAT_FACTOR, Measurer
+from archgen.search.timing import Workload
 from tests.backends.conformance import TINY_SPEC
 
 

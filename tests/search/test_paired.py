@@ -19,7 +19,7 @@ from archgen.backends.base import LowerOptions, Measurement
 from archgen.ir.graph import Graph
 from archgen.search.budget import Budget
 from archgen.search.evaluate import LatencyJudge, LatencyPolicy
-from archgen.search.latency import Workload, fit_correction, select_correction
+from archgen.search.latency import fit_correction, select_correction
 from archgen.search.measure import Measurer
 from archgen.search.paired import (
     PairedResult,
@@ -28,6 +28,7 @@ from archgen.search.paired import (
     measure_paired,
     robust_ratio,
 )
+from archgen.search.timing import Workload
 from tests.backends.conformance import TINY_SPEC
 from tests.search.fake_worker import fake_space
 
