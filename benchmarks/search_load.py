@@ -52,10 +52,12 @@ def summary(runs: list[Path]) -> None:
         winner = f"{best['number']}" if best else "NONE"
         ratio = f"{best['measured_ratio']:.3f}" if best else "-"
         budget = r.get("budget_ratio")
+        # reports written before the key was renamed call it contended_measurements
+        fewer = m.get("fewer_thread_measurements", m.get("contended_measurements"))
         print(
             f"| {run.name} | {trust['spearman']:.3f} | {trust['mape']:.1f} % | {measured} | "
             f"{infeasible} | {winner} | {ratio} | "
-            f"{budget:.3f} | {drift} | {m.get('contended_measurements')} | "
+            f"{budget:.3f} | {drift} | {fewer} | "
             f"{m.get('remeasured')} |"
         )
 

@@ -159,13 +159,16 @@ class LatencyJudge:
         limit = self.limit()
         return limit is not None and value > limit * (1 + uncertainty)
 
-    def measure(self, candidate: Candidate) -> LatencyCheck:
-        """``candidate``'s latency, measured now unless already known, by the rules above."""
+    def measure(
+        self, candidate: Candidate, *, graph: Graph | None = None, predicted: float | None = None
+    ) -> LatencyCheck:
+        """``candidate``'s latency, measured now unless already known, by the rules above
+        (``graph`` and ``predicted``: its graph and prediction, where the caller has them)."""
         key = self.space.key(candidate)
         if key in self.known:
             return self.known[key]
-        graph = self.space.graph_for(candidate)
-        predicted = self.predictor.predict(graph)
+        graph = graph if graph is not None else self.space.graph_for(candidate)
+        predicted = predicted if predicted is not None else self.predictor.predict(graph)
         results = [self._one(graph)]
         first = results[0].ratio
         if self._disagrees(predicted, first) or self._over(first, self._uncertainty(results)):
@@ -212,7 +215,7 @@ class CandidateEvaluator:
         if key in judge.known or judge.policy.should_measure(
             predicted, judge.limit(), judge.trust()
         ):
-            check = judge.measure(candidate)
+            check = judge.measure(candidate, graph=graph, predicted=predicted)
             return Evaluation(
                 quality=quality,
                 latency=check.measured,

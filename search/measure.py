@@ -61,7 +61,7 @@ class Measurer:
                 f"phase 'decode' is measured on the eager backend only (got {workload.backend!r})"
             )
         self.measurements = 0
-        self.contended_measurements = 0  # taken again with fewer threads
+        self.fewer_thread_measurements = 0  # taken again with fewer threads
         self._reference_artifacts: dict[int, Any] = {}
 
     def environment(self) -> dict[str, str]:
@@ -132,7 +132,7 @@ class Measurer:
         results = self._paired(graphs, threads, policy)
         fewer = self.fewer_threads(results[0].utilisation, threads)
         if any(r.contended for r in results) and fewer is not None:
-            self.contended_measurements += len(graphs)
+            self.fewer_thread_measurements += len(graphs)
             results = self._paired(graphs, fewer, policy)
         return results
 
@@ -269,7 +269,7 @@ class Measurer:
         timing = self.time_group(graphs, repeats=repeats, threads=self.workload.threads)
         fewer = self.fewer_threads(timing.utilisation, timing.threads)
         if timing.contended and fewer is not None:
-            self.contended_measurements += len(graphs)
+            self.fewer_thread_measurements += len(graphs)
             timing = self.time_group(graphs, repeats=repeats, threads=fewer)
         return timing
 

@@ -243,5 +243,5 @@ class ReferenceCalibration:
             "drift_min": min(rel) if rel else None,
             "drift_max": max(rel) if rel else None,
             "recalibrations": self.recalibrations,
-            "contended_measurements": self.contended,
+            "contended_reference_timings": self.contended,  # skipped: cores busy
         }

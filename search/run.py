@@ -224,7 +224,7 @@ def run_search_plan(
     measurement = {
         "reference": "the spec's base model",
         "calibration": calibration.drift(),
-        "contended_measurements": measurer.contended_measurements,
+        "fewer_thread_measurements": measurer.fewer_thread_measurements,
         "remeasured": judge.remeasured,
         "stale_block_rows": predictor.stale_rows,
         "predictor_correction": predictor.correction,

@@ -94,7 +94,7 @@ class SearchView:
             self.console.print(
                 f"machine: the base model timed {calibration['drift_min']:.2f}-"
                 f"{calibration['drift_max']:.2f}x its first calibration; "
-                f"{measurement.get('contended_measurements', 0)} measurement(s) taken with "
+                f"{measurement.get('fewer_thread_measurements', 0)} measurement(s) taken with "
                 f"fewer threads (cores busy), {measurement.get('remeasured', 0)} re-measured",
                 highlight=False,
             )

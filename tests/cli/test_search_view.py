@@ -63,7 +63,7 @@ def test_summary_shows_ratios_to_the_base_model_and_time() -> None:
     )  # fmt: skip
     measurement = {
         "calibration": {"drift_min": 0.97, "drift_max": 1.12},
-        "contended_measurements": 3, "remeasured": 2,
+        "fewer_thread_measurements": 3, "remeasured": 2,
     }  # fmt: skip
     outcome = SearchOutcome(
         out=Path("o"), budget=Budget(fraction=0.9), reference_s=0.06, certified=[row], best=row,

@@ -144,12 +144,12 @@ def test_contended_cores_are_measured_again_with_fewer_threads(graph: Graph) -> 
     smaller = graph.with_nodes(graph.nodes[:-2] + graph.nodes[-1:])  # not a valid model: cost
     results = m.measure_against_reference([graph, smaller])
     assert [r.threads for r in results] == [1, 1]
-    assert not any(r.contended for r in results) and m.contended_measurements == 2
+    assert not any(r.contended for r in results) and m.fewer_thread_measurements == 2
     assert results[0].ratio == pytest.approx(1.0)
     assert results[1].ratio == pytest.approx((len(graph.nodes) - 1) / len(graph.nodes))
     quiet = fake_measurer(graph, FakeMachine(utilisation={2: 0.98}))
     assert [r.threads for r in quiet.measure_against_reference([graph])] == [2]
-    assert quiet.contended_measurements == 0
+    assert quiet.fewer_thread_measurements == 0
 
 
 def test_block_timings_carry_the_reference_timed_alongside_and_the_load(graph: Graph) -> None:
