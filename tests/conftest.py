@@ -1,11 +1,29 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def archgen(
+    *args: str, cwd: Path = ROOT, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``archgen ARGS`` as a user runs it: a subprocess with a bare environment (no inherited
+    variables unless ``env`` gives them) and wide lines, so messages do not wrap mid-word."""
+    return subprocess.run(
+        [sys.executable, "-m", "archgen.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=dict(env) if env is not None else {"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        timeout=600,
+    )
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from archgen import export as export_api
 from archgen.errors import ArchgenError
 from archgen.staging import OutputFolder, new_staging, remove_stale, replace_folder
 from tests.backends.conformance import TINY_SPEC
+from tests.conftest import archgen
 
 PROFILE = export_api.Profile(max_seq=16)
 
@@ -26,15 +27,6 @@ def spec(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_SPEC)
     return path
-
-
-def archgen(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "archgen.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-    )
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

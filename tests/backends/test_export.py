@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from archgen.backends.validate import NumericsError, Tolerance
 from archgen.cli.main import app
 from archgen.errors import ArchgenError
 from tests.backends.conformance import TINY_SPEC
+from tests.conftest import archgen
 
 
 @pytest.fixture
@@ -26,15 +25,6 @@ def tiny_spec(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_SPEC)
     return path
-
-
-def archgen(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "archgen.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"},
-    )
 
 
 def test_cli_export_onnx_writes_validated_engine_spec_numerics_and_manifest(

@@ -9,19 +9,9 @@ import time
 
 from safetensors import safe_open
 
-from tests.conftest import EXAMPLES, ROOT
+from tests.conftest import EXAMPLES, archgen
 
 TRANSFORMER = next(p for p in EXAMPLES if p.stem == "transformer")
-
-
-def archgen(*args: str, cwd=ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "archgen.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-    )
 
 
 def test_help_is_fast_and_imports_no_torch() -> None:

@@ -15,8 +15,7 @@ from archgen.passes import PassError, PassOptionError, parse_pipeline
 from archgen.passes.rewrite import NoFixpoint, Reject, Rewrite, apply_rules
 from archgen.spec.expand import graph_from_spec
 from archgen.spec.loader import load_spec
-from tests.cli.test_cli import archgen
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, archgen
 from tests.passes.passcheck import assert_same_function
 
 SPECS = {p.stem: p for p in EXAMPLES}

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.conftest import archgen as run_archgen
 
 SPEC = """
 model:
@@ -40,17 +41,10 @@ search:
 
 
 def archgen(*args: str, cwd=ROOT, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """The shared runner, inheriting this environment (the PostgreSQL test URL, caches)."""
     import os
 
-    env = {**os.environ, "COLUMNS": "200", **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "archgen.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
+    return run_archgen(*args, cwd=cwd, env={**os.environ, "COLUMNS": "200", **(env_extra or {})})
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -14,7 +12,7 @@ from archgen.spec.loader import parse_spec
 from archgen.spec.training import data_source, train_config
 from archgen.train.config import TextData, TrainConfig
 from archgen.train.tasks import NoisyRecall
-from tests.conftest import ROOT
+from tests.conftest import archgen
 
 MODEL = """model:
   name: tiny
@@ -69,13 +67,6 @@ def test_seq_len_beyond_the_model_is_an_error(tmp_path) -> None:
     (tmp_path / "m.yaml").write_text(MODEL + "train: {seq_len: 65}\n")
     with pytest.raises(Exception, match=r"train\.seq_len 65 exceeds model\.max_seq_len 64"):
         training.prepare(tmp_path / "m.yaml")
-
-
-def archgen(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "archgen.cli.main", *args],
-        capture_output=True, text=True, cwd=ROOT, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
 
 
 def test_train_then_distill_from_the_command_line(tmp_path) -> None:
