@@ -51,6 +51,19 @@ def as_passes(passes: PassesLike) -> list[Pass]:
     return parse_pipeline(passes) if isinstance(passes, str) else list(passes)
 
 
+def with_passes(spec: SpecLike, passes: str | None) -> ArchSpec:
+    """``spec`` with the pipeline ``passes`` appended to its ``model.passes``, so that what is
+    written from it (``spec.yaml``, the spec hash) rebuilds the rewritten graph. The text is
+    checked here (:class:`~archgen.passes.PassOptionError`) and recorded as written."""
+    spec = as_spec(spec)
+    if passes is None:
+        return spec
+    parse_pipeline(passes)
+    joined = ",".join(p for p in (spec.model.passes, passes.strip()) if p)
+    model = spec.model.model_copy(update={"passes": joined})
+    return spec.model_copy(update={"model": model})
+
+
 def compile_spec(
     spec: SpecLike,
     *,
@@ -60,10 +73,12 @@ def compile_spec(
     on_dump: DumpHook | None = None,
     on_note: NoteHook | None = None,
 ) -> Graph:
-    """Spec -> IR graph: verified, typed, rewritten by ``passes`` (if any), verified and typed
-    again, and costed at ``seq_len`` (:func:`archgen.passes.full_pipeline`)."""
-    graph = graph_from_spec(as_spec(spec))
-    pipeline = full_pipeline(as_passes(passes), seq_len)
+    """Spec -> IR graph: verified, typed, rewritten by the spec's ``model.passes`` and then by
+    ``passes`` (if any), verified and typed again, and costed at ``seq_len``
+    (:func:`archgen.passes.full_pipeline`)."""
+    spec = as_spec(spec)
+    graph = graph_from_spec(spec)
+    pipeline = full_pipeline([*as_passes(spec.model.passes), *as_passes(passes)], seq_len)
     return run_pipeline(graph, pipeline, dump_after=dump_after, on_dump=on_dump, on_note=on_note)
 
 
@@ -148,10 +163,17 @@ def _library_versions() -> dict[str, str]:
 
 
 def build(
-    spec: SpecLike, out_dir: str | os.PathLike[str], *, seed: int = 0, force: bool = False
+    spec: SpecLike,
+    out_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    passes: str | None = None,
+    force: bool = False,
 ) -> BuildResult:
     """Instantiate the eager model and write ``weights.safetensors``, ``spec.yaml`` (resolved)
     and ``manifest.json`` to ``out_dir``. The folder appears complete or not at all.
+    ``passes`` (a pipeline string) rewrites the graph first and is recorded in ``spec.yaml``'s
+    ``model.passes``, after the spec's own.
 
     ``out_dir`` must not exist or be empty; ``force`` lets a previous build output there be
     replaced. Anything else there (a training run, a user's files) is refused before any work
@@ -162,7 +184,7 @@ def build(
 
     target = OutputFolder(Path(out_dir), "build", force=force)
     target.check()
-    spec = as_spec(spec)
+    spec = with_passes(spec, passes)
     graph = compile_spec(spec)
     model = build_model(graph, seed=seed)
     digest = spec_hash(spec)

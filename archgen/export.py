@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from archgen.api import SpecLike, as_spec, compile_spec, resolved_yaml, spec_hash
+from archgen.api import SpecLike, compile_spec, resolved_yaml, spec_hash, with_passes
 from archgen.backends.base import (
     Backend,
     Device,
@@ -147,10 +147,12 @@ def export(
     validation_seed: int | None = None,
     provider: Provider = "cpu",
     portable: bool = False,
+    passes: str | None = None,
     force: bool = False,
 ) -> ExportResult:
     """Lower ``spec`` for ``fmt``, validate it, and write the engine(s), ``spec.yaml``
-    (resolved), ``numerics.json`` and ``manifest.json`` to ``out_dir``.
+    (resolved), ``numerics.json`` and ``manifest.json`` to ``out_dir``. ``passes`` (a pipeline
+    string) rewrites the graph first and is recorded in ``spec.yaml``'s ``model.passes``.
 
     ``out_dir`` must not exist or be empty; ``force`` lets a previous export output there be
     replaced. Anything else there (a build or training folder, a user's files) is refused
@@ -170,7 +172,7 @@ def export(
     from archgen.backends.validate import NumericsError  # torch: imported after the check
     from archgen.backends.validate import validate as run_validation
 
-    spec = as_spec(spec)
+    spec = with_passes(spec, passes)
     graph = compile_spec(spec)
     options = lower_options(
         graph,

@@ -51,6 +51,14 @@ PortableOpt = Annotated[
         "GroupQueryAttention); slower in onnxruntime, runs in other ONNX runtimes",
     ),
 ]
+PassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--passes",
+        help='rewrites to apply, e.g. "compress_segments{s=16,local=swa}"; recorded in the '
+        "written spec.yaml (model.passes)",
+    ),
+]
 ForceOpt = Annotated[
     bool,
     typer.Option(
@@ -160,6 +168,7 @@ def register(app: typer.Typer, out: Console) -> None:
         validation_seed: SeedOpt = None,
         provider: ProviderOpt = "cpu",
         portable: PortableOpt = False,
+        passes: PassesOpt = None,
         force: ForceOpt = False,
     ) -> None:
         """Export an engine, validate it against the float64 reference, write it atomically."""
@@ -179,6 +188,7 @@ def register(app: typer.Typer, out: Console) -> None:
                 validation_seed=validation_seed,
                 provider=provider,  # type: ignore[arg-type]
                 portable=portable,
+                passes=passes,
                 force=force,
             )
         except ArchgenError as exc:  # NumericsError carries the report (its import needs torch)

@@ -95,12 +95,13 @@ def build(
     spec: SpecArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="output folder (new or empty)")],
     seed: Annotated[int, typer.Option(help="seed of the weight initialisation")] = 0,
+    passes: PassesOpt = None,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP.format("build"))] = False,
 ) -> None:
     """Instantiate the model and write weights (safetensors), resolved spec and manifest."""
     from archgen import api
 
-    result = api.build(spec, output, seed=seed, force=force)
+    result = api.build(spec, output, seed=seed, passes=passes, force=force)
     out.print(
         f"built {result.params:,} parameters -> {result.out_dir}/ "
         f"(weights.safetensors, spec.yaml, manifest.json; spec_hash {result.spec_hash})"

@@ -62,7 +62,7 @@ def parse_spec(text: str, filename: str = "<spec>") -> ArchSpec:
         errors = _without_typo_twins(exc.errors(), data)
         issues = [_translate(err, data, source) for err in errors]
         raise SpecError(_sorted_unique(issues)) from None
-    issues = semantic_issues(spec.model, source)
+    issues = semantic_issues(spec.model, source) + _passes_issues(spec.model, source)
     if spec.search is not None:
         from archgen.spec.search_space import search_proposals
 
@@ -290,6 +290,22 @@ def _sorted_unique(issues: list[SpecIssue]) -> list[SpecIssue]:
         return (i.position.line, i.position.column) if i.position else (0, 0)
 
     return sorted(seen.values(), key=key)
+
+
+def _passes_issues(model: ModelSpec, source: SourceMap) -> list[SpecIssue]:
+    """``model.passes`` must parse as a pipeline (whether each pass matches is the compiler's
+    business: a pass that matches nothing is a note, not an error)."""
+    if model.passes is None:
+        return []
+    from archgen.passes.pipeline import PassOptionError, parse_pipeline
+
+    try:
+        parse_pipeline(model.passes)
+    except PassOptionError as exc:
+        msg = exc.message + (f"; {exc.hint}" if exc.hint else "")
+        path = ("model", "passes")
+        return [SpecIssue(source.filename, source.locate(path), path, msg)]
+    return []
 
 
 # -- the model's own rules ---------------------------------------------------------------------

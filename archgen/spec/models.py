@@ -163,6 +163,20 @@ class ModelSpec(StrictModel):
     norm_eps: Number = Field(1e-5, gt=0, le=1, description="epsilon of every norm")
     tie_embeddings: Bool = Field(True, description="LM head shares the embedding table")
     layers: list[LayerItem] = Field(min_length=1, description="blocks, bottom to top")
+    passes: str | None = Field(
+        None,
+        description="graph rewrites applied after the layers are laid out, e.g. "
+        '"compress_segments{s=16,local=swa}" (`archgen passes` lists them); written by '
+        "archgen convert / build --passes, so a folder's spec.yaml rebuilds its graph",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_no_passes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Specs without passes dump (--resolved, spec hash) exactly as before the field existed.
+        out = handler(self)
+        if out.get("passes") is None:
+            out.pop("passes", None)
+        return out
 
 
 class ArchSpec(StrictModel):
