@@ -36,6 +36,22 @@ def rng_seed(request: pytest.FixtureRequest) -> int:
     return seed
 
 
+@pytest.fixture
+def count_steps(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts AdamW optimizer steps taken anywhere (independently of what the code reports)."""
+    import torch
+
+    calls = {"n": 0}
+    original = torch.optim.AdamW.step
+
+    def step(self: torch.optim.Optimizer, *args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return calls
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-goldens",

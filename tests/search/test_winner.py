@@ -76,19 +76,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     torch.set_num_threads(before)
 
 
-@pytest.fixture
-def count_steps(monkeypatch):
-    calls = {"n": 0}
-    original = torch.optim.AdamW.step
-
-    def step(self, *args, **kwargs):
-        calls["n"] += 1
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
-    return calls
-
-
 def test_assembly_takes_unchanged_nodes_from_the_teacher_and_swapped_blocks_from_the_cache(
     setup, count_steps
 ) -> None:

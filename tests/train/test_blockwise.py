@@ -14,20 +14,6 @@ from archgen.train.config import TrainConfig
 from tests.train.conftest import tiny_graph
 
 
-@pytest.fixture
-def count_steps(monkeypatch):
-    """Counts optimizer steps taken anywhere (independently of what the code reports)."""
-    calls = {"n": 0}
-    original = torch.optim.AdamW.step
-
-    def step(self, *args, **kwargs):
-        calls["n"] += 1
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
-    return calls
-
-
 def test_table_and_cache(tmp_path, corpus, count_steps) -> None:
     graph = tiny_graph(layers=2)
     teacher = build_model(graph, seed=1)
