@@ -104,7 +104,7 @@ class BoundaryModule(nn.Module):
 
 def as_boundaries(graph: Graph, outputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
     """Name :class:`BoundaryModule`'s outputs: block names, then the graph output."""
-    (out,) = graph.outputs
+    out = graph.primary_output()
     return {**dict(zip(graph.blocks(), outputs[1:], strict=True)), out: outputs[0]}
 
 
@@ -147,7 +147,7 @@ def describe_nodes(model: ArchModel, how: str) -> dict[str, NodeImpl]:
         elif isinstance(op, ResidualAdd):
             impl = "tensor add"
         else:
-            module = model.get_submodule(node.name)
+            module = model.module_of(node.name)
             cls = type(module)
             impl = f"{cls.__module__}:{cls.__qualname__}"
             chosen = {

@@ -126,7 +126,7 @@ class OnnxArtifact(Artifact):
         return self.session.run(outputs, {"tokens": tokens.numpy().astype(np.int64)})
 
     def run(self, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self._run(tokens, list(self.graph.outputs))[0])
+        return torch.from_numpy(self._run(tokens, [self.graph.primary_output()])[0])
 
     def boundaries(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         values = dict(zip(self._names, self._run(tokens, None), strict=True))
@@ -139,7 +139,7 @@ class OnnxArtifact(Artifact):
         feed = {"tokens": tokens.numpy().astype(np.int64)}
         # Only the logits are fetched, as a deployed model would; block outputs are computed
         # anyway (they are residual streams the logits depend on).
-        logits = list(self.graph.outputs)
+        logits = [self.graph.primary_output()]
         times = time_calls(lambda: self.session.run(logits, feed), warmup, repeats)
         so = self.session.get_session_options()
         return Measurement(

@@ -207,7 +207,7 @@ def dynamic_length_culprits(model: ArchModel) -> list[str]:
         if node.op.role not in (Role.TOKEN_MIXER, Role.CHANNEL_MIXER) or node.op.kind in seen:
             continue
         seen.add(node.op.kind)
-        module = model.get_submodule(node.name)
+        module = model.module_of(node.name)
         why = traces_with_dynamic_length(module, model.graph.model.d_model)
         if why != "ok":
             found.append(f"{node.name} ({node.op.kind}): {why}")

@@ -149,8 +149,7 @@ class TensorRTArtifact(Artifact):
         return outs
 
     def run(self, tokens: torch.Tensor) -> torch.Tensor:
-        (out,) = self.graph.outputs
-        return self._execute(tokens)[out].cpu()
+        return self._execute(tokens)[self.graph.primary_output()].cpu()
 
     def boundaries(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         values = self._execute(tokens)

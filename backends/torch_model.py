@@ -71,16 +71,18 @@ class ArchModel(nn.Module):
         self.graph = graph
         (self._input,) = graph.inputs
         self._embedding_path = next(
-            (n.name for n in graph.nodes if isinstance(n.op, Embedding)), None
+            (n.weight_path for n in graph.nodes if isinstance(n.op, Embedding)), None
         )
+        self._output = graph.primary_output()
         self._program: list[tuple[Node, str | None]] = []
         for node in graph.nodes:
             op = node.op
-            path: str | None = node.name
+            # parameters live at the node's weight path (its name unless a rewrite renamed it)
+            path: str | None = node.weight_path
             if isinstance(op, Embedding):
                 emb = nn.Embedding(op.vocab_size, op.d_model, device=device, dtype=dtype)
                 nn.init.normal_(emb.weight, std=EMBED_INIT_STD)
-                _set_submodule(self, node.name, emb)
+                _set_submodule(self, path, emb)
             elif isinstance(op, LMHead):
                 if op.tied:
                     if self._embedding_path is None:
@@ -92,13 +94,19 @@ class ArchModel(nn.Module):
                     head = nn.Linear(
                         op.d_model, op.vocab_size, bias=False, device=device, dtype=dtype
                     )
-                    _set_submodule(self, node.name, head)
+                    _set_submodule(self, path, head)
             elif isinstance(op, ResidualAdd):
                 path = None
             else:
-                _set_submodule(self, node.name, build_module(op, device=device, dtype=dtype))
+                _set_submodule(self, path, build_module(op, device=device, dtype=dtype))
             self._program.append((node, path))
-        self._token_mixers = [n.name for n in graph.nodes if n.op.role is Role.TOKEN_MIXER]
+        self._token_mixers = {
+            n.name: n.weight_path for n in graph.nodes if n.op.role is Role.TOKEN_MIXER
+        }
+
+    def module_of(self, node: str) -> nn.Module:
+        """The module holding node ``node``'s parameters."""
+        return self.get_submodule(self.graph.node(node).weight_path)
 
     # Not `_apply`: that name is nn.Module's hook behind .to()/.double(), which it would shadow.
     def _apply_node(self, node: Node, args: list[torch.Tensor], path: str | None) -> torch.Tensor:
@@ -117,8 +125,7 @@ class ArchModel(nn.Module):
         env: dict[str, torch.Tensor] = {self._input: x}
         for node, path in self._program:
             env[node.output] = self._apply_node(node, [env[i] for i in node.inputs], path)
-        (out,) = self.graph.outputs
-        return env[out], {name: env[name] for name in capture}
+        return env[self._output], {name: env[name] for name in capture}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # LM: [B, L] int64 -> [B, L, V]
         return self.run(x)[0]
@@ -131,10 +138,10 @@ class ArchModel(nn.Module):
         dtype, device = weight.dtype, device or weight.device
         max_len = self.graph.model.max_seq_len
         return {
-            name: self.get_submodule(name).init_state(
+            name: self.get_submodule(path).init_state(
                 batch, device=device, dtype=dtype, max_len=max_len
             )
-            for name in self._token_mixers
+            for name, path in self._token_mixers.items()
         }
 
     def step(
@@ -147,14 +154,13 @@ class ArchModel(nn.Module):
         for node, path in self._program:
             args = [env[i] for i in node.inputs]
             if node.name in state:
-                y, new_state[node.name] = self.get_submodule(node.name).step(
+                y, new_state[node.name] = self.get_submodule(node.weight_path).step(
                     args[0][:, 0], state[node.name], pos
                 )
                 env[node.output] = y[:, None]
             else:
                 env[node.output] = self._apply_node(node, args, path)
-        (out,) = self.graph.outputs
-        return env[out][:, 0], new_state
+        return env[self._output][:, 0], new_state
 
 
 def build_model(

@@ -33,6 +33,7 @@ import torch
 from archgen.backends.base import Artifact
 from archgen.backends.eager import EagerArtifact, reference_artifact
 from archgen.errors import ArchgenError
+from archgen.ir.graph import OutputRole
 
 
 class NumericsError(ArchgenError):
@@ -294,6 +295,7 @@ def validate(
         tokens = torch.randint(0, graph.model.vocab_size, (batch, seq_len), generator=gen)
         ref, test = reference.boundaries(tokens), artifact.boundaries(tokens)
         for name in names:
-            m = compare(ref[name], test[name], logits=name in graph.outputs)
+            is_logits = name in graph.outputs and graph.output_role(name) is OutputRole.LOGITS
+            m = compare(ref[name], test[name], logits=is_logits)
             report.results.append(BoundaryResult(name, seq_len, m, tuple(violations(m, tol))))
     return report

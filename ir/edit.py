@@ -57,6 +57,24 @@ def replace_all_uses(graph: Graph, old: str, new: str, *, except_in: Iterable[st
     return graph.with_nodes(tuple(nodes), outputs=outputs)
 
 
+def rename(graph: Graph, old: str, new: str) -> Graph:
+    """Node ``old`` is called ``new`` (and so is its value, for every reader and the graph
+    outputs). Its parameters keep their checkpoint names (:attr:`Node.weights`)."""
+    node = graph.node(old)
+    if new in graph or new in graph.inputs:
+        raise EditError(f"cannot rename %{old} to %{new}: the name is already defined")
+    renamed = replace(node, name=new, weights=node.weight_path)
+    nodes = []
+    for n in graph.nodes:
+        if n.name == old:
+            n = renamed
+        elif old in n.inputs:
+            n = replace(n, inputs=tuple(new if v == old else v for v in n.inputs))
+        nodes.append(n)
+    outputs = tuple(new if o == old else o for o in graph.outputs)
+    return graph.with_nodes(tuple(nodes), outputs=outputs)
+
+
 def insert_before(graph: Graph, anchor: str, nodes: Sequence[Node]) -> Graph:
     """Insert ``nodes`` (in order) just before node ``anchor``."""
     return _insert(graph, graph.index(anchor), nodes)
@@ -118,6 +136,7 @@ __all__ = [
     "insert_after",
     "insert_before",
     "remove",
+    "rename",
     "replace_all_uses",
     "replace_op",
     "set_inputs",

@@ -14,6 +14,7 @@ them.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -40,15 +41,25 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Node:
+    """One op applied to named values. ``weights`` is where its parameters live in a checkpoint
+    (the module path of ``layers.0.token_mixer.q_proj.weight``): the node's own name unless a
+    rewrite renamed it, so checkpoints written before a rewrite still load after it."""
+
     name: str
     op: Op
     inputs: tuple[str, ...]
     block: str | None = None
     annotations: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
+    weights: str | None = None
 
     @property
     def output(self) -> str:
         return self.name
+
+    @property
+    def weight_path(self) -> str:
+        """The module path of this node's parameters."""
+        return self.weights or self.name
 
     def annotated(self, **facts: Any) -> Node:
         return replace(self, annotations=MappingProxyType({**self.annotations, **facts}))
@@ -58,6 +69,13 @@ class Node:
 
 
 TOKENS = "tokens"
+
+
+class OutputRole(enum.Enum):
+    """What a graph output is, for the backends that run the graph and what consumes it."""
+
+    LOGITS = "logits"  # an LM head's output: what `run` returns, what a deployed model emits
+    HIDDEN = "hidden"  # a residual stream (the output of a block cut out alone)
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,29 @@ class Graph:
             return self._index[name]
         except KeyError:
             raise KeyError(f"no node named {name!r}") from None
+
+    def output_role(self, value: str) -> OutputRole:
+        """The role of graph output ``value``: logits where a head produces it."""
+        if value not in self.outputs:
+            raise KeyError(f"%{value} is not a graph output")
+        producer = self.nodes[self._index[value]] if value in self._index else None
+        return (
+            OutputRole.LOGITS
+            if producer is not None and producer.op.role is Role.HEAD
+            else OutputRole.HIDDEN
+        )
+
+    def primary_output(self) -> str:
+        """The output a model's ``run`` returns: the logits if there are any, else the one
+        output; a graph with several candidates is ambiguous and refused here."""
+        logits = [o for o in self.outputs if self.output_role(o) is OutputRole.LOGITS]
+        found = logits or list(self.outputs)
+        if len(found) != 1:
+            raise ValueError(
+                f"graph {self.model.name} has {len(found)} candidate primary outputs "
+                f"({', '.join(found)}); name the output to read"
+            )
+        return found[0]
 
     def blocks(self) -> list[str]:
         """Block names in order of first appearance."""

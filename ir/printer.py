@@ -26,6 +26,8 @@ def format_node(node: Node, graph: Graph) -> str:
     line = f"  %{node.name} = {node.op.kind}({args})"
     if attrs:
         line += f" {{{attrs}}}"
+    if node.weights is not None and node.weights != node.name:
+        line += f" [weights {node.weights}]"
     vtype = graph.value_types.get(node.output)
     if vtype is not None:
         line += f" : {vtype}"

@@ -88,3 +88,20 @@ def test_a_block_alone_is_the_whole_models_block(path) -> None:
     assert set(alone.state_dict()) == {k for k in theirs if k.startswith(block + ".")}
     alone.load_state_dict({k: theirs[k] for k in alone.state_dict()})
     torch.testing.assert_close(alone(values[io.entering]), values[io.leaving])
+
+
+def test_a_checkpoint_loads_after_a_rename(rng_seed: int) -> None:
+    # node identity is separate from weight names: the rewritten model loads the old weights
+    from archgen.ir.edit import rename
+
+    graph = api.compile_spec(next(p for p in EXAMPLES if p.stem == "transformer"))
+    before = build_model(graph, seed=rng_seed, dtype=torch.float64).eval()
+    renamed = rename(rename(graph, "layers.0.token_mixer", "mixer0"), "final_norm", "norm_out")
+    after = build_model(renamed, dtype=torch.float64).eval()
+    after.load_state_dict(before.state_dict(), strict=True)
+    tokens = torch.randint(0, graph.model.vocab_size, (2, 11))
+    with torch.no_grad():
+        assert_close(after(tokens), before(tokens))
+        state = after.init_state(2)
+        logits, _ = after.step(tokens[:, 0], state, torch.tensor(0))
+        assert_close(logits, before(tokens[:, :1])[:, 0])

@@ -10,12 +10,13 @@ from archgen.ir.edit import (
     EditError,
     insert_before,
     remove,
+    rename,
     replace_all_uses,
     replace_op,
     set_inputs,
     users,
 )
-from archgen.ir.graph import Node
+from archgen.ir.graph import Node, OutputRole
 from archgen.ir.ops import Mamba, RMSNorm
 from archgen.ir.slicing import block_io, only_block, stem, subgraph, without_blocks
 from archgen.passes import default_pipeline, run_pipeline
@@ -110,3 +111,29 @@ def test_an_unknown_block_is_an_error() -> None:
     graph = api.compile_spec(TRANSFORMER)
     with pytest.raises(EditError, match=r"no block 'layers\.9'"):
         only_block(graph, "layers.9")
+
+
+def test_a_renamed_node_keeps_its_weight_names() -> None:
+    graph = api.compile_spec(TRANSFORMER)
+    renamed = rename(graph, "layers.1.token_mixer", "layers.1.attention")
+    node = renamed.node("layers.1.attention")
+    assert node.weights == "layers.1.token_mixer" and node.weight_path == "layers.1.token_mixer"
+    assert [n.name for n in users(renamed, "layers.1.attention")] == ["layers.1.token_residual"]
+    assert "[weights layers.1.token_mixer]" in _line(renamed, "layers.1.attention")
+    run_pipeline(renamed, default_pipeline())  # still verifies and types
+    with pytest.raises(EditError, match="already defined"):
+        rename(graph, "layers.1.token_mixer", "layers.0.token_mixer")
+
+
+def test_output_roles_and_the_primary_output() -> None:
+    graph = api.compile_spec(TRANSFORMER)
+    assert graph.output_role("logits") is OutputRole.LOGITS
+    assert graph.primary_output() == "logits"
+    block = subgraph(graph, "layers.2")
+    assert block.output_role("layers.2.channel_residual") is OutputRole.HIDDEN
+    assert block.primary_output() == "layers.2.channel_residual"
+    two = graph.with_nodes(
+        graph.nodes, outputs=("layers.0.channel_residual", "layers.1.channel_residual")
+    )
+    with pytest.raises(ValueError, match="2 candidate primary outputs"):
+        two.primary_output()
