@@ -255,10 +255,27 @@ def distill_graph(
     return result
 
 
+def weights_init(weights: str | os.PathLike[str], log: Callable[[str], None] = print) -> Any:
+    """An ``init`` for :func:`distill_graph` that loads ``weights`` (a safetensors file or a
+    model folder) into the student, strictly: every tensor must be there with its shape."""
+    from archgen.backends.weights import load_weights, weights_file
+
+    path = weights_file(weights)
+    if not path.is_file():
+        raise ArchgenError(f"{path}: weights file not found")
+
+    def init(model: ArchModel) -> None:
+        load_weights(model, path)
+        log(f"initialised the student from {path}")
+
+    return init
+
+
 def distill(
     student: SpecLike,
     teacher_dir: str | os.PathLike[str],
     *,
+    init: str | os.PathLike[str] | None = None,
     data: Sequence[str] | None = None,
     options: TrainOptions | None = None,
     distill_options: dict[str, Any] | None = None,
@@ -268,15 +285,29 @@ def distill(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Any:
-    """Distill the trained model in ``teacher_dir`` into ``student`` (a spec): the spec's data
-    and options resolved, then :func:`distill_graph`."""
+    """Distill the trained model in ``teacher_dir`` into ``student``: the spec's data and
+    options resolved, then :func:`distill_graph`.
+
+    ``student`` is a spec, or a model folder (``spec.yaml`` + ``weights.safetensors``, e.g. from
+    ``archgen convert``), which then also gives the starting weights. ``init`` (a weights file
+    or model folder) sets them explicitly; without either the student copies the teacher's
+    same-named, same-shaped tensors."""
     from archgen.train.distill import DistillConfig
 
+    if Path(student).is_dir():
+        folder = Path(student)
+        if not (folder / "spec.yaml").is_file() or not (folder / "weights.safetensors").is_file():
+            raise ArchgenError(
+                f"{folder} is not a model folder (needs spec.yaml and weights.safetensors)",
+                hint="give a spec file, or a folder written by build, train, distill or convert",
+            )
+        student, init = folder / "spec.yaml", init if init is not None else folder
     prepared = prepare(student, data, options)
     dcfg = DistillConfig(**{k: v for k, v in (distill_options or {}).items() if v is not None})
     out_dir = Path(out) if out is not None else default_out(prepared, "distilled")
     log(f"data: {prepared.data.describe()}; teacher: {teacher_dir}")
     return distill_graph(
         prepared.graph, teacher_dir, prepared.data, prepared.config, out_dir, distill_config=dcfg,
-        spec=prepared.spec, resume=resume, device=device, progress=progress, log=log,
+        init=None if init is None else weights_init(init, log), spec=prepared.spec,
+        resume=resume, device=device, progress=progress, log=log,
     )  # fmt: skip

@@ -56,6 +56,9 @@ class Attention(TokenMixer):
         self.v_proj = nn.Linear(d_model, kv_heads * head_dim, bias=bias, **fk)
         self.o_proj = nn.Linear(heads * head_dim, d_model, bias=bias, **fk)
 
+    def output_projection(self) -> nn.Linear:
+        return self.o_proj
+
     # -- shared pieces -------------------------------------------------------------------------
     def project(
         self, x: torch.Tensor, positions: torch.Tensor

@@ -36,6 +36,12 @@ class TokenMixer(nn.Module):
         """Loop-level reference of ``forward`` (slow; tests only)."""
         raise NotImplementedError
 
+    def output_projection(self) -> nn.Linear | None:
+        """The last linear map of the mixer, whose output is the mixer's output (None if it has
+        no such single map). Zeroing it makes the mixer output exactly zero: a weight converter
+        starts a newly inserted mixer that way, so the model first computes what it did."""
+        return None
+
     def init_state(
         self,
         batch: int,
@@ -58,6 +64,10 @@ class ChannelMixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def output_projection(self) -> nn.Linear | None:
+        """As :meth:`TokenMixer.output_projection`."""
+        return None
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

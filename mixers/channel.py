@@ -52,6 +52,9 @@ class MLP(ChannelMixer):
         self.up_proj = nn.Linear(d_model, hidden, bias=bias, **fk)
         self.down_proj = nn.Linear(hidden, d_model, bias=bias, **fk)
 
+    def output_projection(self) -> nn.Linear:
+        return self.down_proj
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.up_proj(x)))
 
@@ -80,6 +83,9 @@ class SwiGLU(ChannelMixer):
         self.gate_proj = nn.Linear(d_model, hidden, bias=bias, **fk)
         self.up_proj = nn.Linear(d_model, hidden, bias=bias, **fk)
         self.down_proj = nn.Linear(hidden, d_model, bias=bias, **fk)
+
+    def output_projection(self) -> nn.Linear:
+        return self.down_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -247,6 +247,9 @@ class Mamba(TokenMixer):
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
         self._init_ssm_parameters()
 
+    def output_projection(self) -> nn.Linear:
+        return self.out_proj
+
     def _init_ssm_parameters(self) -> None:
         """mamba-ssm's init: dt bias = softplus⁻¹ of log-uniform dt, A = -(1..N), D = 1."""
         with torch.no_grad():

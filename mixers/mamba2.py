@@ -269,6 +269,9 @@ class Mamba2(TokenMixer):
         self.norm = GatedRMSNorm(d_inner, group_size=d_inner // ngroups, eps=norm_eps, **fk)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **fk)
 
+    def output_projection(self) -> nn.Linear:
+        return self.out_proj
+
     # -- shared pieces -------------------------------------------------------------------------
     def _split_proj(self, zxbcdt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """in_proj output -> ``z [.., D_in]``, ``xBC [.., conv_dim]``, ``dt [.., H]`` (raw)."""

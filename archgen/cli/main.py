@@ -109,6 +109,47 @@ def build(
 
 
 @app.command()
+def convert(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="model folder (spec.yaml + weights.safetensors) from build/train/distill",
+            show_default=False,
+        ),
+    ],
+    passes: Annotated[
+        str,
+        typer.Option(
+            "--passes",
+            help='rewrites to apply, e.g. "compress_segments{s=16,local=swa}" (appended to the '
+            "folder's model.passes)",
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output folder (new or empty)")],
+    seed: Annotated[int, typer.Option(help="seed of the new tensors' initialisation")] = 0,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP.format("convert"))] = False,
+) -> None:
+    """Rewrite a model's graph and carry its weights: same-named, same-shaped tensors are
+    copied, inserted mixers start at zero output."""
+    from archgen.convert import convert as run
+
+    result = run(folder, passes, output, seed=seed, force=force)
+    w = result.weights
+    out.print(
+        f"converted {folder} -> {result.out_dir}/ (passes: {result.passes}): carried "
+        f"{len(w.carried)} tensors, new {len(w.new)} ({len(w.zeroed)} mixers at zero output), "
+        f"dropped {len(w.dropped)}"
+        + (f", re-initialised {len(w.reshaped)} (shape changed)" if w.reshaped else ""),
+        markup=False,
+        soft_wrap=True,
+    )
+    for what, names in (("shape changed, initialised afresh", w.reshaped),
+                        ("dropped (no place in the new model)", w.dropped)):  # fmt: skip
+        for name in names:
+            err.print(f"warning: {name}: {what}", markup=False)
+
+
+@app.command()
 def schema(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="write to a file instead of stdout")
@@ -304,10 +345,25 @@ def train(
 
 @app.command()
 def distill(
-    student: SpecArg,
+    student: Annotated[
+        Path,
+        typer.Argument(
+            help="student spec (YAML), or a model folder (e.g. from archgen convert) whose "
+            "weights it starts from",
+            show_default=False,
+        ),
+    ],
     teacher: Annotated[
         Path, typer.Option(help="folder of the trained teacher (from archgen train or build)")
     ],
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="start the student from these weights (safetensors or a model folder; "
+            "default: the student folder's, else the teacher's same-named tensors)",
+        ),
+    ] = None,
     data: DataOpt = None,
     steps: StepsOpt = None,
     output: OutOpt = None,
@@ -327,7 +383,8 @@ def distill(
     threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Train STUDENT (a spec) to imitate a trained teacher: logit KL + block feature losses."""
+    """Train STUDENT (a spec or model folder) to imitate a trained teacher: logit KL + block
+    feature losses."""
     from archgen import training
 
     _set_threads(threads)
@@ -336,7 +393,7 @@ def distill(
     knobs = {"temperature": temperature, "kd_weight": kd_weight, "ce_weight": ce_weight,
              "feature_weight": feature_weight}  # fmt: skip
     result = training.distill(
-        student, teacher, data=data, options=options, distill_options=knobs, out=output,
+        student, teacher, init=init, data=data, options=options, distill_options=knobs, out=output,
         resume=resume, device=device, progress=progress, log=lambda m: err.print(m, markup=False),
     )  # fmt: skip
     _print_run(result, "distilled")
