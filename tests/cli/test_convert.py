@@ -206,3 +206,13 @@ def test_a_zeroed_output_projection_zeroes_the_mixer(kind: str) -> None:
     with torch.no_grad():
         proj.weight.zero_()
     assert torch.equal(module(x), torch.zeros_like(x))
+
+
+def test_export_passes_are_recorded_in_its_spec(tiny: Path, tmp_path: Path) -> None:
+    from archgen.export import export
+
+    result = export(tiny, tmp_path / "x", fmt="torch", passes=SCOUT)
+    assert result.report.passed
+    assert "layers.0.local_mixer" in result.artifact.graph
+    spec = yaml.safe_load((tmp_path / "x" / "spec.yaml").read_text())
+    assert spec["model"]["passes"] == SCOUT
