@@ -3,8 +3,8 @@
 The folder's ``spec.yaml`` gets the new passes appended to ``model.passes``; the rewritten
 model is built, and every tensor of the original whose name and shape survive is copied (state
 dict names are node names, so a rewrite that keeps a node's name and shapes -- compress_segments'
-attention -> checkpoint attention -- keeps its weights). A mixer the rewrite inserts (a node
-name the original lacks) starts with a zero output projection, so the converted model first
+attention -> checkpoint attention -- keeps its weights). A mixer the rewrite inserts (its
+weight path is new) starts with a zero output projection, so the converted model first
 computes what the original did wherever the rewrite itself is exact (``compress_segments{s=1}``);
 its norms keep their standard initialisation. Nothing is lost silently: a tensor whose shape
 changed (initialised afresh) and one with no place in the new model are listed in the result and
@@ -85,15 +85,17 @@ def carry_weights(source: Mapping[str, torch.Tensor], model: torch.nn.Module) ->
 
 
 def zero_new_mixers(model: ArchModel, original: Graph) -> list[str]:
-    """Zero the output projection of every mixer node that ``original`` lacks (by name); return
-    their names. A new mixer without an output projection cannot start at zero: refused."""
+    """Zero the output projection of every mixer node whose weights ``original`` lacks (by
+    weight path: a node a rewrite renamed keeps its weights and is not new); return their names.
+    A new mixer without an output projection cannot start at zero: refused."""
     import torch
 
+    known = {n.weight_path for n in original.nodes}
     zeroed = []
     for node in model.graph.nodes:
-        if node.op.role not in MIXER_ROLES or node.name in original:
+        if node.op.role not in MIXER_ROLES or node.weight_path in known:
             continue
-        proj = model.get_submodule(node.name).output_projection()
+        proj = model.module_of(node.name).output_projection()
         if proj is None:
             raise ArchgenError(
                 f"the new mixer {node.name} ({node.op.kind}) has no output projection, so it "
