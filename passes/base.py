@@ -126,6 +126,12 @@ def run_pipeline(
         if on_note is not None:
             for note in result.notes:
                 on_note(p.name, note)
+            if result.changed and not p.exact:
+                on_note(
+                    p.name,
+                    "approximate: the rewritten model computes another function than the "
+                    "original (its weights need training or distillation: archgen convert)",
+                )
         if on_dump is not None and p.name in dump_after:
             on_dump(p.name, graph)
     return graph

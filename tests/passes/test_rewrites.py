@@ -189,3 +189,12 @@ def test_the_driver_reaches_a_fixpoint_and_keeps_only_live_rejections() -> None:
     # the rejection of a node that a later rewrite replaced still names a live node; the
     # driver reports it (the rewrite came from another rule) -- strict passes would refuse
     assert {r.node for r in outcome.rejected} <= {n.name for n in outcome.graph.nodes}
+
+
+def test_an_approximate_rewrite_says_so_and_an_analysis_does_not() -> None:
+    notes: list[tuple[str, str]] = []
+    api.compile_spec(
+        SPECS["hybrid"], passes="compress_segments{s=4}", on_note=lambda p, n: notes.append((p, n))
+    )
+    assert any(p == "compress_segments" and n.startswith("approximate") for p, n in notes)
+    assert not any(n.startswith("approximate") for p, n in notes if p != "compress_segments")
