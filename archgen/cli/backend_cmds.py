@@ -148,6 +148,39 @@ def print_doctor(console: Console, report: DoctorReport) -> None:
             console.print(f"{name}: not available on this machine: {why}", markup=False)
 
 
+def _export_hf(
+    out: Console,
+    spec: Path,
+    output: Path,
+    weights: Path | None,
+    passes: str | None,
+    validation_seed: int | None,
+    force: bool,
+    engine_opts: dict[str, bool],
+) -> None:
+    """``export --format hf`` (:func:`archgen.hf_io.export_hf`); SPEC may be a model folder."""
+    from archgen.errors import ArchgenError
+    from archgen.hf_io import export_hf, quiet_transformers
+
+    given = [name for name, used in engine_opts.items() if used]
+    if given:
+        raise ArchgenError(
+            f"{', '.join(given)}: engine options, which --format hf does not take",
+            hint="the weights are written in float32, as archgen holds them",
+        )
+    quiet_transformers()
+    result = export_hf(
+        spec, output, weights=weights, passes=passes, validation_seed=validation_seed, force=force
+    )
+    m = result.metrics
+    out.print(
+        f"exported hf ({result.architecture}) -> {result.out_dir}/ ({', '.join(result.files)}); "
+        f"logits vs archgen float64: max abs {m.max_abs:.1e}, top-1 {m.top1:.3f}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 def register(app: typer.Typer, out: Console) -> None:
     """Add the backend commands to ``app``."""
 
@@ -158,7 +191,7 @@ def register(app: typer.Typer, out: Console) -> None:
             Path, typer.Option("--output", "-o", help="output folder (new or empty)")
         ],
         fmt: Annotated[
-            str, typer.Option("--format", "-f", help="onnx | tensorrt | torch")
+            str, typer.Option("--format", "-f", help="onnx | tensorrt | torch | hf")
         ] = "onnx",
         dtype: DTypeOpt = "float32",
         weights: WeightsOpt = None,
@@ -175,8 +208,14 @@ def register(app: typer.Typer, out: Console) -> None:
         from archgen import export as api
         from archgen.errors import ArchgenError
 
-        _check_choice(fmt, tuple(api.FORMAT_BACKEND), "format")
+        _check_choice(fmt, (*api.FORMAT_BACKEND, "hf"), "format")
         _check_choice(dtype, DTYPES, "dtype")
+        if fmt == "hf":  # a transformers folder: no engine, checked against transformers
+            engine_opts = {"--dtype": dtype != "float32", "--provider": provider != "cpu",
+                           "--portable": portable, "--min-seq/--opt-seq/--max-seq":
+                           (min_seq, opt_seq, max_seq) != (None, None, None)}  # fmt: skip
+            _export_hf(out, spec, output, weights, passes, validation_seed, force, engine_opts)
+            return
         try:
             result = api.export(
                 spec,

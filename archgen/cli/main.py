@@ -149,6 +149,41 @@ def convert(
             err.print(f"warning: {name}: {what}", markup=False)
 
 
+@app.command("import")
+def import_(
+    hf_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Hugging Face model folder (config.json + safetensors, e.g. from "
+            "save_pretrained): Mamba, Mamba-2, Llama or Bamba",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output folder (new or empty)")],
+    name: Annotated[str | None, typer.Option(help="model name (default: the folder's)")] = None,
+    max_seq_len: Annotated[
+        int | None,
+        typer.Option(
+            "--max-seq-len", min=1, help="default: max_position_embeddings, else 4096 (Mamba)"
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP.format("import"))] = False,
+) -> None:
+    """Turn a transformers checkpoint into an archgen model folder (spec.yaml +
+    weights.safetensors), checked logit for logit against transformers."""
+    from archgen.hf_io import import_hf, quiet_transformers
+
+    quiet_transformers()
+    result = import_hf(hf_dir, output, name=name, max_seq_len=max_seq_len, force=force)
+    out.print(
+        f"imported {result.architecture} ({result.params:,} parameters) -> {result.out_dir}/ "
+        f"(spec.yaml, weights.safetensors, manifest.json); logits vs transformers: max abs "
+        f"{result.metrics.max_abs:.1e}, top-1 {result.metrics.top1:.3f}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 @app.command()
 def schema(
     output: Annotated[
