@@ -38,7 +38,15 @@ def encode_prompt(prompt: str, vocab_size: int) -> list[int]:
             f"the model's vocabulary ({vocab_size}) is smaller than a byte vocabulary (256): "
             "text prompts need a byte-level model"
         )
-    tokens = list(prompt.encode("utf-8"))
+    # A raw non-UTF-8 byte on the command line reaches Python as a lone surrogate
+    # (surrogateescape); a byte-level model takes that byte back as its token.
+    try:
+        tokens = list(prompt.encode("utf-8", errors="surrogateescape"))
+    except UnicodeEncodeError as exc:  # a lone surrogate that stands for no byte
+        raise ArchgenError(
+            f"the prompt holds {prompt[exc.start]!r} at character {exc.start}, which is not "
+            "text (a lone UTF-16 surrogate)"
+        ) from None
     if not tokens:
         raise ArchgenError("the prompt is empty", hint="pass at least one character with --prompt")
     return tokens

@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,10 +71,41 @@ def remove_stale(parent: Path) -> list[Path]:
     return removed
 
 
+def unwritable(path: Path, exc: OSError, parent: Path | None = None) -> ArchgenError:
+    """The error for an output place the system refuses (``/proc/x``, a read-only disk, a
+    path through a file), naming the place rather than a staging folder's name."""
+    where = f" (the system refuses new folders in {parent})" if parent is not None else ""
+    return ArchgenError(
+        f"cannot write to {path}: {exc.strerror or exc}{where}",
+        hint="choose an output folder (-o) in a place you can write to",
+    )
+
+
+def probe_writable(path: Path, *, inside: bool = False) -> None:
+    """Raise :class:`~archgen.errors.ArchgenError` unless a folder can be created at ``path``:
+    its nearest existing ancestor must be a folder that accepts a new entry. Tried for real
+    (``access()`` says yes to root on ``/proc``), and before any expensive work. ``inside``:
+    files are written into ``path`` itself when it exists (training), not beside it."""
+    path = Path(path)
+    parent = Path(os.path.abspath(path))
+    parent = parent if inside and parent.is_dir() else parent.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ArchgenError(f"cannot write to {path}: {parent} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".archgen-probe-", dir=parent))
+    except OSError as exc:
+        raise unwritable(path, exc, parent) from None
+
+
 def new_staging(out: Path) -> Path:
     """A fresh empty hidden folder beside ``out``, owned by this process. Created with
     ``mkdir`` (not ``mkdtemp``) so it gets the permissions the umask gives any new folder."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(out, exc) from None
     remove_stale(out.parent)
     while True:
         staging = _owned_name(out, "staging")
@@ -81,6 +113,8 @@ def new_staging(out: Path) -> Path:
             staging.mkdir()
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise unwritable(out, exc) from None
         return staging
 
 
@@ -142,6 +176,15 @@ class OutputFolder:
         )
         if path.is_symlink():
             return ArchgenError(f"{path} is a symbolic link (to {os.readlink(path)})", hint=other)
+        here, target = Path.cwd().resolve(), path.resolve()
+        if here == target or target in here.parents:
+            # The output is published by renaming a folder over the target: the shell would be
+            # left in a deleted folder, showing nothing of what was written.
+            return ArchgenError(
+                f"{path} is the current folder or holds it; `archgen {command}` writes a new "
+                "folder in place of its output folder",
+                hint=f"name a new folder, e.g. -o {command}-out",
+            )
         if not path.exists():
             return None
         if not path.is_dir():
@@ -182,6 +225,7 @@ class OutputFolder:
         refusal = self._refusal()
         if refusal is not None:
             raise refusal
+        probe_writable(self.path)
 
     @contextmanager
     def staging(self) -> Iterator[Path]:
@@ -200,3 +244,23 @@ class OutputFolder:
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_run_folder(path: Path, command: str) -> None:
+    """Refuse, before any work, a training output (``--out``) that is not a folder, cannot be
+    written, or holds files that are not a run's: training writes ``weights.safetensors``,
+    ``spec.yaml``, ``config.json``... in place, over whatever has those names. A run folder
+    (``config.json`` or ``checkpoints/``, e.g. of a killed run) is the loop's to judge: it asks
+    for ``--resume``."""
+    other = f"choose a new or empty folder for `archgen {command}` (-o)"
+    if path.exists() and not path.is_dir():
+        raise ArchgenError(f"{path} exists and is not a folder", hint=other)
+    if path.is_dir():
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+        is_run = (path / "checkpoints").is_dir() or (path / "config.json").is_file()
+        if entries and not is_run:
+            raise ArchgenError(
+                f"{path} is not empty and not a training run folder: it holds {_listing(entries)}",
+                hint=other,
+            )
+    probe_writable(path, inside=True)

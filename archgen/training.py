@@ -22,6 +22,7 @@ import yaml
 
 from archgen.errors import ArchgenError
 from archgen.spec.training import data_source, train_config
+from archgen.staging import check_run_folder
 from archgen.train.config import DataSource, TextData, TokenData, TrainConfig, as_plain
 from archgen.train.tasks import TASKS, Task
 
@@ -178,8 +179,11 @@ def train(
     """Train the spec's model; returns :class:`archgen.train.loop.TrainResult`."""
     from archgen.train.loop import train as run
 
+    if out is not None:  # before the data is read
+        check_run_folder(Path(out), "train")
     prepared = prepare(spec, data, options)
     out_dir = Path(out) if out is not None else default_out(prepared)
+    check_run_folder(out_dir, "train")
     log(f"data: {prepared.data.describe()}")
     result = run(
         prepared.graph, prepared.data, prepared.config, out_dir,
@@ -302,9 +306,12 @@ def distill(
                 hint="give a spec file, or a folder written by build, train, distill or convert",
             )
         student, init = folder / "spec.yaml", init if init is not None else folder
+    if out is not None:  # before the data is read
+        check_run_folder(Path(out), "distill")
     prepared = prepare(student, data, options)
     dcfg = DistillConfig(**{k: v for k, v in (distill_options or {}).items() if v is not None})
     out_dir = Path(out) if out is not None else default_out(prepared, "distilled")
+    check_run_folder(out_dir, "distill")
     log(f"data: {prepared.data.describe()}; teacher: {teacher_dir}")
     return distill_graph(
         prepared.graph, teacher_dir, prepared.data, prepared.config, out_dir, distill_config=dcfg,

@@ -239,6 +239,10 @@ class OnnxBackend(Backend):
         """Fail before exporting when the requested execution provider is not in this build."""
         import onnxruntime as ort
 
+        if options.provider not in PROVIDERS:  # LowerOptions is typed, but the CLI passes a str
+            raise ArchgenError(
+                f"unknown --provider {options.provider!r}; choose one of: {', '.join(PROVIDERS)}"
+            )
         wanted = PROVIDERS[options.provider]
         if wanted not in ort.get_available_providers():
             raise UnavailableError(

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
@@ -34,7 +35,20 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ArchgenError(f"{path}: weights file not found")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> ArchgenError:
+    """A truncated or foreign file: safetensors reports it as a header error, which names
+    neither the file nor what to do."""
+    return ArchgenError(
+        f"{path}: not a readable safetensors file ({exc})",
+        hint="the file is truncated or damaged (an interrupted copy?); write it again, e.g. "
+        "with archgen build or train",
+    )
 
 
 def weights_file(path: str | Path) -> Path:
@@ -65,6 +79,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     hint = "were they built from the same spec? compare spec_hash in the manifests"
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(path, exc) from None
     except RuntimeError as exc:  # shape mismatches
         lines = str(exc).splitlines()
         first = next((ln.strip() for ln in lines if "size mismatch" in ln), str(exc))

@@ -11,14 +11,20 @@ A checkpoint is a folder ``checkpoints/step_0000100/`` holding
 It is written to a hidden staging folder and renamed into place, and only then does the
 ``checkpoints/latest`` pointer (replaced atomically) name it. A run killed at any instant leaves
 either the previous checkpoint or the new one, never half of one.
+
+A checkpoint damaged afterwards (a truncated copy, a full disk) is skipped on resume: the run
+continues from the newest intact one it keeps (``keep_checkpoints``), with a note, rather than
+stopping or losing the steps before it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +67,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class Checkpoint:
     path: Path
     step: int
+    elapsed_s: float = 0.0  # training time up to ``step``, over all sessions (once loaded)
 
 
 def save_checkpoint(
@@ -72,8 +79,10 @@ def save_checkpoint(
     meta: dict[str, Any],
     *,
     keep: int,
+    elapsed_s: float = 0.0,
 ) -> Checkpoint:
-    """Write checkpoint ``step`` under ``root`` atomically and keep the ``keep`` newest."""
+    """Write checkpoint ``step`` under ``root`` atomically and keep the ``keep`` newest.
+    ``elapsed_s`` (training time so far) lets a resumed run's clock continue from it."""
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
     final = root / name
@@ -85,6 +94,7 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "extra": {k: m.state_dict() for k, m in extra.items()},
             "rng": rng_state(),
+            "elapsed_s": elapsed_s,
         }
         torch.save(state, staging / "state.pt")
         (staging / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
@@ -96,19 +106,37 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".step_*"):  # staging folders of killed writes
         shutil.rmtree(stale, ignore_errors=True)
-    return Checkpoint(final, step)
+    return Checkpoint(final, step, elapsed_s)
 
 
 def latest_checkpoint(root: Path) -> Checkpoint | None:
-    """The checkpoint ``latest`` names, or None when there is none yet."""
+    """The checkpoint ``latest`` names, or None when there is none yet. Its files are not read
+    here: :func:`restore_checkpoint` checks them and falls back to an older one."""
     pointer = root / LATEST
     if not pointer.is_file():
         return None
-    name = pointer.read_text().strip()
-    path = root / name
-    if not (path / "state.pt").is_file() or not (path / "weights.safetensors").is_file():
-        raise ArchgenError(f"{pointer} names {name}, which is missing or incomplete")
-    return Checkpoint(path, int(name.removeprefix("step_")))
+    name = pointer.read_text(errors="replace").strip()
+    step = name.removeprefix("step_")
+    if not step.isdigit():
+        raise ArchgenError(
+            f"{pointer} names {name!r}, not a checkpoint (step_NNNNNNN)",
+            hint=f"write the name of an intact folder in {root} into it, or choose another --out",
+        )
+    return Checkpoint(root / name, int(step))
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """``state.pt``, or an ArchgenError saying why it cannot be used."""
+    if not path.is_file():
+        raise ArchgenError(f"{path}: missing")
+    try:
+        state = torch.load(path, weights_only=True)
+    # What a damaged zip or pickle raises depends on where it was cut.
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise ArchgenError(f"{path}: not a readable checkpoint state ({exc})") from None
+    if not isinstance(state, dict) or not {"step", "optimizer", "extra", "rng"} <= state.keys():
+        raise ArchgenError(f"{path}: not a checkpoint state (keys missing)")
+    return state
 
 
 def load_checkpoint(
@@ -116,12 +144,54 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     extra: dict[str, nn.Module],
-) -> int:
-    """Restore model, optimizer, extra modules and RNGs; return the step to continue from."""
+) -> Checkpoint:
+    """Restore model, optimizer, extra modules and RNGs; return the checkpoint with the step to
+    continue from and the training time so far (0 for checkpoints older than that field).
+    Both files are read (and checked) before anything is restored, so a damaged checkpoint
+    raises :class:`~archgen.errors.ArchgenError` and leaves model and optimizer as they were."""
+    state = _read_state(checkpoint.path / "state.pt")
     load_weights(model, checkpoint.path / "weights.safetensors")
-    state = torch.load(checkpoint.path / "state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     for key, module in extra.items():
         module.load_state_dict(state["extra"][key])
     set_rng_state(state["rng"])
-    return int(state["step"])
+    return Checkpoint(checkpoint.path, int(state["step"]), float(state.get("elapsed_s", 0.0)))
+
+
+def restore_checkpoint(
+    latest: Checkpoint,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, nn.Module],
+    log: Callable[[str], None],
+) -> Checkpoint:
+    """Load ``latest``, or when it is damaged the newest intact checkpoint before it (with a
+    note naming what was skipped and why); return the one loaded. Raises
+    :class:`~archgen.errors.ArchgenError` listing every problem when none is intact."""
+    root = latest.path.parent
+    older = sorted(
+        (p for p in root.glob("step_*") if p.is_dir() and p.name.removeprefix("step_").isdigit()),
+        reverse=True,
+    )
+    candidates = [latest] + [
+        Checkpoint(p, int(p.name.removeprefix("step_")))
+        for p in older
+        if int(p.name.removeprefix("step_")) < latest.step
+    ]
+    problems: list[str] = []
+    for checkpoint in candidates:
+        try:
+            loaded = load_checkpoint(checkpoint, model, optimizer, extra)
+        except ArchgenError as exc:
+            problems.append(exc.message)
+            continue
+        if problems:
+            log(
+                f"note: skipped damaged checkpoint(s) ({'; '.join(problems)}); resuming from "
+                f"step {loaded.step}, the newest intact one"
+            )
+        return loaded
+    raise ArchgenError(
+        f"no intact checkpoint to resume from in {root}: " + "; ".join(problems),
+        hint="start a new run in another --out (or without --resume in an empty one)",
+    )

@@ -36,7 +36,7 @@ from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph
 from archgen.train.checkpoint import (
     latest_checkpoint,
-    load_checkpoint,
+    restore_checkpoint,
     save_checkpoint,
     write_text_atomic,
 )
@@ -246,9 +246,10 @@ def train(
     for module in objective.modules.values():
         module.to(dev)
     optimizer = make_optimizer(model, objective.modules, config)
-    start = 0
+    start, elapsed_before = 0, 0.0
     if ckpt is not None:
-        start = load_checkpoint(ckpt, model, optimizer, objective.modules)
+        ckpt = restore_checkpoint(ckpt, model, optimizer, objective.modules, log)
+        start, elapsed_before = ckpt.step, ckpt.elapsed_s
         log(f"resumed from {ckpt.path} (step {start})")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.json", json.dumps(identity, indent=2) + "\n")
@@ -263,7 +264,8 @@ def train(
         return record
 
     last_val = validate(0) if start == 0 else {}
-    began = time.perf_counter()
+    # elapsed_s counts training time over every session of the run: it continues on --resume.
+    began = time.perf_counter() - elapsed_before
     window_tokens, window_start = 0, time.perf_counter()
     info = "starting"
     bar = _progress(progress)
@@ -311,10 +313,11 @@ def train(
                 save_checkpoint(
                     ckpt_root, done, model, optimizer, objective.modules,
                     {"val": last_val, "lr": lr}, keep=config.keep_checkpoints,
+                    elapsed_s=time.perf_counter() - began,
                 )  # fmt: skip
             if on_step is not None:
                 on_step(done, loss_value)
-    seconds = time.perf_counter() - began
+    seconds = time.perf_counter() - began - elapsed_before  # this session's
     save_weights(model, out / "weights.safetensors", {"steps": str(config.steps)})
     records = read_metrics(out / "metrics.jsonl")
     plot_curves(records, out / "loss.png", f"{graph.model.name}: {data.describe()}")

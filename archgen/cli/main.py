@@ -196,9 +196,16 @@ def schema(
     text = json.dumps(api.json_schema(), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
-    else:
+        return
+    if output.is_dir():
+        raise ArchgenError(
+            f"{output} is a folder", hint=f"name a file, e.g. -o {output / 'archgen.schema.json'}"
+        )
+    try:
         output.write_text(text)
-        out.print(f"wrote {output}")
+    except OSError as exc:
+        raise ArchgenError(f"cannot write {output}: {exc.strerror or exc}") from None
+    out.print(f"wrote {output}")
 
 
 @app.command()
