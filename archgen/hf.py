@@ -22,8 +22,8 @@ transformers class          archgen layers
 ``MambaForCausalLM``        ``token_mixer: mamba``, ``channel_mixer: null``
 ``Mamba2ForCausalLM``       ``token_mixer: mamba2``, ``channel_mixer: null``; norm_eps 1e-5
 ``LlamaForCausalLM``        ``token_mixer: attention`` (RoPE), ``channel_mixer: swiglu``
-``BambaForCausalLM``        ``mamba2`` and ``attention`` layers, each with ``swiglu``;
-                            attention head_dim = d_model / heads; norm_eps 1e-5
+``BambaForCausalLM``        ``mamba2`` and ``attention`` layers (at least one), each with
+                            ``swiglu``; attention head_dim = d_model / heads; norm_eps 1e-5
 ==========================  ==========================================================
 
 transformers' Mamba and Mamba-2 blocks are ``x + mixer(norm(x))`` with no MLP, so an archgen
@@ -233,9 +233,9 @@ def _mamba_family(m: ops.Mamba, eps: float) -> dict[str, Any]:
     }
 
 
-def _family(blocks: Sequence[_Block]) -> str:
+def _family(blocks: Sequence[_Block], reading: bool) -> str:
     """The transformers class of these layers, or the refusal naming the first that does not
-    fit. Mamba-2 layers with SwiGLU and no attention are a Bamba model without attention."""
+    fit."""
     kinds = [b.token.op.kind for b in blocks]
     for block in blocks:
         if block.token.op.kind not in ("mamba", "mamba2", "attention"):
@@ -266,12 +266,20 @@ def _family(blocks: Sequence[_Block]) -> str:
         if other is not None:
             raise _refuse(other.token, f"differs from {first.token.name} ({kinds[0]})")
         return "MambaForCausalLM" if kinds[0] == "mamba" else "Mamba2ForCausalLM"
+    if "attention" not in kinds and not reading:
+        raise _refuse(
+            first.token,
+            "Mamba-2 layers with a channel mixer map to BambaForCausalLM, which needs an "
+            "attention layer too (transformers' Bamba cache fails without one)",
+        )
     return "LlamaForCausalLM" if set(kinds) == {"attention"} else "BambaForCausalLM"
 
 
-def hf_layout(graph: Graph) -> HFLayout:
+def hf_layout(graph: Graph, *, reading: bool = False) -> HFLayout:
     """The transformers model of ``graph``, or an :class:`ArchgenError` naming the first node
-    or attribute that does not fit (see the module docstring for what maps)."""
+    or attribute that does not fit (see the module docstring for what maps). ``reading``: the
+    layout of a checkpoint being imported, which may also be a Bamba model without attention
+    layers (transformers loads it, but its cache cannot run it: not written by export)."""
     embedding, blocks, final_norm, head = _walk(graph)
     if not blocks:
         raise _refuse("model.layers", "no layers")
@@ -282,7 +290,7 @@ def hf_layout(graph: Graph) -> HFLayout:
     eps, info, tied = final_norm.op.eps, graph.model, head.op.tied
     tokens = [b.token for b in blocks]
     channels = [b.channel for b in blocks]
-    family = _family(blocks)
+    family = _family(blocks, reading)
     first = tokens[0]
     config: dict[str, Any] = {
         "architectures": [family],
@@ -458,11 +466,12 @@ def spec_from_hf_config(
         _check(cfg, "pretraining_tp", lambda v: v in (None, 1), "tensor-parallel slicing")
         mlp = {"kind": "swiglu", "hidden": _int(cfg, "intermediate_size"),
                "bias": bool(cfg.get("mlp_bias", False))}  # fmt: skip
-        attn = _attention_spec(cfg)
         if kind == "llama":
-            mixers = [(attn, mlp)] * n_layers
+            mixers = [(_attention_spec(cfg), mlp)] * n_layers
         else:
             attn_at = set(cfg.get("attn_layer_indices") or ())
+            # without attention layers, Bamba's attention (and rope) settings are unused
+            attn = _attention_spec(cfg) if attn_at else {}
             mamba = _mamba2_spec(cfg, bamba=True)
             mixers = [(attn if i in attn_at else mamba, mlp) for i in range(n_layers)]
     else:

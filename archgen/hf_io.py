@@ -55,8 +55,13 @@ def _transformers() -> Any:
     except ImportError:
         raise UnavailableError(
             "Hugging Face interop needs transformers, which is not installed",
-            hint="pip install 'archgen[hf]' (or transformers>=4.45)",
+            hint="pip install 'archgen[hf]' (transformers>=5)",
         ) from None
+    if int(transformers.__version__.split(".")[0]) < 5:  # rope_parameters, from_pretrained(dtype=)
+        raise UnavailableError(
+            f"Hugging Face interop needs transformers 5 or later, found {transformers.__version__}",
+            hint="pip install 'archgen[hf]'",
+        )
     return transformers
 
 
@@ -270,7 +275,7 @@ def import_hf(
     )
     spec = ArchSpec.model_validate({"model": model_spec})
     graph = compile_spec(spec)
-    layout = hf_layout(graph)
+    layout = hf_layout(graph, reading=True)
     model = build_model(graph)
     names = list(model.state_dict())
     model.load_state_dict(_to_archgen(_read_tensors(folder), layout, names, folder), strict=True)

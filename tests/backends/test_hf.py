@@ -183,6 +183,27 @@ def test_config_that_does_not_map_is_named(family: str, change: dict[str, Any], 
 
 
 def test_bamba_with_its_default_half_rotary_heads_is_refused() -> None:
-    config = transformers.BambaConfig(hidden_size=D, num_attention_heads=4, mamba_n_heads=4)
+    config = transformers.BambaConfig(
+        hidden_size=D, num_attention_heads=4, mamba_n_heads=4, attn_layer_indices=[1]
+    )
     with pytest.raises(ArchgenError, match=r"partial_rotary_factor = 0\.5: archgen's attention"):
         spec_from_hf_config(config.to_dict(), name="x")
+
+
+def test_bamba_without_attention_layers_imports(tmp_path: Path) -> None:
+    # Its config keeps Bamba's default half-rotary heads, unused without attention layers.
+    # transformers' own forward needs use_cache=False then (its cache wants an attention layer),
+    # which is why archgen refuses to export such a model.
+    torch.manual_seed(0)
+    config = _hf_configs()["bamba"]
+    config.attn_layer_indices = []
+    config.rope_parameters["partial_rotary_factor"] = 0.5
+    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "model")
+    ours = load_trained(tmp_path / "model").double()
+    with torch.no_grad():
+        expected = hf(_tokens(), use_cache=False).logits
+        assert_close(expected, ours(_tokens()), dtype=torch.float32)
+    with pytest.raises(ArchgenError, match="needs an attention layer too"):
+        export_hf(tmp_path / "model", tmp_path / "again")
