@@ -55,7 +55,19 @@ def weights_file(path: str | Path) -> Path:
     """``path`` itself, or ``path/weights.safetensors`` for a folder written by build, train,
     distill or search (``best/``): every ``--weights`` option accepts both."""
     path = Path(path)
-    return path / "weights.safetensors" if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    if (path / "weights.safetensors").is_file():
+        return path / "weights.safetensors"
+    # A run killed before its end has checkpoints but no final weights: point at the newest.
+    latest = sorted((path / "checkpoints").glob("step_*/weights.safetensors"))
+    hint = (
+        f"a run stopped early: its newest checkpoint's weights are {latest[-1]}"
+        if latest
+        else "give a weights file, or a folder written by build, train, distill or a "
+        "search's OUT/best"
+    )
+    raise ArchgenError(f"{path} is a folder without weights.safetensors", hint=hint)
 
 
 def _write_atomic(path: Path, write: Callable[[str], None]) -> None:

@@ -140,3 +140,27 @@ def test_generate_with_a_raw_byte_prompt_runs(spec: Path) -> None:
     result = subprocess.run([*command, *args], capture_output=True, timeout=600)
     assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
     assert result.stdout.startswith(b"a\xff")  # the prompt echoed as given
+
+
+# -- --weights: a file or a folder, one helper for every command -------------------------------
+def test_every_weights_option_takes_a_run_folder(tmp_path: Path, spec: Path) -> None:
+    from archgen.backends.weights import weights_file
+    from archgen.export import export
+    from archgen.train.config import TextData, TrainConfig
+    from archgen.train.data import load_data
+    from archgen.train.loop import train
+
+    graph = api.compile_spec(spec)
+    for i in range(4):
+        (tmp_path / f"t{i}.txt").write_text(f"text number {i} " * 100)
+    data = load_data(TextData(paths=(str(tmp_path / "*.txt"),)), vocab_size=256, seq_len=16)
+    run = tmp_path / "run"
+    config = TrainConfig(steps=1, batch_size=2, seq_len=16, eval_batches=1)
+    train(graph, data, config, run, progress=False, log=lambda m: None)
+    assert weights_file(run) == run / "weights.safetensors"
+    result = export(spec, tmp_path / "exported", fmt="torch", weights=run)
+    assert result.report.passed
+    (run / "weights.safetensors").unlink()  # a run killed before its end
+    with pytest.raises(ArchgenError, match=r"folder without weights\.safetensors") as info:
+        weights_file(run)
+    assert "step_0000001/weights.safetensors" in str(info.value)
