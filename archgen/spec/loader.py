@@ -28,6 +28,8 @@ from archgen.spec.models import (
 from archgen.spec.training import DATA_SPECS, TrainSpec
 from archgen.spec.yaml_source import Path, SourceMap, load_yaml
 
+MAX_SPEC_BYTES = 1 << 20  # hand-written specs are a few KiB; repeat groups keep them small
+
 
 def load_spec(path: str | FilePath) -> ArchSpec:
     """Read and validate a spec file.
@@ -38,10 +40,19 @@ def load_spec(path: str | FilePath) -> ArchSpec:
     """
     file = FilePath(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as f:
+            # Bounded: /dev/zero or a model checkpoint given by mistake must not be read whole.
+            raw = f.read(MAX_SPEC_BYTES + 1)
+        if len(raw) > MAX_SPEC_BYTES:
+            message = (
+                f"the file is larger than {MAX_SPEC_BYTES // 2**20} MiB: not a spec "
+                "(a spec is a short YAML file; was another file given?)"
+            )
+            raise SpecError([SpecIssue(str(path), None, (), message)])
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise SpecError([SpecIssue(str(path), None, (), "file not found")]) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([SpecIssue(str(path), None, (), f"cannot read the file: {exc}")]) from None
     return parse_spec(text, str(path))
 

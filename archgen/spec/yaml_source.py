@@ -55,6 +55,9 @@ def _mark(node: yaml.Node) -> Position:
 # alias "billion laughs" fails fast instead of expanding without end.
 MAX_VALUES = 200_000
 
+# The tags PyYAML resolves untagged collections to: any other was written by hand.
+_PLAIN_COLLECTIONS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
 _TOKENS = {
     "<stream end>": "the end of the file",
     "<scalar>": "a value",
@@ -179,6 +182,11 @@ def load_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
             raise SpecError([SpecIssue(filename, pos, path, message)])
         source.values[path] = _mark(node)
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            if node.tag not in _PLAIN_COLLECTIONS:
+                # Built here as a plain dict/list, a tag would be silently dropped: refuse it
+                # as a tag on a scalar is refused (``!!python/tuple``, ``!!set``, ``!custom``).
+                message = f"invalid value: unsupported YAML tag {node.tag!r}"
+                raise SpecError([SpecIssue(filename, _mark(node), path, message)])
             active.add(id(node))
             try:
                 return build_collection(node, path)
