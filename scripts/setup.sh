@@ -9,4 +9,5 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[dev,onnx,search,train]"
+# hf: transformers, so the Hugging Face interop tests run (they skip without it)
+.venv/bin/python -m pip install --quiet -e ".[dev,onnx,search,train,hf]"
