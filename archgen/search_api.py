@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from archgen.errors import ArchgenError
+from archgen.paths import cache_dir
 from archgen.search.budget import Budget
-from archgen.search.run import SearchOutcome, SearchPlan, cache_dir, run_search_plan
+from archgen.search.run import SearchOutcome, SearchPlan, run_search_plan
 from archgen.spec.expand import spec_to_data
 from archgen.spec.loader import load_spec
 from archgen.spec.models import ArchSpec
@@ -50,6 +51,24 @@ def _study_name(spec: ArchSpec, budget: str | None, quick: bool) -> str:
     return f"{spec.model.name}-{hashlib.sha256(data.encode()).hexdigest()[:10]}"
 
 
+def _check_export(fmt: str | None) -> None:
+    """The winner's export format, known and possible here, before the search (which may take
+    hours) rather than after it."""
+    if fmt is None:
+        return
+    from archgen.backends.base import get_backend
+    from archgen.errors import UnavailableError
+    from archgen.export import FORMAT_BACKEND
+
+    if fmt not in FORMAT_BACKEND:
+        raise ArchgenError(
+            f"unknown --export format {fmt!r}", hint=f"one of {', '.join(FORMAT_BACKEND)}"
+        )
+    ok, why = get_backend(FORMAT_BACKEND[fmt]).is_available()
+    if not ok:
+        raise UnavailableError(f"cannot export the winner as {fmt} on this machine: {why}")
+
+
 def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> SearchPlan:
     """Everything that can fail on bad input, before measuring or training anything."""
     from archgen.api import compile_spec
@@ -66,13 +85,16 @@ def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> Se
             "(see examples/hybrid.yaml)",
         )
     s = spec.search
-    budget_text = options.budget or s.budget
+    # "is None", not "or": an empty --budget "" or --quality "" is a mistake to report, not a
+    # request for the spec's value.
+    budget_text = options.budget if options.budget is not None else s.budget
     budget = Budget.parse(budget_text)
-    fidelity = options.quality or s.quality.fidelity
+    fidelity = options.quality if options.quality is not None else s.quality.fidelity
     if fidelity not in FIDELITIES:
         raise ArchgenError(
             f"unknown quality fidelity {fidelity!r}", hint=f"one of {', '.join(FIDELITIES)}"
         )
+    _check_export(options.export)
     graph = compile_spec(spec)
     proposals, _ = search_proposals(spec)
     backend = get_backend(s.workload.backend)
@@ -102,7 +124,12 @@ def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> Se
         device=w.device, threads=w.threads, repeats=5 if options.quick else w.repeats,
     )  # fmt: skip
     out = Path(options.out or Path("runs") / f"search-{spec.model.name}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from archgen.staging import unwritable
+
+        raise unwritable(out, exc) from None
     finalize = options.finalize_steps
     if finalize is None:
         from archgen.search.winner import default_finalize_steps
@@ -119,7 +146,7 @@ def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> Se
         study_name=_study_name(spec, budget_text, options.quick),
         fidelity=fidelity,
         quick=options.quick,
-        seed=options.seed or s.seed,
+        seed=options.seed if options.seed is not None else s.seed,
         sampler=s.sampler,
         finalize_steps=finalize,
         export=options.export,

@@ -18,7 +18,6 @@ latency is measured against the same reference (the spec's base model, search/pa
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,10 +41,6 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 OnTrial = Callable[[FrozenTrial, Sequence[FrozenTrial]], None]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ARCHGEN_CACHE", Path.home() / ".cache" / "archgen"))
 
 
 @dataclass(frozen=True)

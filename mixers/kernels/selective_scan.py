@@ -1,9 +1,9 @@
 """Fused CPU selective scan for Mamba-1, built on first use with ``load_inline``.
 
 The C++ source is ``selective_scan.cpp`` beside this file. The build goes to
-``~/.cache/archgen/torch_extensions/<name>`` (``BUILD_ROOT``); the extension name carries a hash
-of the source, the flags and the CPU, so a cache shared between different machines never hands a
-``-march=native`` binary to the wrong CPU. A failed build (no compiler, no ninja, ...) is recorded
+``<cache>/torch_extensions/<name>`` (:func:`archgen.paths.cache_dir`: ``ARCHGEN_CACHE``, else
+the platform's cache folder); the extension name carries a hash of the source, the flags and
+the CPU, so a cache shared between different machines never hands a ``-march=native`` binary to the wrong CPU. A failed build (no compiler, no ninja, ...) is recorded
 once: ``load(required=False)`` then returns ``None`` after one warning, ``load(required=True)``
 raises with the build error.
 
@@ -27,9 +27,9 @@ from types import ModuleType
 import torch
 
 from archgen.mixers.kernels import register_scan_backward
+from archgen.paths import cache_dir
 
 SOURCE_PATH = Path(__file__).with_name("selective_scan.cpp")
-BUILD_ROOT = Path.home() / ".cache" / "archgen" / "torch_extensions"
 CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp")
 
 _module: ModuleType | None = None
@@ -54,7 +54,7 @@ def _build() -> ModuleType:
     source = SOURCE_PATH.read_text()
     key = "\n".join([source, " ".join(CFLAGS), torch.__version__, _cpu_tag()])
     name = "archgen_selective_scan_" + hashlib.sha256(key.encode()).hexdigest()[:12]
-    build_dir = BUILD_ROOT / name
+    build_dir = cache_dir() / "torch_extensions" / name
     build_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns about compiler versions on every build

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 ALLOWED: dict[str, set[str]] = {
     "ir": set(),
     "passes": {"ir", "errors"},
-    "mixers": {"ir"},
+    "mixers": {"ir", "paths"},  # paths: the one cache folder (compiled kernels)
     "backends": {"ir", "passes", "mixers", "errors"},
     # staging: the one staging-folder helper (build, export and checkpoints share it)
     "train": {"ir", "passes", "mixers", "backends", "errors", "staging"},
@@ -88,3 +88,13 @@ def test_ir_and_passes_import_without_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_cache_folder_follows_archgen_cache_then_xdg(monkeypatch, tmp_path) -> None:
+    from archgen.paths import cache_dir
+
+    monkeypatch.setenv("ARCHGEN_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("ARCHGEN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "archgen"

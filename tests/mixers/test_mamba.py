@@ -210,7 +210,7 @@ def test_fused_refuses_export(monkeypatch):
 def no_compiler(monkeypatch, tmp_path):
     """A fresh build directory and a C++ compiler that does not exist. The loader's state is
     restored afterwards, so later tests get the real kernel back without rebuilding it."""
-    monkeypatch.setattr(fused_kernel, "BUILD_ROOT", tmp_path)
+    monkeypatch.setenv("ARCHGEN_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
     for name in ("_module", "_error", "_warned"):
         monkeypatch.setattr(fused_kernel, name, getattr(fused_kernel, name))
