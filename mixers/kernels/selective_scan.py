@@ -3,9 +3,10 @@
 The C++ source is ``selective_scan.cpp`` beside this file. The build goes to
 ``<cache>/torch_extensions/<name>`` (:func:`archgen.paths.cache_dir`: ``ARCHGEN_CACHE``, else
 the platform's cache folder); the extension name carries a hash of the source, the flags and
-the CPU, so a cache shared between different machines never hands a ``-march=native`` binary to the wrong CPU. A failed build (no compiler, no ninja, ...) is recorded
-once: ``load(required=False)`` then returns ``None`` after one warning, ``load(required=True)``
-raises with the build error.
+the CPU, so a cache shared between different machines never hands a ``-march=native`` binary
+to the wrong CPU. A failed build (no compiler, no ninja, ...) is recorded once:
+``load(required=False)`` then returns ``None`` after one warning, ``load(required=True)`` raises
+with the build error.
 
 >>> import torch
 >>> from archgen.mixers.kernels import selective_scan as ss
