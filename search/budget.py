@@ -4,6 +4,7 @@ search allows it, ``90%``: a fraction of the spec's base model's latency measure
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -58,6 +59,11 @@ def parse_budget(text: str) -> float:
             "a percentage of the base model's latency: 90%)",
         )
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds):  # 1e400ms reads as inf: no budget at all, not a budget
+        raise ArchgenError(
+            f"the latency budget {text!r} is too large to be a number",
+            hint="write a finite budget such as 10ms",
+        )
     if seconds <= 0:
         raise ArchgenError(f"the latency budget must be positive, got {text!r}")
     return seconds
