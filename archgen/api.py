@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from archgen.errors import ArchgenError
-from archgen.ir.cost import NodeCost, node_cost
+from archgen.ir.cost import NodeCost, node_cost, parameter_count
 from archgen.ir.graph import Graph
 from archgen.ir.ops import Role
 from archgen.passes import Pass, full_pipeline, parse_pipeline, run_pipeline
@@ -97,6 +97,7 @@ class CheckReport:
     seq_len: int
     rows: list[LayerRow]
     total: NodeCost
+    warnings: tuple[str, ...] = ()  # e.g. a model too large to build on this machine
 
 
 def check(
@@ -132,7 +133,134 @@ def check(
     total = out[0].cost
     for r in out[1:]:
         total = total + r.cost
-    return CheckReport(spec, graph, seq_len, out, total)
+    # check only costs the model: a size this machine cannot build is a warning, not an error.
+    too_big = memory_estimate(graph, "build").refusal()
+    warnings = (too_big.message,) if too_big is not None else ()
+    return CheckReport(spec, graph, seq_len, out, total, warnings)
+
+
+# -- memory, estimated before allocating ---------------------------------------------------------
+# float32 weights; training adds their gradients and AdamW's two moments.
+WEIGHT_BYTES = 4
+TRAIN_BYTES_PER_PARAM = 4 * WEIGHT_BYTES
+
+
+def available_memory(device: str = "cpu") -> int | None:
+    """Bytes the process can still allocate on ``device`` (None when unknown): the kernel's
+    MemAvailable (free memory plus caches it can drop), or the GPU's free memory."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # not Linux: free pages only (an underestimate of what could be freed)
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_count(n: int) -> str:
+    """``51.56G``, ``24.7M``, ``8.2k``: how `archgen check` writes parameter counts."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return str(n)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What a command will allocate, from the IR's cost model, against what the machine has.
+    A lower bound (framework overheads and temporaries are not counted): refusing on it never
+    refuses a run that would have fitted."""
+
+    command: str  # build | train | export
+    params: int
+    weights_bytes: int  # parameters (with gradients and optimizer state when training)
+    activation_bytes: int  # training: what the forward keeps for backward, whole batch
+    available: int | None
+    device: str = "cpu"
+    batch: str = ""  # "16 x 128 tokens" when training
+
+    @property
+    def total(self) -> int:
+        return self.weights_bytes + self.activation_bytes
+
+    def refusal(self) -> ArchgenError | None:
+        """The error to raise when it cannot fit, else None."""
+        if self.available is None or self.total <= self.available:
+            return None
+        where = "this machine" if self.device == "cpu" else self.device
+        per_param = self.weights_bytes // self.params
+        parts = f"{format_count(self.params)} parameters x {per_param} bytes"
+        if self.activation_bytes:
+            parts += " (weights, gradients, AdamW state)"
+            parts += (
+                f" = {format_bytes(self.weights_bytes)}, + {format_bytes(self.activation_bytes)}"
+                f" of activations for batches of {self.batch}"
+            )
+        if self.activation_bytes > self.weights_bytes:
+            hint = "lower --batch-size or --seq-len (train.batch_size, train.seq_len)"
+        else:
+            hint = "lower model.d_model or the number of layers (`archgen check` shows them)"
+        return ArchgenError(
+            f"`archgen {self.command}` needs at least {format_bytes(self.total)} of memory "
+            f"({parts}), but {where} has {format_bytes(self.available)} available",
+            hint=hint,
+        )
+
+
+def memory_estimate(
+    graph: Graph,
+    command: str,
+    *,
+    batch_size: int = 0,
+    seq_len: int = 0,
+    device: str = "cpu",
+) -> MemoryEstimate:
+    """The memory ``command`` needs for ``graph``: float32 weights for build and export; for
+    training (``batch_size`` > 0) weights, gradients and AdamW state, plus the activations
+    of a batch (:meth:`Op.activation_bytes` summed over the graph)."""
+    params = max(parameter_count(graph), 1)
+    per_param = TRAIN_BYTES_PER_PARAM if batch_size else WEIGHT_BYTES
+    activations = 0
+    if batch_size:
+        per_sequence = sum(n.op.activation_bytes(seq_len, WEIGHT_BYTES) for n in graph.nodes)
+        activations = batch_size * per_sequence
+    batch = f"{batch_size} x {seq_len} tokens" if batch_size else ""
+    return MemoryEstimate(
+        command, params, params * per_param, activations, available_memory(device), device, batch
+    )
+
+
+def check_memory(
+    graph: Graph, command: str, *, batch_size: int = 0, seq_len: int = 0, device: str = "cpu"
+) -> None:
+    """Raise :class:`~archgen.errors.ArchgenError` before allocating anything when ``command``
+    cannot fit in the memory available (see :func:`memory_estimate`).
+
+    >>> check_memory(compile_spec("examples/transformer.yaml"), "build")  # doctest: +SKIP
+    """
+    estimate = memory_estimate(
+        graph, command, batch_size=batch_size, seq_len=seq_len, device=device
+    )
+    refusal = estimate.refusal()
+    if refusal is not None:
+        raise refusal
 
 
 def resolved_yaml(spec: SpecLike) -> str:
@@ -186,6 +314,7 @@ def build(
     target.check()
     spec = with_passes(spec, passes)
     graph = compile_spec(spec)
+    check_memory(graph, "build")
     model = build_model(graph, seed=seed)
     digest = spec_hash(spec)
     params = sum(p.numel() for p in model.parameters())

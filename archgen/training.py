@@ -102,9 +102,14 @@ class Prepared:
 
 
 def prepare(
-    spec: SpecLike, data: Sequence[str] | None = None, options: TrainOptions | None = None
+    spec: SpecLike,
+    data: Sequence[str] | None = None,
+    options: TrainOptions | None = None,
+    *,
+    device: str = "cpu",
 ) -> Prepared:
-    """Load the spec, resolve data and options, load and check the data (no training yet)."""
+    """Load the spec, resolve data and options, check that the run fits in ``device``'s memory
+    (:func:`archgen.api.check_memory`), load and check the data (no training yet)."""
     from archgen import api
     from archgen.train.data import load_data
 
@@ -126,6 +131,7 @@ def prepare(
             f"{field} {seq_len} exceeds model.max_seq_len {m.max_seq_len}",
             hint=f"lower {field} or raise model.max_seq_len",
         )
+    api.check_memory(graph, "train", batch_size=config.batch_size, seq_len=seq_len, device=device)
     loaded = load_data(source, vocab_size=m.vocab_size, seq_len=seq_len)
     return Prepared(arch, graph, source, loaded, config)
 
@@ -181,7 +187,7 @@ def train(
 
     if out is not None:  # before the data is read
         check_run_folder(Path(out), "train")
-    prepared = prepare(spec, data, options)
+    prepared = prepare(spec, data, options, device=device)
     out_dir = Path(out) if out is not None else default_out(prepared)
     check_run_folder(out_dir, "train")
     log(f"data: {prepared.data.describe()}")
@@ -308,7 +314,7 @@ def distill(
         student, init = folder / "spec.yaml", init if init is not None else folder
     if out is not None:  # before the data is read
         check_run_folder(Path(out), "distill")
-    prepared = prepare(student, data, options)
+    prepared = prepare(student, data, options, device=device)
     dcfg = DistillConfig(**{k: v for k, v in (distill_options or {}).items() if v is not None})
     out_dir = Path(out) if out is not None else default_out(prepared, "distilled")
     check_run_folder(out_dir, "distill")

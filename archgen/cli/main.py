@@ -76,6 +76,8 @@ def check(
         )
     report = api.check(spec, seq_len=seq_len, passes=pipeline, on_note=_print_note)
     print_check(out, report, spec)
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", markup=False, soft_wrap=True)
 
 
 def _print_note(pass_name: str, note: str) -> None:
