@@ -2,7 +2,8 @@
 
 Analyses: ``verify -> infer_shapes -> annotate_cost`` (the default pipeline). Rewrites:
 ``compress_segments`` (SCOUT), ``replace_mixer``. A user pipeline runs between the analyses
-(:func:`~archgen.passes.pipeline.full_pipeline`).
+(:func:`~archgen.passes.pipeline.full_pipeline`). Pairing a student with a teacher takes two
+graphs: :func:`wire_distillation` / :func:`strip_distillation` are functions, not passes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from archgen.passes.annotate_cost import AnnotateCost
 from archgen.passes.base import PASS_REGISTRY, Pass, PassError, PassResult, run_pipeline
 from archgen.passes.compress_segments import CompressSegments
+from archgen.passes.distillation import strip_distillation, wire_distillation
 from archgen.passes.infer_shapes import InferShapes
 from archgen.passes.pipeline import PassOptionError, full_pipeline, parse_pipeline
 from archgen.passes.replace_mixer import ReplaceMixer, replace_mixers
@@ -36,4 +38,6 @@ __all__ = [
     "parse_pipeline",
     "replace_mixers",
     "run_pipeline",
+    "strip_distillation",
+    "wire_distillation",
 ]

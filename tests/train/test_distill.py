@@ -8,8 +8,9 @@ import torch
 
 from archgen.backends.torch_model import build_model
 from archgen.backends.weights import load_weights
+from archgen.passes.distillation import wire_distillation
 from archgen.train.config import TrainConfig
-from archgen.train.distill import DistillConfig, copy_matching, distill, shared_taps
+from archgen.train.distill import DistillConfig, copy_matching, distill
 from archgen.train.loop import train
 from tests.train.conftest import tiny_graph
 
@@ -29,8 +30,8 @@ def test_copy_matching_copies_same_named_same_shaped_tensors() -> None:
 
 
 def test_taps_match_blocks_by_name() -> None:
-    taps = shared_taps(tiny_graph(layers=1), tiny_graph(layers=3))
-    assert [t[0] for t in taps] == ["layers.0"]
+    taps = wire_distillation(tiny_graph(layers=1), tiny_graph(layers=3)).taps
+    assert [t.name for t in taps] == ["layers.0"]
 
 
 def test_distilling_a_narrower_student_lowers_kd_and_feature_losses(tmp_path, corpus) -> None:
