@@ -232,6 +232,7 @@ def distill_graph(
     resume: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    on_wiring: Callable[[Any], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Distill ``teacher`` (a model, or a ``build``/``train`` folder) into the model of
@@ -257,9 +258,13 @@ def distill_graph(
     out_dir = Path(out)
     result = run(
         student, model, data, config, out_dir, distill_config=dcfg, init=init,
-        resume=resume, device=device, progress=progress, log=log,
+        resume=resume, device=device, progress=progress, on_wiring=on_wiring,
+        log=log,
     )  # fmt: skip
-    label = {"teacher": str(teacher)} if not isinstance(teacher, torch.nn.Module) else {}
+    # Absolute, as manifests record every path: the run folder may be read from anywhere.
+    label: dict[str, str] = {}
+    if not isinstance(teacher, torch.nn.Module):
+        label["teacher"] = os.path.abspath(teacher)
     extra = {"steps": result.steps, "final": result.final, **label, "distill": as_plain(dcfg)}
     write_run_files(spec or spec_from_graph(student), student, data.source, config, out_dir, extra)
     return result
@@ -293,6 +298,7 @@ def distill(
     resume: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    on_wiring: Callable[[Any], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> Any:
     """Distill the trained model in ``teacher_dir`` into ``student``: the spec's data and
@@ -322,5 +328,6 @@ def distill(
     return distill_graph(
         prepared.graph, teacher_dir, prepared.data, prepared.config, out_dir, distill_config=dcfg,
         init=None if init is None else weights_init(init, log), spec=prepared.spec,
-        resume=resume, device=device, progress=progress, log=log,
+        resume=resume, device=device, progress=progress, on_wiring=on_wiring,
+        log=log,
     )  # fmt: skip

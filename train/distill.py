@@ -181,15 +181,20 @@ def distill(
     device: str | torch.device = "cpu",
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    on_wiring: Callable[[DistillGraph], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train ``student`` to imitate ``teacher`` on ``data`` (a run folder like ``train``'s).
+    """Train ``student`` to imitate ``teacher`` on ``data`` (a run folder like ``train``'s);
+    ``on_wiring`` sees the teacher/student pair (:class:`DistillGraph`) before training starts.
 
     ``init`` sets the student's starting weights (e.g. an assembled model's); without it the
     student copies the teacher's same-named, same-shaped tensors when
     ``distill_config.init_from_teacher``. On ``resume`` the checkpoint overwrites either."""
     dcfg = distill_config or DistillConfig()
-    objective = Distillation(teacher.to(device), dcfg.wiring(student, teacher.graph))
+    pair = dcfg.wiring(student, teacher.graph)
+    if on_wiring is not None:
+        on_wiring(pair)
+    objective = Distillation(teacher.to(device), pair)
     teacher_params = sum(p.numel() for p in teacher.parameters())
 
     def from_teacher(model: ArchModel) -> None:

@@ -426,10 +426,17 @@ def distill(
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
+    dump_wiring: Annotated[
+        bool,
+        typer.Option(
+            "--dump-wiring", help="print the teacher/student pairing (taps, adapters, losses)"
+        ),
+    ] = False,
 ) -> None:
     """Train STUDENT (a spec or model folder) to imitate a trained teacher: logit KL + block
     feature losses."""
     from archgen import training
+    from archgen.ir.distill import print_distill_graph
 
     _set_threads(threads)
 
@@ -439,6 +446,7 @@ def distill(
     result = training.distill(
         student, teacher, init=init, data=data, options=options, distill_options=knobs, out=output,
         resume=resume, device=device, progress=progress, log=lambda m: err.print(m, markup=False),
+        on_wiring=(lambda pair: typer.echo(print_distill_graph(pair))) if dump_wiring else None,
     )  # fmt: skip
     _print_run(result, "distilled")
 

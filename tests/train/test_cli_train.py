@@ -87,9 +87,12 @@ def test_train_then_distill_from_the_command_line(tmp_path) -> None:
     student.write_text(MODEL.replace("kind: attention, heads: 2", "kind: swa, heads: 2, window: 8"))
     result = archgen("distill", str(student), "--teacher", str(run), "--data", str(corpus),
                      "--steps", "2", "--seq-len", "32", "--out", str(tmp_path / "s"),
-                     "--no-progress")  # fmt: skip
+                     "--no-progress", "--dump-wiring")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "distilled 2 steps" in result.stdout
+    # the pairing the distillation trains on, printed before it starts
+    assert "tap layers.0: %layers.0.channel_residual" in result.stdout
+    assert "loss kl_logits {weight=1.0, temperature=2.0}" in result.stdout
 
 
 def test_bad_data_path_is_one_clear_error(tmp_path) -> None:
