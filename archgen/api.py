@@ -22,7 +22,7 @@ from archgen.ir.ops import Role
 from archgen.passes import Pass, full_pipeline, parse_pipeline, run_pipeline
 from archgen.passes.base import DumpHook, NoteHook
 from archgen.spec.expand import graph_from_spec, resolve_spec, spec_to_data
-from archgen.spec.loader import load_spec
+from archgen.spec.loader import load_spec, load_spec_with_warnings, spec_warnings
 from archgen.spec.models import ArchSpec
 
 __version__ = "0.1.0"
@@ -108,8 +108,12 @@ def check(
     on_note: NoteHook | None = None,
 ) -> CheckReport:
     """Validate a spec and cost it per layer at ``seq_len`` (default: the model's max_seq_len),
-    after the rewrites in ``passes`` if any."""
-    spec = as_spec(spec)
+    after the rewrites in ``passes`` if any. ``warnings`` holds what loads but is probably a
+    mistake (:func:`~archgen.spec.loader.spec_warnings`, at file:line when ``spec`` is a file)."""
+    if isinstance(spec, ArchSpec):
+        notes = spec_warnings(spec.model)
+    else:
+        spec, notes = load_spec_with_warnings(spec)
     if seq_len is not None and seq_len > spec.model.max_seq_len:
         raise ArchgenError(
             f"--seq-len {seq_len} exceeds the model's max_seq_len {spec.model.max_seq_len}",
@@ -134,9 +138,11 @@ def check(
     for r in out[1:]:
         total = total + r.cost
     # check only costs the model: a size this machine cannot build is a warning, not an error.
+    warnings = [str(issue) for issue in notes]
     too_big = memory_estimate(graph, "build").refusal()
-    warnings = (too_big.message,) if too_big is not None else ()
-    return CheckReport(spec, graph, seq_len, out, total, warnings)
+    if too_big is not None:
+        warnings.append(too_big.message)
+    return CheckReport(spec, graph, seq_len, out, total, tuple(warnings))
 
 
 # -- memory, estimated before allocating ---------------------------------------------------------

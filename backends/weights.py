@@ -53,8 +53,11 @@ def _unreadable(path: Path, exc: Exception) -> ArchgenError:
 
 def weights_file(path: str | Path) -> Path:
     """``path`` itself, or ``path/weights.safetensors`` for a folder written by build, train,
-    distill or search (``best/``): every ``--weights`` option accepts both."""
-    path = Path(path)
+    distill or search (``best/``): every ``--weights`` option accepts both.
+
+    The path returned is absolute: manifests record it, and a path relative to the working
+    directory of the command that wrote them would name nothing once read from elsewhere."""
+    path = Path(os.path.abspath(path))
     if not path.is_dir():
         return path
     if (path / "weights.safetensors").is_file():

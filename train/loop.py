@@ -238,6 +238,13 @@ def train(
             log(f"note: {note}")
     elif resume:
         log(f"note: no checkpoint in {out}; starting a new run")
+    if config.warmup_steps >= config.steps:
+        log(
+            f"note: all {config.steps} steps are warm-up (train.warmup_steps "
+            f"{config.warmup_steps}): the learning rate only reaches "
+            f"{config.lr_at(config.steps - 1):.3g} (train.lr is {config.lr:g}) and never "
+            "decays; lower train.warmup_steps for a short run"
+        )
 
     model = build_model(graph, seed=config.seed, device=dev)
     if init is not None:

@@ -38,6 +38,12 @@ def load_spec(path: str | FilePath) -> ArchSpec:
     >>> spec.model.d_model  # doctest: +SKIP
     256
     """
+    return load_spec_with_warnings(path)[0]
+
+
+def load_spec_with_warnings(path: str | FilePath) -> tuple[ArchSpec, list[SpecIssue]]:
+    """:func:`load_spec`, and the spec's warnings (:func:`spec_warnings`), which `archgen
+    check` prints with their file:line."""
     file = FilePath(path)
     try:
         with file.open("rb") as f:
@@ -54,10 +60,17 @@ def load_spec(path: str | FilePath) -> ArchSpec:
         raise SpecError([SpecIssue(str(path), None, (), "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([SpecIssue(str(path), None, (), f"cannot read the file: {exc}")]) from None
-    return parse_spec(text, str(path))
+    return parse_spec_with_warnings(text, str(path))
 
 
 def parse_spec(text: str, filename: str = "<spec>") -> ArchSpec:
+    return parse_spec_with_warnings(text, filename)[0]
+
+
+def parse_spec_with_warnings(
+    text: str, filename: str = "<spec>"
+) -> tuple[ArchSpec, list[SpecIssue]]:
+    """:func:`parse_spec`, and the spec's warnings (:func:`spec_warnings`)."""
     data, source = load_yaml(text, filename)
     if not isinstance(data, dict):
         raise SpecError(
@@ -80,7 +93,7 @@ def parse_spec(text: str, filename: str = "<spec>") -> ArchSpec:
         issues += search_proposals(spec, source)[1]
     if issues:
         raise SpecError(issues)
-    return spec
+    return spec, spec_warnings(spec.model, source)
 
 
 # -- structure and type errors -----------------------------------------------------------------
@@ -371,4 +384,48 @@ def semantic_issues(model: ModelSpec, source: SourceMap | None = None) -> list[S
     return found
 
 
-__all__ = ["format_path", "load_spec", "parse_spec", "semantic_issues"]
+def spec_warnings(model: ModelSpec, source: SourceMap | None = None) -> list[SpecIssue]:
+    """What loads but is probably not what the author meant (errors would refuse specs that
+    were valid so far): a sliding window longer than ``max_seq_len``, where every query sees
+    every key, as in full attention."""
+    fname = source.filename if source else "<spec>"
+    found: list[SpecIssue] = []
+    checked: set[Path] = set()
+    for path, layer in expand_layers(model.layers, ("model", "layers")):
+        if path in checked:
+            continue
+        checked.add(path)
+        for slot in ("token_mixer", "channel_mixer"):
+            mixer = getattr(layer, slot)
+            window = getattr(mixer, "window", None)
+            # Not the default (256), which short models leave as is and resolved specs
+            # (spec.yaml of a build or run folder) write out.
+            if mixer is None or "window" not in mixer.model_fields_set:
+                continue
+            if not isinstance(window, int) or window <= model.max_seq_len:
+                continue
+            if window == type(mixer).model_fields["window"].default:
+                continue
+            where = (*path, slot, "window")
+            found.append(
+                SpecIssue(
+                    fname,
+                    source.locate(where) if source else None,
+                    where,
+                    f"window {window} exceeds model.max_seq_len {model.max_seq_len}: every query "
+                    "sees every key, as in kind: attention (lower the window, or raise "
+                    "max_seq_len)",
+                )
+            )
+    return found
+
+
+__all__ = [
+    "format_path",
+    "load_spec",
+    "load_spec_with_warnings",
+    "parse_spec",
+    "parse_spec_with_warnings",
+    "semantic_issues",
+    "spec_warnings",
+]
