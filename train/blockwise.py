@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -204,7 +205,9 @@ def blockwise_scores(
     steps_run = 0
     if jobs:
         log(f"blockwise distillation: {len(jobs)} jobs x {config.steps} steps")
+    progress = _Progress(config.steps, log)
     for step in range(config.steps if jobs else 0):
+        progress.tick(step)
         raw = data.train_batch(
             seed=config.seed, step=step, batch_size=config.batch_size, seq_len=seq_len
         )
@@ -240,6 +243,27 @@ def blockwise_scores(
             write_text_atomic(cache / f"{job.key}.json", json.dumps(stored, indent=2) + "\n")
     ordered = tuple(rows[n, label] for n, choices in alternatives.items() for label in choices)
     return ScoreTable(ordered, steps_run)
+
+
+class _Progress:
+    """A line every ``every_s`` seconds of a long blockwise run (minutes on a CPU, silent
+    otherwise): steps done, elapsed, and the time left at the pace so far."""
+
+    def __init__(self, steps: int, log: Callable[[str], None], every_s: float = 30.0) -> None:
+        self.steps, self.log, self.every_s = steps, log, every_s
+        self.start = self.last = time.monotonic()
+
+    def tick(self, step: int) -> None:
+        now = time.monotonic()
+        if step == 0 or now - self.last < self.every_s:
+            return
+        self.last = now
+        elapsed = now - self.start
+        left = elapsed / step * (self.steps - step)
+        self.log(
+            f"blockwise distillation: step {step}/{self.steps}, {elapsed:.0f} s, "
+            f"about {left:.0f} s left"
+        )
 
 
 class _CacheKeys:

@@ -96,3 +96,17 @@ def test_cache_holds_the_trained_block_weights(tmp_path, corpus, count_steps) ->
         weights.unlink()
     block_weights(teacher, choices, corpus, config, cache_dir=tmp_path)
     assert count_steps["n"] == 6
+
+
+def test_long_blockwise_runs_report_progress(monkeypatch) -> None:
+    from archgen.train import blockwise
+
+    now = [0.0]
+    monkeypatch.setattr(blockwise.time, "monotonic", lambda: now[0])
+    lines: list[str] = []
+    progress = blockwise._Progress(100, lines.append, every_s=30.0)
+    for step in range(100):
+        now[0] = step * 1.0  # one second per step
+        progress.tick(step)
+    assert lines[0] == "blockwise distillation: step 30/100, 30 s, about 70 s left"
+    assert len(lines) == 3  # steps 30, 60, 90: one line per 30 s, none at step 0
