@@ -51,15 +51,27 @@ def val_bpb(run: Path) -> tuple[float, float]:
     return vals[0]["bpb"], vals[-1]["bpb"]
 
 
-def prefill_ratio(teacher: Path, student: Path, threads: int) -> tuple[float, float, float]:
-    """Paired prefill latency of ``student`` / ``teacher`` at the longest length, and the
-    teacher's median seconds."""
+def at_length(folder: Path, length: int | None) -> object:
+    """The folder's spec, with ``max_seq_len`` raised to ``length`` if given: latency does not
+    depend on the weights, so a model can be timed past the length it was trained at."""
+    spec = api.as_spec(folder / "spec.yaml")
+    if length is None:
+        return spec
+    model = spec.model.model_copy(update={"max_seq_len": max(length, spec.model.max_seq_len)})
+    return spec.model_copy(update={"model": model})
+
+
+def prefill_ratio(
+    teacher: Path, student: Path, threads: int, length: int | None = None
+) -> tuple[float, float, float]:
+    """Paired prefill latency of ``student`` / ``teacher`` at ``length`` (default: the longest
+    the teacher takes), and the teacher's median seconds."""
     from archgen.search.measure import Measurer
     from archgen.search.timing import Workload
 
-    reference = api.compile_spec(teacher / "spec.yaml")
-    graph = api.compile_spec(student / "spec.yaml")
-    workload = Workload(seq_len=reference.model.max_seq_len, threads=threads)
+    reference = api.compile_spec(at_length(teacher, length))  # type: ignore[arg-type]
+    graph = api.compile_spec(at_length(student, length))  # type: ignore[arg-type]
+    workload = Workload(seq_len=length or reference.model.max_seq_len, threads=threads)
     measurer = Measurer(workload, reference=reference)
     (result,) = measurer.measure_against_reference([graph])
     return result.ratio, result.rel_error, result.reference_s
@@ -71,7 +83,16 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1, help="training threads")
     parser.add_argument("--latency-threads", type=int, default=2)
+    parser.add_argument(
+        "--latency-only",
+        type=int,
+        metavar="L",
+        help="only time prefill of the finished runs in OUT at length L (and the decode state)",
+    )
     args = parser.parse_args()
+    if args.latency_only:
+        latency_table(args.out, args.latency_only, args.latency_threads)
+        return
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}", flush=True)
@@ -114,6 +135,20 @@ def main() -> None:
               f"{ratio:.3f}x (+-{rel_error * 100:.1f} %) | {kv / 2**20:.2f} |")  # fmt: skip
     print(f"\nteacher prefill at L={length}: {rows[0][7] * 1e3:.1f} ms (median of the paired "
           "rounds)")  # fmt: skip
+
+
+def latency_table(out: Path, length: int, threads: int) -> None:
+    print(f"machine: {machine()}", flush=True)
+    teacher = out / "teacher"
+    kv_t = graph_cost(api.compile_spec(at_length(teacher, length)), length).state_bytes
+    print(f"\n| model | prefill L={length} vs teacher (paired) | teacher ms | decode state (MiB) |")
+    print("|---|---:|---:|---:|")
+    print(f"| teacher | 1 | - | {kv_t / 2**20:.2f} |")
+    for name in VARIANTS:
+        ratio, rel_error, teacher_s = prefill_ratio(teacher, out / name, threads, length)
+        kv = graph_cost(api.compile_spec(at_length(out / name, length)), length).state_bytes
+        print(f"| {name} | {ratio:.3f}x (+-{rel_error * 100:.1f} %) | {teacher_s * 1e3:.0f} | "
+              f"{kv / 2**20:.2f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
