@@ -24,7 +24,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,14 +93,18 @@ def probe_writable(path: Path, *, inside: bool = False) -> None:
     if not parent.is_dir():
         raise ArchgenError(f"cannot write to {path}: {parent} is not a folder")
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".archgen-probe-", dir=parent))
+        # a plain mkdir: temporary files have one helper (archgen.atomic)
+        probe = parent / f".archgen-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        probe.mkdir()
+        probe.rmdir()
     except OSError as exc:
         raise unwritable(path, exc, parent) from None
 
 
 def new_staging(out: Path) -> Path:
     """A fresh empty hidden folder beside ``out``, owned by this process. Created with
-    ``mkdir`` (not ``mkdtemp``) so it gets the permissions the umask gives any new folder."""
+    ``mkdir`` (not ``tempfile``, whose folders are 0700) so it gets the permissions the umask
+    gives any new folder."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -148,8 +148,8 @@ def write_run_files(
     ``manifest.json``, so the folder works with ``archgen generate --weights`` and as a
     ``--teacher``. ``spec`` is an ArchSpec whose model is ``graph``'s."""
     from archgen import api
+    from archgen.atomic import write_text_atomic
     from archgen.spec.expand import resolve_spec, spec_to_data
-    from archgen.train.checkpoint import write_text_atomic
 
     doc = spec_to_data(resolve_spec(spec))
     doc.pop("search", None)

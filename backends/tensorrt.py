@@ -19,13 +19,13 @@ the TensorRT 10 Python API (``build_serialized_network``, named I/O tensors,
 from __future__ import annotations
 
 import importlib.util
-import os
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from archgen.atomic import write_bytes_atomic
 from archgen.backends.base import (
     Artifact,
     ArtifactMeta,
@@ -89,10 +89,7 @@ def build_engine(onnx_path: Path, engine_path: Path, options: LowerOptions) -> d
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UnsupportedError("TensorRT failed to build the engine (see its log above)")
-    fd, tmp = tempfile.mkstemp(prefix=engine_path.name + ".", suffix=".tmp", dir=engine_path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(bytes(serialized))
-    os.replace(tmp, engine_path)
+    write_bytes_atomic(engine_path, bytes(serialized))
     return {
         "file": engine_path.name,
         "build_s": time.perf_counter() - start,

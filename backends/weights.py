@@ -1,10 +1,9 @@
-"""Weights on disk: safetensors, written atomically (temp file + rename)."""
+"""Weights on disk: safetensors, written atomically and synced (:mod:`archgen.atomic`)."""
 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from archgen.atomic import write_atomic
 from archgen.errors import ArchgenError
 
 
@@ -19,7 +19,7 @@ def save_weights(
     model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
 ) -> None:
     """Save ``model``'s parameters and buffers; tied tensors are stored once."""
-    _write_atomic(Path(path), lambda tmp: save_model(model, tmp, metadata=metadata))
+    write_atomic(Path(path), lambda tmp: save_model(model, tmp, metadata=metadata))
 
 
 def save_tensors(
@@ -27,7 +27,7 @@ def save_tensors(
 ) -> None:
     """Save named tensors (e.g. part of a model's state dict) that share no storage."""
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _write_atomic(Path(path), lambda tmp: save_file(plain, tmp, metadata=metadata))
+    write_atomic(Path(path), lambda tmp: save_file(plain, tmp, metadata=metadata))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -71,19 +71,6 @@ def weights_file(path: str | Path) -> Path:
         "search's OUT/best"
     )
     raise ArchgenError(f"{path} is a folder without weights.safetensors", hint=hint)
-
-
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """``write(temporary name)`` beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

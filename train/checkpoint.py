@@ -20,10 +20,8 @@ stopping or losing the steps before it.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,26 +30,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from archgen.atomic import fsync_folder, write_atomic, write_text_atomic
 from archgen.backends.weights import load_weights, save_weights
 from archgen.errors import ArchgenError
 from archgen.staging import new_staging, replace_folder
 
 LATEST = "latest"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def rng_state() -> dict[str, Any]:
@@ -96,9 +80,13 @@ def save_checkpoint(
             "rng": rng_state(),
             "elapsed_s": elapsed_s,
         }
-        torch.save(state, staging / "state.pt")
-        (staging / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
+        # Each file is synced before the folder's rename publishes it (write_atomic): after a
+        # power cut the pointer never names a checkpoint whose data is still in the page cache.
+        write_atomic(staging / "state.pt", lambda tmp: torch.save(state, tmp))
+        meta_text = json.dumps({"step": step, **meta}, indent=2) + "\n"
+        write_text_atomic(staging / "meta.json", meta_text)
         replace_folder(staging, final)  # a rerun of the same step after a crash replaces it
+        fsync_folder(root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     write_text_atomic(root / LATEST, name + "\n")

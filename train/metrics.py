@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from archgen.atomic import write_atomic, write_text_atomic
 
 
 class MetricsLog:
@@ -26,7 +26,8 @@ class MetricsLog:
             path.write_text("")
         else:
             kept = [r for r in read_metrics(path) if r["step"] <= keep_until]
-            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            # Atomic: a kill while the kept records are rewritten must not lose all of them.
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
@@ -75,13 +76,8 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> bool:
         axes[1].grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return True

@@ -15,9 +15,10 @@ ALLOWED: dict[str, set[str]] = {
     "ir": set(),
     "passes": {"ir", "errors"},
     "mixers": {"ir", "paths"},  # paths: the one cache folder (compiled kernels)
-    "backends": {"ir", "passes", "mixers", "errors"},
+    # atomic: the one atomic-write helper (weights, engines, reports; archgen/atomic.py)
+    "backends": {"ir", "passes", "mixers", "errors", "atomic"},
     # staging: the one staging-folder helper (build, export and checkpoints share it)
-    "train": {"ir", "passes", "mixers", "backends", "errors", "staging"},
+    "train": {"ir", "passes", "mixers", "backends", "errors", "staging", "atomic"},
     # the search loop (search/run.py) reads the typed spec's search section and drives the
     # training and export APIs (teacher, blockwise table, the winner's weights, its export)
     "search": {
@@ -31,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
         "training",
         "export",
         "staging",
+        "atomic",
     },
 }
 TORCH_FREE = {"ir", "passes"}
