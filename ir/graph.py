@@ -23,7 +23,9 @@ from typing import Any, Literal
 from archgen.ir.ops import Op, Role
 from archgen.ir.types import BATCH, SEQ, TensorType
 
-Task = Literal["causal-lm"]
+# causal-lm: next-token prediction, every node causal. masked-diffusion-lm: a bidirectional
+# denoiser that predicts masked tokens (LLaDA); its last vocabulary id is the mask token.
+Task = Literal["causal-lm", "masked-diffusion-lm"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -37,6 +39,12 @@ class ModelInfo:
     vocab_size: int
     d_model: int
     max_seq_len: int
+
+    @property
+    def mask_token(self) -> int | None:
+        """The id a masked-diffusion LM reads as "masked" (its last one), else None. Data never
+        uses it: the loaders check that their ids stay below it."""
+        return self.vocab_size - 1 if self.task == "masked-diffusion-lm" else None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 class Attention(TokenMixer):
-    """Causal softmax attention.
+    """Softmax attention; causal unless ``causal=False`` (a masked-diffusion denoiser).
 
     >>> m = Attention(d_model=64, heads=4, kv_heads=2)
     >>> m(torch.randn(2, 7, 64)).shape
@@ -40,6 +40,7 @@ class Attention(TokenMixer):
         head_dim: int | None = None,
         rope_theta: float | None = 10000.0,
         bias: bool = False,
+        causal: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -50,6 +51,7 @@ class Attention(TokenMixer):
             raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
         self.d_model, self.heads, self.kv_heads, self.head_dim = d_model, heads, kv_heads, head_dim
         self.rope_theta = rope_theta
+        self.causal = causal
         fk = {"device": device, "dtype": dtype}
         self.q_proj = nn.Linear(d_model, heads * head_dim, bias=bias, **fk)
         self.k_proj = nn.Linear(d_model, kv_heads * head_dim, bias=bias, **fk)
@@ -83,7 +85,7 @@ class Attention(TokenMixer):
         q, k, v = self.project(x, positions)
         # enable_gqa instead of repeat_kv: as fast in torch, and an exported graph keeps the
         # kv heads unrepeated for a fused grouped-query kernel (backends/onnx_attention.py).
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, enable_gqa=True)
         return self.merge_heads(y)
 
     # -- reference -----------------------------------------------------------------------------
@@ -92,9 +94,10 @@ class Attention(TokenMixer):
         q, k, v = self.project(x, positions)
         groups = self.heads // self.kv_heads
         outputs = []
-        for i in range(x.shape[1]):  # query i sees keys 0..i
-            k_i = repeat_kv(k[:, :, : i + 1], groups)
-            v_i = repeat_kv(v[:, :, : i + 1], groups)
+        for i in range(x.shape[1]):  # query i sees keys 0..i (every key when bidirectional)
+            end = i + 1 if self.causal else x.shape[1]
+            k_i = repeat_kv(k[:, :, :end], groups)
+            v_i = repeat_kv(v[:, :, :end], groups)
             scores = (q[:, :, i : i + 1] @ k_i.transpose(-1, -2)) / math.sqrt(self.head_dim)
             outputs.append(scores.softmax(dim=-1) @ v_i)
         return self.merge_heads(torch.cat(outputs, dim=2))
@@ -108,6 +111,9 @@ class Attention(TokenMixer):
         dtype: torch.dtype | None = None,
         max_len: int | None = None,
     ) -> DecodeState:
+        if not self.causal:
+            # every output depends on every token: there is no one-token-at-a-time form
+            raise NotImplementedError("bidirectional attention (causal=False) cannot decode")
         dtype = dtype or self.q_proj.weight.dtype
         empty = torch.zeros(batch, self.kv_heads, 0, self.head_dim, device=device, dtype=dtype)
         return (empty, empty.clone())

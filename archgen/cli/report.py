@@ -39,10 +39,20 @@ def print_check(console: Console, report: CheckReport, spec_path: Path) -> None:
         "total", "", "", f"{t.params:,}", f"{t.flops / 1e9:.3f}", human_bytes(t.state_bytes)
     )
     console.print(table)
+    if m.mask_token is not None:
+        # a bidirectional denoiser re-reads the whole sequence on every decoding step
+        tail = (
+            f"{t.flops / 1e9:.2f} GFLOPs per denoiser call on {report.seq_len} tokens (a "
+            f"generation costs one call per decoding step, its NFE); mask token {m.mask_token}; "
+            "no decode state (bidirectional)"
+        )
+    else:
+        tail = (
+            f"{t.flops / 1e9:.2f} GFLOPs per sequence of {report.seq_len} tokens, "
+            f"decode state {human_bytes(t.state_bytes)} (float32, batch 1)"
+        )
     console.print(
-        f"{spec_path}: ok -- {human_count(t.params)} parameters, "
-        f"{t.flops / 1e9:.2f} GFLOPs per sequence of {report.seq_len} tokens, "
-        f"decode state {human_bytes(t.state_bytes)} (float32, batch 1)",
+        f"{spec_path}: ok -- {human_count(t.params)} parameters, {tail}",
         markup=False,
         soft_wrap=True,
     )

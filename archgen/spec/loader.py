@@ -335,12 +335,14 @@ def _passes_issues(model: ModelSpec, source: SourceMap) -> list[SpecIssue]:
 # -- the model's own rules ---------------------------------------------------------------------
 
 
-def op_context(model: ModelSpec) -> dict[str, int]:
-    """Model facts that node kinds may take as context fields."""
+def op_context(model: ModelSpec) -> dict[str, int | bool]:
+    """Model facts that node kinds may take as context fields (``causal``: attention's mask
+    follows the task)."""
     return {
         "d_model": model.d_model,
         "vocab_size": model.vocab_size,
         "max_seq_len": model.max_seq_len,
+        "causal": model.task == "causal-lm",
     }
 
 
@@ -374,14 +376,26 @@ def semantic_issues(model: ModelSpec, source: SourceMap | None = None) -> list[S
                 found.append(issue((*path, slot, problem.field), problem.message))
             if causality_problem(op, model.task) is not None:
                 field = "causal" if "causal" in mixer.model_fields_set else "kind"
-                found.append(
-                    issue(
-                        (*path, slot, field),
-                        f"{op.kind!r} is not causal here, but task 'causal-lm' needs causal token "
-                        "mixers (set causal: true)",
-                    )
-                )
+                found.append(issue((*path, slot, field), _causality_message(op, model.task)))
     return found
+
+
+def _causality_message(op: Op, task: str) -> str:
+    """The spec-level wording of :func:`causality_problem`: what to write instead."""
+    if task == "causal-lm":
+        return (
+            f"{op.kind!r} is not causal here, but task 'causal-lm' needs causal token mixers "
+            "(set causal: true)"
+        )
+    if "causal" in op.attributes():
+        return (
+            f"{op.kind!r} is causal here, but task {task!r} needs bidirectional token mixers "
+            "(set causal: false)"
+        )
+    return (
+        f"{op.kind!r} is causal-only (it has no bidirectional form yet), but task {task!r} needs "
+        "bidirectional token mixers: use attention, or dense with causal: false"
+    )
 
 
 def spec_warnings(model: ModelSpec, source: SourceMap | None = None) -> list[SpecIssue]:

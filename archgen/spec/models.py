@@ -155,7 +155,12 @@ MAX_LAYERS = 4096
 
 class ModelSpec(StrictModel):
     name: str = Field("model", description="model name (used in reports and file names)")
-    task: Literal["causal-lm"] = Field("causal-lm", description="what the model computes")
+    task: Literal["causal-lm", "masked-diffusion-lm"] = Field(
+        "causal-lm",
+        description="what the model computes: causal-lm (next token; causal mixers) or "
+        "masked-diffusion-lm (LLaDA-style denoiser of masked tokens; bidirectional mixers; the "
+        "last vocabulary id is the mask token)",
+    )
     vocab_size: Int = Field(ge=2, le=1 << 24, description="vocabulary size (256 for bytes)")
     d_model: Int = Field(ge=1, le=1 << 16, description="width of the residual stream")
     max_seq_len: Int = Field(ge=1, le=1 << 24, description="longest sequence the model accepts")

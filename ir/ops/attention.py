@@ -101,18 +101,31 @@ class _SoftmaxAttentionBase(Op):
 @register_op
 @dataclass(frozen=True)
 class Attention(_SoftmaxAttentionBase):
+    """``causal`` comes from the model's task, not from the spec: attention is causal in a
+    causal-lm and bidirectional (no mask, every query sees every key) in a masked-diffusion-lm.
+    A context field keeps causal specs, printed graphs and spec hashes as they were."""
+
     kind: ClassVar[str] = "attention"
     summary: ClassVar[str] = "causal multi-head attention (GQA, RoPE)"
     # decode state: a KV cache that grows by concatenation (dynamic dim 'past' in ONNX)
     traits: ClassVar[frozenset[Trait]] = frozenset(
         {Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE}
     )
+    context_fields: ClassVar[tuple[str, ...]] = ("d_model", "causal")
+
+    causal: bool = attr("causal mask (from the task: false in a masked-diffusion-lm)", default=True)
+
+    def has(self, trait: Trait) -> bool:
+        # without the mask every output depends on every token: no causality, no decoding
+        if not self.causal and trait in self.traits:
+            return False
+        return super().has(trait)
 
     def key_pairs(self, seq_len: int) -> int:
-        return causal_pairs(seq_len)
+        return causal_pairs(seq_len) if self.causal else seq_len * seq_len
 
     def cached_keys(self, context_len: int) -> int:
-        return context_len
+        return context_len if self.causal else 0
 
 
 @register_op
@@ -207,4 +220,5 @@ class DenseMixer(Op):
         return 2 * pairs * self.d_model + 2 * seq_len * self.d_model
 
     def state_bytes(self, context_len: int, dtype_bytes: int = 4) -> int:
-        return context_len * self.d_model * dtype_bytes
+        # the unmasked mixer has no incremental decode, so it keeps no state
+        return context_len * self.d_model * dtype_bytes if self.causal else 0

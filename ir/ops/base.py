@@ -137,10 +137,19 @@ def _expect_arity(op: Op, inputs: Sequence[TensorType]) -> Sequence[TensorType]:
 
 def causality_problem(op: Op, task: str) -> str | None:
     """Why ``op`` cannot be a node of a model with ``task``, or None: a causal LM needs every
-    node causal (only token mixers can fail). The one rule behind the spec loader, ``verify``,
-    the search space and blockwise training; each reports it in its own way."""
+    node causal (only token mixers can fail); a masked-diffusion LM needs every token mixer
+    bidirectional (a causal one would hide from each masked position the context after it).
+    The one rule behind the spec loader, ``verify``, the search space and blockwise training;
+    each reports it in its own way."""
     if task == "causal-lm" and not op.has(Trait.CAUSAL):
         return "not causal in a causal-lm"
+    if task == "masked-diffusion-lm" and op.role is Role.TOKEN_MIXER and op.has(Trait.CAUSAL):
+        if any(f.name == "causal" for f in dataclasses.fields(op)):  # a bidirectional form
+            return "causal in a masked-diffusion-lm, which needs bidirectional token mixers"
+        return (
+            f"causal-only in a masked-diffusion-lm: {op.kind} has no bidirectional form yet "
+            "(use attention, or dense with causal: false)"
+        )
     return None
 
 

@@ -29,13 +29,17 @@ def _graph() -> Graph:
 
 
 def _instance(cls: type[Op], **attrs: object) -> Op:
-    context = {"d_model": D_MODEL, "max_seq_len": MAX_LEN, "vocab_size": 1000}
+    context = {"d_model": D_MODEL, "max_seq_len": MAX_LEN, "vocab_size": 1000, "causal": True}
     return cls(**{k: context[k] for k in cls.context_fields}, **attrs)  # type: ignore[arg-type]
 
 
 def _token_mixers() -> list[Op]:
     found = [_instance(c) for c in OP_REGISTRY.values() if c.role is Role.TOKEN_MIXER]
-    return [*found, ops.DenseMixer(d_model=D_MODEL, max_seq_len=MAX_LEN, causal=False)]
+    return [
+        *found,
+        ops.DenseMixer(d_model=D_MODEL, max_seq_len=MAX_LEN, causal=False),
+        ops.Attention(d_model=D_MODEL, causal=False),
+    ]
 
 
 def _with_token_mixer(graph: Graph, op: Op) -> Graph:
@@ -66,6 +70,24 @@ def test_dense_mixer_causality_follows_its_attribute() -> None:
     assert not causal.has(Trait.DECODE_EXPORTABLE)
     assert causality_problem(causal, "causal-lm") is None
     assert causality_problem(full, "causal-lm") == "not causal in a causal-lm"
+
+
+def test_masked_diffusion_needs_bidirectional_token_mixers() -> None:
+    task = "masked-diffusion-lm"
+    full = ops.Attention(d_model=D_MODEL, causal=False)
+    assert not any(full.has(t) for t in Trait)
+    assert causality_problem(full, task) is None
+    assert causality_problem(full, "causal-lm") == "not causal in a causal-lm"
+    dense = ops.DenseMixer(d_model=D_MODEL, max_seq_len=MAX_LEN, causal=True)
+    assert "needs bidirectional" in (causality_problem(dense, task) or "")
+    assert causality_problem(replace(dense, causal=False), task) is None
+    why = causality_problem(ops.Mamba(d_model=D_MODEL), task) or ""
+    assert why.startswith("causal-only") and "no bidirectional form" in why
+    # position-wise ops are causal and fine in either task
+    assert causality_problem(ops.SwiGLU(d_model=D_MODEL), task) is None
+    # bidirectional attention scores every (query, key) pair and keeps no decode state
+    assert full.flops(8) > ops.Attention(d_model=D_MODEL).flops(8)
+    assert full.state_bytes(8) == 0
 
 
 def test_verify_rejects_a_node_with_the_wrong_number_of_operands() -> None:

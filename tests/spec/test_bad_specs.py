@@ -648,7 +648,35 @@ CASES: list[tuple[str, str, str]] = [
           max_seq_len: 128
           layers: [{token_mixer: {kind: mamba}}]
         """,
-        "bad.yaml:2:9: model.task: must be 'causal-lm', got 'causal_lm'",
+        "bad.yaml:2:9: model.task: must be one of causal-lm, masked-diffusion-lm; got "
+        "'causal_lm' (did you mean 'causal-lm'?)",
+    ),
+    (
+        "diffusion-causal-only-mixer",
+        """\
+        model:
+          task: masked-diffusion-lm
+          vocab_size: 257
+          d_model: 64
+          max_seq_len: 128
+          layers: [{token_mixer: {kind: mamba}}]
+        """,
+        "bad.yaml:6:33: model.layers[0].token_mixer.kind: 'mamba' is causal-only (it has no "
+        "bidirectional form yet), but task 'masked-diffusion-lm' needs bidirectional token "
+        "mixers: use attention, or dense with causal: false",
+    ),
+    (
+        "diffusion-causal-dense",
+        """\
+        model:
+          task: masked-diffusion-lm
+          vocab_size: 257
+          d_model: 64
+          max_seq_len: 128
+          layers: [{token_mixer: {kind: dense, causal: true}}]
+        """,
+        "bad.yaml:6:48: model.layers[0].token_mixer.causal: 'dense' is causal here, but task "
+        "'masked-diffusion-lm' needs bidirectional token mixers (set causal: false)",
     ),
     # -- the model's own rules -------------------------------------------------------------------
     (
