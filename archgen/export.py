@@ -83,6 +83,12 @@ def lower_options(
 
 def _ready(backend_name: str, graph: Graph, options: LowerOptions) -> Backend:
     """The backend, after checking (before any work) that it can lower ``graph`` here."""
+    if graph.model.mask_token is not None and backend_name in ("onnx", "tensorrt"):
+        # the ONNX lowering writes attention as a causal kernel (GroupQueryAttention)
+        raise ArchgenError(
+            f"the {backend_name} backend does not support {graph.model.task} models yet",
+            hint="validate on --backend eager or compile",
+        )
     backend = get_backend(backend_name)
     check_lowerable(backend, graph, options)
     if options.weights is not None and not Path(options.weights).is_file():
@@ -174,6 +180,11 @@ def export(
 
     spec = with_passes(spec, passes)
     graph = compile_spec(spec)
+    if graph.model.mask_token is not None:
+        raise ArchgenError(
+            f"export does not support {graph.model.task} models yet",
+            hint="train and generate with the eager model (archgen train / generate --decoder)",
+        )
     options = lower_options(
         graph,
         dtype=dtype,
@@ -186,9 +197,14 @@ def export(
     backend = _ready(FORMAT_BACKEND[fmt], graph, options)
 
     out = target.path
+    digest = spec_hash(spec)
     with target.staging() as staging:
         artifact = backend.lower(graph, options)
         files = artifact.save(staging)
+        if fmt == "onnx":  # the config the backend wrote, plus what only the spec knows
+            from archgen.backends.onnx import add_metadata
+
+            add_metadata(staging, {"archgen.spec_hash": digest})
         report = run_validation(artifact, seed=validation_seed)
         if not report.passed:
             first = report.first_failure
@@ -204,7 +220,7 @@ def export(
         manifest = {
             "command": "export",
             "versions": artifact.meta.extra.get("versions", library_versions()),
-            "spec_hash": spec_hash(spec),
+            "spec_hash": digest,
             "model": graph.model.name,
             "format": fmt,
             "backend": backend.name,

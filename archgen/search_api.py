@@ -96,6 +96,12 @@ def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> Se
         )
     _check_export(options.export)
     graph = compile_spec(spec)
+    if graph.model.mask_token is not None:
+        # the quality proxies and the teacher are next-token models
+        raise ArchgenError(
+            f"search does not support {graph.model.task} models yet",
+            hint="archgen train / generate --decoder work on them",
+        )
     proposals, _ = search_proposals(spec)
     backend = get_backend(s.workload.backend)
     ok, why = backend.is_available()

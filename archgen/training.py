@@ -133,6 +133,10 @@ def prepare(
         )
     api.check_memory(graph, "train", batch_size=config.batch_size, seq_len=seq_len, device=device)
     loaded = load_data(source, vocab_size=m.vocab_size, seq_len=seq_len)
+    if m.mask_token is not None:
+        from archgen.train.diffusion import check_diffusion_data
+
+        check_diffusion_data(loaded, m.mask_token)
     return Prepared(arch, graph, source, loaded, config)
 
 
@@ -191,9 +195,16 @@ def train(
     out_dir = Path(out) if out is not None else default_out(prepared)
     check_run_folder(out_dir, "train")
     log(f"data: {prepared.data.describe()}")
+    objective, evaluator = None, None
+    if prepared.graph.model.mask_token is not None:
+        from archgen.train.diffusion import MaskedDiffusion
+
+        objective = MaskedDiffusion(prepared.graph.model.mask_token)
+        evaluator = objective.evaluate
     result = run(
         prepared.graph, prepared.data, prepared.config, out_dir,
         resume=resume, device=device, progress=progress, log=log,
+        objective=objective, evaluator=evaluator,
     )  # fmt: skip
     write_run_files(
         prepared.spec, prepared.graph, prepared.source, prepared.config, out_dir,
@@ -254,6 +265,15 @@ def distill_graph(
     from archgen.train.distill import distill as run
 
     model = teacher if isinstance(teacher, torch.nn.Module) else load_trained(teacher)
+    teacher_graph = getattr(model, "graph", None)
+    for who, graph in (("student", student), ("teacher", teacher_graph)):
+        # distillation matches next-token distributions; a denoiser's are another quantity
+        if graph is not None and graph.model.task != "causal-lm":
+            raise ArchgenError(
+                f"the {who} is a {graph.model.task}: distillation supports causal-lm models only "
+                "so far",
+                hint="train a masked-diffusion LM with archgen train",
+            )
     dcfg = distill_config or DistillConfig()
     out_dir = Path(out)
     result = run(

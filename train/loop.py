@@ -81,6 +81,13 @@ class Objective(Protocol):
     def loss(self, model: ArchModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
+# What validation computes: ``(model, batches, data, config, device) -> record`` (see ``evaluate``;
+# a masked-diffusion LM scores masked tokens instead of next tokens: train/diffusion.py).
+Evaluator = Callable[
+    [ArchModel, list[TaskBatch], TrainingData, TrainConfig, torch.device], dict[str, float]
+]
+
+
 @dataclass
 class LanguageModeling:
     """Cross-entropy of the next token (text, tokens) or of the answers (tasks)."""
@@ -202,6 +209,7 @@ def train(
     *,
     resume: bool = False,
     objective: Objective | None = None,
+    evaluator: Evaluator | None = None,
     init: Callable[[ArchModel], None] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -212,7 +220,8 @@ def train(
     """Train the model of ``graph`` on ``data`` into ``out_dir`` (see the module docstring).
 
     ``init`` adjusts the freshly built model before training (e.g. load weights); ``on_step``
-    is called after every optimizer step with ``(step, loss)``; ``identity`` adds what else
+    is called after every optimizer step with ``(step, loss)``; ``evaluator`` replaces
+    :func:`evaluate` for validation; ``identity`` adds what else
     makes this run itself (e.g. the teacher) to the facts checked on ``resume``.
     """
     out = Path(out_dir)
@@ -266,7 +275,7 @@ def train(
     )
 
     def validate(step: int) -> dict[str, float]:
-        record = evaluate(model, val_batches, data, config, dev)
+        record = (evaluator or evaluate)(model, val_batches, data, config, dev)
         metrics.write({"kind": "val", "step": step, **record})
         return record
 

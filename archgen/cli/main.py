@@ -222,19 +222,39 @@ def generate(
         ),
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens to generate")] = 64,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.8,
+    temperature: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="0 = greedy (default 0.8; masked-diffusion decoding: 0 only)"),
+    ] = None,
     top_k: Annotated[int | None, typer.Option(min=1, help="sample among the k best")] = 40,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    decoder: Annotated[
+        str | None,
+        typer.Option(
+            help="masked-diffusion LMs: confidence{tokens=1,block=32}, threshold{tau=0.9,"
+            "block=32} or localleap{tau=0.9,tau_relax=0.75,radius=4,block=32} (the default)"
+        ),
+    ] = None,
 ) -> None:
-    """Generate text token by token with each mixer's incremental state."""
+    """Generate text token by token with each mixer's incremental state (masked-diffusion LMs:
+    by denoising the answer with a --decoder policy)."""
     from archgen import api
     from archgen import generate as gen
 
+    info = api.compile_spec(spec).model
+    if info.mask_token is None and decoder is not None:
+        raise ArchgenError(
+            f"--decoder applies to masked-diffusion-lm models; {spec} is a {info.task}",
+            hint="drop --decoder (a causal LM samples token by token)",
+        )
+    if info.mask_token is not None:
+        _generate_diffusion(spec, weights, prompt, max_new_tokens, temperature, decoder)
+        return
     if weights is None:
         err.print("note: no --weights given: generating from a randomly initialised model")
     model = gen.load_for_generation(spec, weights)
-    info = api.compile_spec(spec).model
     tokens = gen.encode_prompt(prompt, info.vocab_size)
+    temperature = 0.8 if temperature is None else temperature
     typer.echo(prompt, nl=False)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     result = gen.generate(
@@ -251,6 +271,45 @@ def generate(
     err.print(
         f"{len(result.new_tokens)} tokens in {result.seconds:.2f} s "
         f"({result.tokens_per_second:.1f} tokens/s)"
+    )
+
+
+def _generate_diffusion(
+    spec: Path,
+    weights: Path | None,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float | None,
+    decoder: str | None,
+) -> None:
+    from archgen import api, decoding
+    from archgen import generate as gen
+
+    policy = decoding.parse_decoder(decoder or "localleap")
+    policy.check_length(max_new_tokens)  # before loading anything
+    if temperature not in (None, 0.0):
+        raise ArchgenError(
+            f"--temperature {temperature}: masked-diffusion decoding is greedy (temperature 0) "
+            "so far",
+            hint="drop --temperature",
+        )
+    info = api.compile_spec(spec).model
+    assert info.mask_token is not None
+    tokens = gen.encode_prompt(prompt, info.vocab_size - 1)
+    if weights is None:
+        err.print("note: no --weights given: generating from a randomly initialised model")
+    model = gen.load_for_generation(spec, weights)
+    result = decoding.decode(
+        model, tokens, max_new_tokens, policy,
+        mask_token=info.mask_token, max_seq_len=info.max_seq_len,
+    )  # fmt: skip
+    typer.echo(prompt + result.text)
+    per_call = " ".join(str(n) for n in result.committed_per_call)
+    err.print(
+        f"{len(result.new_tokens)} tokens in {result.seconds:.2f} s with {policy}: "
+        f"NFE {result.nfe} ({result.tokens_per_call:.2f} tokens per call; per call: {per_call})",
+        markup=False,
+        soft_wrap=True,
     )
 
 
