@@ -22,6 +22,7 @@ from archgen.spec.expand import spec_to_data
 from archgen.spec.loader import load_spec
 from archgen.spec.models import ArchSpec
 from archgen.spec.search_space import search_proposals
+from archgen.staging import output_folder, probe_writable
 
 __all__ = ["SearchOptions", "SearchOutcome", "cache_dir", "plan_search", "run_search"]
 
@@ -129,13 +130,15 @@ def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> Se
         batch=w.batch, seq_len=seq_len, phase=w.phase, dtype=w.dtype, backend=w.backend,
         device=w.device, threads=w.threads, repeats=5 if options.quick else w.repeats,
     )  # fmt: skip
-    out = Path(options.out or Path("runs") / f"search-{spec.model.name}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        from archgen.staging import unwritable
+    if options.out is not None:
+        out = Path(options.out)
+    else:
+        from archgen.training import default_folder
 
-        raise unwritable(out, exc) from None
+        out = default_folder(spec.model.name, prefix="search-")
+    if out.exists() and not out.is_dir():
+        raise ArchgenError(f"{out} exists and is not a folder", hint="choose another folder (-o)")
+    probe_writable(out, inside=True)  # created by run_search, and removed if the search fails
     finalize = options.finalize_steps
     if finalize is None:
         from archgen.search.winner import default_finalize_steps
@@ -167,5 +170,8 @@ def run_search(
     log: Log = print,
     on_trial: Callable[[Any, Any], None] | None = None,
 ) -> SearchOutcome:
-    """Plan, then run (:func:`archgen.search.run.run_search_plan`)."""
-    return run_search_plan(plan_search(spec_path, options), log=log, on_trial=on_trial)
+    """Plan, then run (:func:`archgen.search.run.run_search_plan`) in the output folder, which
+    is created here and removed again if the search fails before writing anything into it."""
+    plan = plan_search(spec_path, options)
+    with output_folder(plan.out):
+        return run_search_plan(plan, log=log, on_trial=on_trial)

@@ -121,6 +121,33 @@ def new_staging(out: Path) -> Path:
         return staging
 
 
+@contextmanager
+def output_folder(path: Path) -> Iterator[Path]:
+    """Create ``path`` (and its missing parents) for a command that writes into it as it goes
+    (a search, whose study must survive a crash). If the block fails, the folders created here
+    that are still empty are removed again, deepest first: a failed command leaves no empty
+    output folder, and never touches a folder that existed or holds anything."""
+    path = Path(path)
+    created: list[Path] = []
+    folder = Path(os.path.abspath(path))
+    while not folder.exists() and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(path, exc) from None
+    try:
+        yield path
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+        raise
+
+
 def replace_folder(staging: Path, out: Path) -> None:
     """Rename ``staging`` to ``out``. An existing ``out`` folder is first renamed aside under a
     unique name and deleted once the new one is in place (renamed back if that fails): at every
@@ -249,6 +276,53 @@ class OutputFolder:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+LOCK_FILE = ".archgen.lock"
+
+
+@contextmanager
+def run_folder_lock(folder: Path, doing: str = "training") -> Iterator[None]:
+    """Hold the run folder ``folder`` for this process while the block runs: a second archgen
+    process on the same run (two ``train --resume``) is refused, naming the holder, instead of
+    interleaving checkpoints and metrics. An advisory ``flock`` on ``FOLDER/.archgen.lock``
+    (the kernel drops it when the holder dies, so a killed run never leaves the folder locked);
+    the file is removed when the block ends. Created folders are removed again if the block
+    fails before writing anything (:func:`output_folder`)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): runs are not guarded there
+        yield
+        return
+    with output_folder(folder):
+        lock = Path(folder) / LOCK_FILE
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise ArchgenError(
+                    f"another archgen process is {doing} in {folder} (pid {holder})",
+                    hint="wait for it to finish or stop it; two processes writing one run "
+                    "would mix their checkpoints",
+                ) from None
+            # The previous holder removes the file before releasing it: if that happened
+            # between our open and our lock, we hold a file nobody else sees. Start over.
+            try:
+                if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.unlink(lock)  # before the release: see the check above
+            os.close(fd)
+
+
 def check_run_folder(path: Path, command: str) -> None:
     """Refuse, before any work, a training output (``--out``) that is not a folder, cannot be
     written, or holds files that are not a run's: training writes ``weights.safetensors``,
@@ -259,7 +333,9 @@ def check_run_folder(path: Path, command: str) -> None:
     if path.exists() and not path.is_dir():
         raise ArchgenError(f"{path} exists and is not a folder", hint=other)
     if path.is_dir():
-        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+        entries = sorted(
+            p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if p.name != LOCK_FILE
+        )  # a run just starting holds only its lock: the lock then names the holder
         is_run = (path / "checkpoints").is_dir() or (path / "config.json").is_file()
         if entries and not is_run:
             raise ArchgenError(

@@ -22,7 +22,7 @@ import yaml
 
 from archgen.errors import ArchgenError
 from archgen.spec.training import data_source, train_config
-from archgen.staging import check_run_folder
+from archgen.staging import check_run_folder, run_folder_lock
 from archgen.train.config import DataSource, TextData, TokenData, TrainConfig, as_plain
 from archgen.train.tasks import TASKS, Task
 
@@ -171,8 +171,20 @@ def write_run_files(
 
 
 def default_out(prepared: Prepared, what: str = "train") -> Path:
-    name = prepared.graph.model.name
-    return Path("runs") / (name if what == "train" else f"{name}-{what}")
+    return default_folder(prepared.graph.model.name, "" if what == "train" else f"-{what}")
+
+
+def default_folder(name: str, suffix: str = "", prefix: str = "") -> Path:
+    """``runs/<prefix><name><suffix>``, the output folder when none is given. The loader
+    refuses unsafe names with their file:line; a spec built in Python reaches here unchecked."""
+    from archgen.spec.loader import name_problem
+
+    problem = name_problem(name)
+    if problem is not None:
+        raise ArchgenError(
+            f"model.name {problem}", hint="rename the model, or choose the output folder (-o)"
+        )
+    return Path("runs") / f"{prefix}{name}{suffix}"
 
 
 def train(
@@ -201,15 +213,16 @@ def train(
 
         objective = MaskedDiffusion(prepared.graph.model.mask_token)
         evaluator = objective.evaluate
-    result = run(
-        prepared.graph, prepared.data, prepared.config, out_dir,
-        resume=resume, device=device, progress=progress, log=log,
-        objective=objective, evaluator=evaluator,
-    )  # fmt: skip
-    write_run_files(
-        prepared.spec, prepared.graph, prepared.source, prepared.config, out_dir,
-        {"steps": result.steps, "final": result.final},
-    )  # fmt: skip
+    with run_folder_lock(out_dir):  # a second `train --resume` of this run stops here
+        result = run(
+            prepared.graph, prepared.data, prepared.config, out_dir,
+            resume=resume, device=device, progress=progress, log=log,
+            objective=objective, evaluator=evaluator,
+        )  # fmt: skip
+        write_run_files(
+            prepared.spec, prepared.graph, prepared.source, prepared.config, out_dir,
+            {"steps": result.steps, "final": result.final},
+        )  # fmt: skip
     return result
 
 
@@ -345,9 +358,10 @@ def distill(
     out_dir = Path(out) if out is not None else default_out(prepared, "distilled")
     check_run_folder(out_dir, "distill")
     log(f"data: {prepared.data.describe()}; teacher: {teacher_dir}")
-    return distill_graph(
-        prepared.graph, teacher_dir, prepared.data, prepared.config, out_dir, distill_config=dcfg,
-        init=None if init is None else weights_init(init, log), spec=prepared.spec,
-        resume=resume, device=device, progress=progress, on_wiring=on_wiring,
-        log=log,
-    )  # fmt: skip
+    with run_folder_lock(out_dir):
+        return distill_graph(
+            prepared.graph, teacher_dir, prepared.data, prepared.config, out_dir,
+            distill_config=dcfg, init=None if init is None else weights_init(init, log),
+            spec=prepared.spec, resume=resume, device=device, progress=progress,
+            on_wiring=on_wiring, log=log,
+        )  # fmt: skip

@@ -92,7 +92,7 @@ def run_search_plan(
     from archgen.search.measure import Measurer
     from archgen.search.paired import ReferenceCalibration
     from archgen.search.report import build_report, write_json_atomic, write_plots
-    from archgen.search.storage import open_storage, quiet_optuna
+    from archgen.search.storage import open_storage, quiet_optuna, redact
     from archgen.search.study import StudyConfig, open_study, pareto_front, run_worker, worker_id
 
     quiet_optuna()
@@ -102,7 +102,8 @@ def run_search_plan(
         log(f"excluded {e.node} = {e.label}: {e.reason}")
     log(
         f"search space: {len(space.slots)} slots, {space.size():,} candidates; "
-        f"budget {plan.budget}; study {plan.study_name} in {plan.storage_url}"
+        f"budget {plan.budget}; study {plan.study_name} in "
+        f"{redact(plan.storage_url, plan.storage_url)}"
     )
 
     # 2. The reference, alone.
@@ -238,7 +239,8 @@ def run_search_plan(
         quality_fidelity=plan.fidelity,
         measurement=measurement,
     )
-    report["study"] = {"name": plan.study_name, "storage": plan.storage_url}
+    storage_shown = redact(plan.storage_url, plan.storage_url)  # never a password in a report
+    report["study"] = {"name": plan.study_name, "storage": storage_shown}
     report["quality"] = quality_info
     report["winner"] = winner.to_json() if winner is not None else None
     if plan.fidelity == "blockwise" and not plan.quick and plan.spec.search is not None:

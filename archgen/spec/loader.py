@@ -86,7 +86,8 @@ def parse_spec_with_warnings(
         errors = _without_typo_twins(exc.errors(), data)
         issues = [_translate(err, data, source) for err in errors]
         raise SpecError(_sorted_unique(issues)) from None
-    issues = semantic_issues(spec.model, source) + _passes_issues(spec.model, source)
+    issues = _name_issues(spec.model, source) + semantic_issues(spec.model, source)
+    issues += _passes_issues(spec.model, source)
     if spec.search is not None:
         from archgen.spec.search_space import search_proposals
 
@@ -316,6 +317,35 @@ def _sorted_unique(issues: list[SpecIssue]) -> list[SpecIssue]:
     return sorted(seen.values(), key=key)
 
 
+NAME_MAX = 100  # a folder name with room for suffixes (-distilled, staging names)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be ``model.name``, or None. The name becomes a folder name (the
+    default ``runs/<name>``, ``runs/search-<name>``): ``../../x`` or ``/tmp/x`` would put
+    outputs anywhere, and a leading dot hides the folder among archgen's staging folders."""
+    if not name:
+        return "must not be empty"
+    if len(name) > NAME_MAX:
+        return f"must be at most {NAME_MAX} characters, got {len(name)}"
+    bad = sorted({c for c in name if c in "/\\" or ord(c) < 32 or ord(c) == 127})
+    if bad or name.startswith("."):
+        what = ", ".join(repr(c) for c in bad) if bad else "a leading '.'"
+        return (
+            f"must be a plain file name (it names the default output folder runs/<name>); "
+            f"{name!r} has {what}"
+        )
+    return None
+
+
+def _name_issues(model: ModelSpec, source: SourceMap) -> list[SpecIssue]:
+    problem = name_problem(model.name)
+    if problem is None:
+        return []
+    path = ("model", "name")
+    return [SpecIssue(source.filename, source.locate(path), path, problem)]
+
+
 def _passes_issues(model: ModelSpec, source: SourceMap) -> list[SpecIssue]:
     """``model.passes`` must parse as a pipeline (whether each pass matches is the compiler's
     business: a pass that matches nothing is a note, not an error)."""
@@ -438,6 +468,7 @@ __all__ = [
     "format_path",
     "load_spec",
     "load_spec_with_warnings",
+    "name_problem",
     "parse_spec",
     "parse_spec_with_warnings",
     "semantic_issues",

@@ -133,7 +133,8 @@ def random_spec(data: st.DataObject) -> dict[str, Any]:
         "d_model": d_model,
         "max_seq_len": data.draw(st.integers(1, 8192), label="max_seq_len"),
     }
-    maybe(data, model, "name", st.text("abcdefghijklmnopqrstuvwxyz-_0123456789", max_size=12))
+    name = st.text("abcdefghijklmnopqrstuvwxyz-_0123456789", min_size=1, max_size=12)
+    maybe(data, model, "name", name)  # never empty: a name names the default output folder
     maybe(data, model, "task", st.just("causal-lm"))
     maybe(data, model, "norm", st.sampled_from(["rmsnorm", "layernorm"]))
     maybe(data, model, "norm_eps", st.floats(1e-12, 0.5))
