@@ -46,6 +46,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+# the distillation objective's terms in train records (train/distill.py), as the plot names them
+DISTILL_TERMS = {"kd": "KD term (KL to the teacher)", "feature": "feature term (block outputs)"}
+
+
+def _steps(records: list[dict[str, Any]]) -> list[int]:
+    return [r["step"] for r in records]
+
+
 def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> bool:
     """Write the loss curves (and bits per byte or accuracy) as a PNG; False if matplotlib is
     missing (it is an optional dependency: ``pip install archgen[train]``)."""
@@ -60,20 +68,41 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> bool:
     val = [r for r in records if r["kind"] == "val"]
     second = "bpb" if any("bpb" in r for r in val) else "accuracy"
     has_second = any(second in r for r in val)
-    fig, axes = plt.subplots(1, 2 if has_second else 1, figsize=(11 if has_second else 6, 4))
-    ax = axes[0] if has_second else axes
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1)
-    ax.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="validation", ms=3)
+    # A distillation's training loss is its objective (KD + feature terms), not a cross-entropy:
+    # it gets its own panel, and only its CE term (if any) shares the cross-entropy axis.
+    distilled = any(part in r for r in train for part in DISTILL_TERMS)
+    panels = 1 + distilled + has_second
+    fig, grid = plt.subplots(1, panels, figsize=(5.5 * panels + 0.5, 4), squeeze=False)
+    axes = list(grid[0])
+    ax = axes.pop(0)
+    if distilled:
+        ce = [r for r in train if "ce" in r]
+        if ce:
+            ax.plot(_steps(ce), [r["ce"] for r in ce], label="train (CE term)", lw=1)
+    else:
+        ax.plot(_steps(train), [r["loss"] for r in train], label="train", lw=1)
+    ax.plot(_steps(val), [r["loss"] for r in val], "o-", label="validation", ms=3)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats)")
     ax.legend()
     ax.grid(alpha=0.3)
+    if distilled:
+        objective = axes.pop(0)
+        objective.plot(_steps(train), [r["loss"] for r in train], label="total (weighted)", lw=1)
+        for part, label in DISTILL_TERMS.items():
+            rows = [r for r in train if part in r]
+            if rows:
+                objective.plot(_steps(rows), [r[part] for r in rows], label=label, lw=1)
+        objective.set_xlabel("step")
+        objective.set_ylabel("distillation objective (train)")
+        objective.legend()
+        objective.grid(alpha=0.3)
     if has_second:
         pts = [(r["step"], r[second]) for r in val if second in r and math.isfinite(r[second])]
-        axes[1].plot(*zip(*pts, strict=True), "o-", color="C1", ms=3)
-        axes[1].set_xlabel("step")
-        axes[1].set_ylabel("validation bits per byte" if second == "bpb" else "answer accuracy")
-        axes[1].grid(alpha=0.3)
+        axes[0].plot(*zip(*pts, strict=True), "o-", color="C1", ms=3)
+        axes[0].set_xlabel("step")
+        axes[0].set_ylabel("validation bits per byte" if second == "bpb" else "answer accuracy")
+        axes[0].grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     try:
