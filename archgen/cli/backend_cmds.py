@@ -6,6 +6,7 @@ commands so ``archgen --help`` stays fast.
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,10 +20,44 @@ if TYPE_CHECKING:
     from archgen.backends.validate import NumericsReport
     from archgen.export import DoctorReport
 
+
+# Fixed choices as enums: --help lists them and typer refuses others (exit 2) before any work.
+# Their values are the API's Literal types (backends/base.py, archgen/export.py); a test keeps
+# the two in step (tests/cli/test_conventions.py). Commands pass ``.value`` on.
+class DTypeChoice(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class ProviderChoice(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+
+
+class DeviceChoice(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class FormatChoice(str, Enum):
+    onnx = "onnx"
+    tensorrt = "tensorrt"
+    torch = "torch"
+    hf = "hf"
+
+
+class BackendChoice(str, Enum):
+    eager = "eager"
+    compile = "compile"
+    onnx = "onnx"
+    tensorrt = "tensorrt"
+
+
 SpecArg = Annotated[Path, typer.Argument(help="architecture spec (YAML)", show_default=False)]
-DTypeOpt = Annotated[
-    str, typer.Option("--dtype", help="float32 | float64 | bfloat16 | float16 (backend-dependent)")
-]
+DTypeOpt = Annotated[DTypeChoice, typer.Option("--dtype", help="weights dtype (backend-dependent)")]
 WeightsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -39,9 +74,11 @@ MaxSeq = Annotated[
 SeedOpt = Annotated[
     int | None, typer.Option("--validation-seed", help="seed of the random test tokens")
 ]
-ProviderOpt = Annotated[str, typer.Option("--provider", help="onnxruntime EP: cpu|cuda|tensorrt")]
+ProviderOpt = Annotated[
+    ProviderChoice, typer.Option("--provider", help="onnxruntime execution provider")
+]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="eager/compile: where the model runs, cpu | cuda")
+    DeviceChoice, typer.Option("--device", help="eager/compile: where the model runs")
 ]
 PortableOpt = Annotated[
     bool,
@@ -65,16 +102,6 @@ ForceOpt = Annotated[
         "--force", help="replace a previous `archgen export` output in --output (never other files)"
     ),
 ]
-
-DTYPES = ("float32", "float64", "bfloat16", "float16")
-DEVICES = ("cpu", "cuda")
-
-
-def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
-    if value not in choices:
-        from archgen.errors import ArchgenError
-
-        raise ArchgenError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
 
 
 def print_numerics(console: Console, report: NumericsReport) -> None:
@@ -188,18 +215,18 @@ def register(app: typer.Typer, out: Console) -> None:
     def export(
         spec: SpecArg,
         output: Annotated[
-            Path, typer.Option("--output", "-o", help="output folder (new or empty)")
+            Path, typer.Option("--output", "--out", "-o", help="output folder (new or empty)")
         ],
         fmt: Annotated[
-            str, typer.Option("--format", "-f", help="onnx | tensorrt | torch | hf")
-        ] = "onnx",
-        dtype: DTypeOpt = "float32",
+            FormatChoice, typer.Option("--format", "-f", help="what to write")
+        ] = FormatChoice.onnx,
+        dtype: DTypeOpt = DTypeChoice.float32,
         weights: WeightsOpt = None,
         min_seq: MinSeq = None,
         opt_seq: OptSeq = None,
         max_seq: MaxSeq = None,
         validation_seed: SeedOpt = None,
-        provider: ProviderOpt = "cpu",
+        provider: ProviderOpt = ProviderChoice.cpu,
         portable: PortableOpt = False,
         passes: PassesOpt = None,
         force: ForceOpt = False,
@@ -208,10 +235,9 @@ def register(app: typer.Typer, out: Console) -> None:
         from archgen import export as api
         from archgen.errors import ArchgenError
 
-        _check_choice(fmt, (*api.FORMAT_BACKEND, "hf"), "format")
-        _check_choice(dtype, DTYPES, "dtype")
-        if fmt == "hf":  # a transformers folder: no engine, checked against transformers
-            engine_opts = {"--dtype": dtype != "float32", "--provider": provider != "cpu",
+        if fmt is FormatChoice.hf:  # a transformers folder: no engine, checked against transformers
+            engine_opts = {"--dtype": dtype is not DTypeChoice.float32,
+                           "--provider": provider is not ProviderChoice.cpu,
                            "--portable": portable, "--min-seq/--opt-seq/--max-seq":
                            (min_seq, opt_seq, max_seq) != (None, None, None)}  # fmt: skip
             _export_hf(out, spec, output, weights, passes, validation_seed, force, engine_opts)
@@ -220,12 +246,12 @@ def register(app: typer.Typer, out: Console) -> None:
             result = api.export(
                 spec,
                 output,
-                fmt=fmt,  # type: ignore[arg-type]
-                dtype=dtype,  # type: ignore[arg-type]
+                fmt=fmt.value,  # type: ignore[arg-type]
+                dtype=dtype.value,  # type: ignore[arg-type]
                 weights=weights,
                 profile=api.Profile(min_seq, opt_seq, max_seq),
                 validation_seed=validation_seed,
-                provider=provider,  # type: ignore[arg-type]
+                provider=provider.value,  # type: ignore[arg-type]
                 portable=portable,
                 passes=passes,
                 force=force,
@@ -240,22 +266,24 @@ def register(app: typer.Typer, out: Console) -> None:
             out.print(f"[yellow]fallback[/] {name}: {why}")
         for note in result.artifact.meta.notes:
             out.print(f"note: {note}", markup=False)
-        out.print(f"exported {fmt} -> {result.out_dir}/ ({', '.join(result.files)})", markup=False)
+        out.print(
+            f"exported {fmt.value} -> {result.out_dir}/ ({', '.join(result.files)})", markup=False
+        )
 
     @app.command()
     def validate(
         spec: SpecArg,
         backend: Annotated[
-            str, typer.Option("--backend", "-b", help="eager | compile | onnx | tensorrt")
-        ] = "onnx",
-        dtype: DTypeOpt = "float32",
+            BackendChoice, typer.Option("--backend", "-b", help="the backend to compare")
+        ] = BackendChoice.onnx,
+        dtype: DTypeOpt = DTypeChoice.float32,
         weights: WeightsOpt = None,
         min_seq: MinSeq = None,
         opt_seq: OptSeq = None,
         max_seq: MaxSeq = None,
         validation_seed: SeedOpt = None,
-        provider: ProviderOpt = "cpu",
-        device: DeviceOpt = "cpu",
+        provider: ProviderOpt = ProviderChoice.cpu,
+        device: DeviceOpt = DeviceChoice.cpu,
         portable: PortableOpt = False,
         json_out: Annotated[
             Path | None, typer.Option("--json", help="also write the report (numerics.json)")
@@ -265,17 +293,15 @@ def register(app: typer.Typer, out: Console) -> None:
         from archgen import export as api
         from archgen.backends.validate import NumericsError
 
-        _check_choice(dtype, DTYPES, "dtype")
-        _check_choice(device, DEVICES, "device")
         result = api.validate(
             spec,
-            backend=backend,
-            dtype=dtype,  # type: ignore[arg-type]
+            backend=backend.value,
+            dtype=dtype.value,  # type: ignore[arg-type]
             weights=weights,
             profile=api.Profile(min_seq, opt_seq, max_seq),
             seed=validation_seed,
-            provider=provider,  # type: ignore[arg-type]
-            device=device,  # type: ignore[arg-type]
+            provider=provider.value,  # type: ignore[arg-type]
+            device=device.value,  # type: ignore[arg-type]
             portable=portable,
         )
         print_numerics(out, result.report)
@@ -283,14 +309,19 @@ def register(app: typer.Typer, out: Console) -> None:
             result.report.write(json_out)
         first = result.report.first_failure
         if first is not None:
-            raise NumericsError(f"{backend} {dtype}: first failing block {first.name}")
+            raise NumericsError(f"{backend.value} {dtype.value}: first failing block {first.name}")
 
     @app.command()
     def doctor(
         spec: SpecArg,
         deep: Annotated[
-            bool, typer.Option("--deep/--quick", help="also trace each mixer for onnx (slower)")
-        ] = True,
+            bool,
+            typer.Option(
+                "--deep/--quick",
+                help="also trace each mixer kind alone for onnx (seconds per kind; the quick "
+                "default asks each backend's rules only)",
+            ),
+        ] = False,
     ) -> None:
         """Which backend can lower each node kind of SPEC on this machine, and why not."""
         from archgen import export as api

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,9 +26,31 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
 )
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version as dist_version
+
+        out.print(f"archgen {dist_version('archgen')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version", "-V", callback=_print_version, is_eager=True, help="print the version"
+        ),
+    ] = None,
+) -> None:
+    """Compile mixer architectures: YAML spec -> typed IR -> passes -> PyTorch/ONNX."""
+
 
 SpecArg = Annotated[Path, typer.Argument(help="architecture spec (YAML)", show_default=False)]
 PassesOpt = Annotated[
@@ -38,7 +61,23 @@ PassesOpt = Annotated[
         "lists them)",
     ),
 ]
+# -o/--out/--output: the same spelling on every command that writes
+NewFolderOpt = Annotated[
+    Path, typer.Option("--output", "--out", "-o", help="output folder (new or empty)")
+]
 FORCE_HELP = "replace a previous `archgen {}` output in --output (never other files)"
+
+
+class QualityChoice(str, Enum):  # archgen.search_api.FIDELITIES
+    analytic = "analytic"
+    capability = "capability"
+    blockwise = "blockwise"
+
+
+class WinnerFormat(str, Enum):  # archgen.export.FORMAT_BACKEND
+    onnx = "onnx"
+    tensorrt = "tensorrt"
+    torch = "torch"
 
 
 @app.command()
@@ -95,7 +134,7 @@ def list_passes() -> None:
 @app.command()
 def build(
     spec: SpecArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="output folder (new or empty)")],
+    output: NewFolderOpt,
     seed: Annotated[int, typer.Option(help="seed of the weight initialisation")] = 0,
     passes: PassesOpt = None,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP.format("build"))] = False,
@@ -127,7 +166,7 @@ def convert(
             "folder's model.passes)",
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="output folder (new or empty)")],
+    output: NewFolderOpt,
     seed: Annotated[int, typer.Option(help="seed of the new tensors' initialisation")] = 0,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP.format("convert"))] = False,
 ) -> None:
@@ -161,7 +200,7 @@ def import_(
             show_default=False,
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="output folder (new or empty)")],
+    output: NewFolderOpt,
     name: Annotated[str | None, typer.Option(help="model name (default: the folder's)")] = None,
     max_seq_len: Annotated[
         int | None,
@@ -189,7 +228,8 @@ def import_(
 @app.command()
 def schema(
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="write to a file instead of stdout")
+        Path | None,
+        typer.Option("--output", "--out", "-o", help="write to a file instead of stdout"),
     ] = None,
 ) -> None:
     """Write the JSON Schema of the spec format (for editor completion)."""
@@ -326,17 +366,26 @@ def search(
     trials: Annotated[
         int | None, typer.Option(min=1, help="candidates to evaluate (repeats are free)")
     ] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="output folder")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "--out",
+            "-o",
+            help="output folder (default: runs/search-NAME, NAME the "
+            "spec's model.name); rerun with the same folder to resume",
+        ),
+    ] = None,
     storage: Annotated[
         str | None,
         typer.Option(help="Optuna storage URL (default: SQLite in the output folder)"),
     ] = None,
     quality: Annotated[
-        str | None, typer.Option(help="quality fidelity: analytic, capability or blockwise")
+        QualityChoice | None, typer.Option(help="quality fidelity (overrides search.quality)")
     ] = None,
     quick: Annotated[bool, typer.Option(help="shorter defaults for a first look")] = False,
     export: Annotated[
-        str | None, typer.Option(help="export the winner (onnx) and validate its numerics")
+        WinnerFormat | None, typer.Option(help="export the winner and validate its numerics")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="sampler seed (overrides search.seed)")] = None,
     finalize_steps: Annotated[
@@ -358,8 +407,8 @@ def search(
         out=output,
         storage=storage,
         quick=quick,
-        quality=quality,
-        export=export,
+        quality=quality.value if quality is not None else None,
+        export=export.value if export is not None else None,
         seed=seed,
         finalize_steps=finalize_steps,
     )
@@ -380,6 +429,10 @@ DataOpt = Annotated[
 ]
 OutOpt = Annotated[
     Path | None, typer.Option("--out", "--output", "-o", help="run folder (default: runs/NAME)")
+]
+DistillOutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "--output", "-o", help="run folder (default: runs/NAME-distilled)"),
 ]
 StepsOpt = Annotated[
     int | None, typer.Option(min=1, help="optimizer steps (overrides train.steps)")
@@ -469,7 +522,7 @@ def distill(
     ] = None,
     data: DataOpt = None,
     steps: StepsOpt = None,
-    output: OutOpt = None,
+    output: DistillOutOpt = None,
     resume: ResumeOpt = False,
     temperature: Annotated[float | None, typer.Option(min=0.0, help="logit KL temperature")] = None,
     kd_weight: Annotated[float | None, typer.Option(min=0.0, help="logit KL weight")] = None,
