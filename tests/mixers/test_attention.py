@@ -62,3 +62,26 @@ def test_causality_future_tokens_do_not_change_the_past() -> None:
 def test_gqa_rejects_heads_not_multiple_of_kv_heads() -> None:
     with pytest.raises(ValueError, match="multiple of kv_heads"):
         Attention(d_model=12, heads=3, kv_heads=2)
+
+
+def test_bidirectional_attention_matches_reference_and_a_plain_softmax() -> None:
+    torch.manual_seed(0)
+    m = Attention(d_model=12, heads=3, kv_heads=1, rope_theta=None, causal=False).double()
+    x = torch.randn(2, 9, 12, dtype=torch.float64, requires_grad=True)
+    y = m(x)
+    assert_close(y, m.reference(x))
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    (g_ref,) = torch.autograd.grad(m.reference(x).square().sum(), x)
+    assert_close(g, g_ref)
+    # written out: every query sees every key (kv head shared by the 3 query heads)
+    q = m.q_proj(x).view(2, 9, 3, 4).transpose(1, 2)
+    k = m.k_proj(x).view(2, 9, 1, 4).transpose(1, 2)
+    v = m.v_proj(x).view(2, 9, 1, 4).transpose(1, 2)
+    p = (q @ k.transpose(-1, -2) / 2.0).softmax(-1)
+    assert_close(y, m.o_proj((p @ v).transpose(1, 2).reshape(2, 9, 12)))
+    # the first output depends on the last token, unlike causal attention's
+    x2 = x.detach().clone()
+    x2[:, -1] += 1.0
+    assert not torch.allclose(m(x2)[:, 0], y[:, 0].detach())
+    with pytest.raises(NotImplementedError, match="cannot decode"):
+        m.init_state(2)

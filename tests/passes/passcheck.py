@@ -64,6 +64,8 @@ def assert_same_function(
     with torch.no_grad():
         want = before(tokens)
         assert_close(after(tokens), want, msg="forward after the pass")
+        if original.model.task != "causal-lm":
+            return  # a bidirectional denoiser has no token-by-token decode to compare
         state = after.init_state(2)
         steps = []
         for t in range(n):
