@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from archgen.api import SpecLike, compile_spec, resolved_yaml, spec_hash, with_passes
+from archgen.api import (
+    SpecLike,
+    check_memory,
+    compile_spec,
+    resolved_yaml,
+    spec_hash,
+    with_passes,
+)
 from archgen.backends.base import (
     Backend,
     Device,
@@ -185,6 +192,7 @@ def export(
             f"export does not support {graph.model.task} models yet",
             hint="train and generate with the eager model (archgen train / generate --decoder)",
         )
+    check_memory(graph, "export")  # before building the model it would not have room for
     options = lower_options(
         graph,
         dtype=dtype,

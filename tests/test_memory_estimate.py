@@ -83,3 +83,11 @@ def test_check_cli_warns_and_exits_0(tmp_path: Path) -> None:
     assert "warning: `archgen build` needs at least 192.1 GiB" in result.stderr
     result = archgen("build", str(spec), "-o", str(tmp_path / "out"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_export_refuses_a_model_too_large_before_building_it(tmp_path: Path, one_gib: None) -> None:
+    from archgen import export as export_api
+
+    with pytest.raises(ArchgenError, match="`archgen export` needs at least"):
+        export_api.export(_spec(tmp_path), tmp_path / "out", fmt="onnx")
+    assert not (tmp_path / "out").exists()
