@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archgen.mixers.base import DecodeState, TokenMixer
+from archgen.mixers.base import DecodeState, TokenMixer, history_mask, step_positions
 from archgen.mixers.rope import apply_rope, rope_angles
 
 
@@ -65,13 +65,16 @@ class Attention(TokenMixer):
     def project(
         self, x: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x: [B, L, D]`` -> q ``[B, H, L, Dh]``, k, v ``[B, Hkv, L, Dh]`` with RoPE applied."""
+        """``x: [B, L, D]`` -> q ``[B, H, L, Dh]``, k, v ``[B, Hkv, L, Dh]`` with RoPE applied.
+        ``positions``: ``[L]``, or ``[B, L]`` (a padded decode step: a position per sequence)."""
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         if self.rope_theta is not None:
             cos, sin = rope_angles(positions, self.head_dim, self.rope_theta)
+            if positions.dim() == 2:  # [B, L, Dh] -> [B, 1, L, Dh]: broadcast over heads
+                cos, sin = cos[:, None], sin[:, None]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
@@ -119,14 +122,23 @@ class Attention(TokenMixer):
         return (empty, empty.clone())
 
     def step(
-        self, x: torch.Tensor, state: DecodeState, pos: torch.Tensor
+        self,
+        x: torch.Tensor,
+        state: DecodeState,
+        pos: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
+        """A padded token still gets a cache slot (the cache is one tensor for the batch);
+        ``mask`` hides that slot from every later step."""
         k_cache, v_cache = state
-        q, k, v = self.project(x[:, None], pos.reshape(1))
+        q, k, v = self.project(x[:, None], step_positions(pos))
         k_cache = torch.cat([k_cache, k], dim=2)
         v_cache = torch.cat([v_cache, v], dim=2)
         groups = self.heads // self.kv_heads
         y = F.scaled_dot_product_attention(
-            q, repeat_kv(k_cache, groups), repeat_kv(v_cache, groups)
+            q,
+            repeat_kv(k_cache, groups),
+            repeat_kv(v_cache, groups),
+            attn_mask=history_mask(mask),
         )
         return self.merge_heads(y)[:, 0], (k_cache, v_cache)

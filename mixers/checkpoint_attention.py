@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from archgen.mixers.attention import Attention, repeat_kv
-from archgen.mixers.base import DecodeState, exporting
+from archgen.mixers.base import DecodeState, exporting, is_real, step_positions
 
 
 def checkpoint_attention(
@@ -163,7 +163,11 @@ class CheckpointAttention(Attention):
         return (empty, empty.clone())
 
     def step(
-        self, x: torch.Tensor, state: DecodeState, pos: torch.Tensor
+        self,
+        x: torch.Tensor,
+        state: DecodeState,
+        pos: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
         """One token: attention over ``[checkpoints before pos ; current token]``, then the
         token's key/value go to slot ``pos // s`` when it closes its segment (``pos % s == s - 1``).
@@ -174,22 +178,31 @@ class CheckpointAttention(Attention):
         fixed-size cache instead, with tensor ops only, so the graph takes ``pos`` as an input.
         Masking all ``max_len / s`` slots at every position cost ~25 % of eager decode
         throughput on the SCOUT examples (benchmarks/results/decode_cpu.md), hence two paths.
+
+        A padded batch (``pos [B]``, ``mask``) takes the masked path: the slots are indexed by
+        each sequence's own position, and a padded token writes none, so its state is unchanged.
         """
         k_cache, v_cache = state
         s = self.segment_size
-        q, k, v = self.project(x[:, None], pos.reshape(1))  # keys stored already rotated
+        p = step_positions(pos)  # [1 or B, 1]
+        q, k, v = self.project(x[:, None], p)  # keys stored already rotated
         groups = self.heads // self.kv_heads
-        if exporting() or torch.compiler.is_compiling():
+        padded = mask is not None or pos.dim() > 0
+        if padded or exporting() or torch.compiler.is_compiling():
             slots = torch.arange(k_cache.shape[2], device=x.device)
-            segment = torch.div(pos, s, rounding_mode="floor")
-            seen = torch.cat([slots < segment, slots.new_ones(1, dtype=torch.bool)])
+            segment = torch.div(p, s, rounding_mode="floor")  # [1 or B, 1]
+            seen = torch.cat([slots < segment, torch.ones_like(segment, dtype=torch.bool)], 1)
             y = F.scaled_dot_product_attention(
                 q,
                 repeat_kv(torch.cat([k_cache, k], dim=2), groups),
                 repeat_kv(torch.cat([v_cache, v], dim=2), groups),
-                attn_mask=seen.view(1, 1, 1, -1),
+                attn_mask=seen.view(seen.shape[0], 1, 1, -1),
             )
-            write = ((slots == segment) & (pos % s == s - 1)).view(1, 1, -1, 1)
+            write = (slots == segment) & (p % s == s - 1)  # [1 or B, slots]
+            real = is_real(mask)
+            if real is not None:
+                write = write & real[:, None]
+            write = write.view(write.shape[0], 1, -1, 1)
             k_cache = torch.where(write, k, k_cache)
             v_cache = torch.where(write, v, v_cache)
             return self.merge_heads(y)[:, 0], (k_cache, v_cache)

@@ -131,11 +131,21 @@ class DenseMixer(TokenMixer):
         return (torch.zeros(batch, 0, self.d_model, device=device, dtype=dtype),)
 
     def step(
-        self, x: torch.Tensor, state: DecodeState, pos: torch.Tensor
+        self,
+        x: torch.Tensor,
+        state: DecodeState,
+        pos: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
         """Appends ``x`` to the past inputs and applies row ``pos`` of ``M``; the cache length
         is ``pos + 1`` by construction (one entry per step)."""
         self._check_decodable()
+        if mask is not None or pos.dim() > 0:
+            # M mixes absolute positions 0..pos of one shared cache: padding would shift them.
+            raise NotImplementedError(
+                "DenseMixer cannot decode padded batches (per-sequence positions or a mask): "
+                "decode one sequence at a time"
+            )
         past = torch.cat([state[0], x[:, None]], dim=1)  # [B, t+1, D]
         b, n, _ = past.shape
         self._check_length(n)

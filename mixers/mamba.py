@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archgen.mixers.base import DecodeState, TokenMixer, exporting
+from archgen.mixers.base import DecodeState, TokenMixer, exporting, keep_unless_real
 from archgen.mixers.kernels import HAS_TRITON, triton_available
 from archgen.mixers.kernels import selective_scan as fused_kernel
 
@@ -385,7 +385,11 @@ class Mamba(TokenMixer):
         return (conv, ssm)
 
     def step(
-        self, x: torch.Tensor, state: DecodeState, pos: torch.Tensor
+        self,
+        x: torch.Tensor,
+        state: DecodeState,
+        pos: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
         conv_state, ssm_state = state  # pos is unused: Mamba has no positional terms
         xi, z = self.in_proj(x).chunk(2, dim=-1)  # [B, Din]
@@ -398,4 +402,4 @@ class Mamba(TokenMixer):
         xs = xc.to(dt.dtype)
         h = torch.exp(dt[..., None] * a_mat) * ssm_state + (dt * xs)[..., None] * b[:, None, :]
         y = (h @ c[..., None]).squeeze(-1) + self.D.to(xs.dtype) * xs
-        return self._gate_out(y, z), (window[..., 1:], h)
+        return self._gate_out(y, z), keep_unless_real(mask, (window[..., 1:], h), state)

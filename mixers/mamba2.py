@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archgen.mixers.base import DecodeState, TokenMixer
+from archgen.mixers.base import DecodeState, TokenMixer, keep_unless_real
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -394,9 +394,14 @@ class Mamba2(TokenMixer):
         return (conv, ssm)
 
     def step(
-        self, x: torch.Tensor, state: DecodeState, pos: torch.Tensor
+        self,
+        x: torch.Tensor,
+        state: DecodeState,
+        pos: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
-        """One token ``[B, D] -> [B, D]``. ``pos`` is unused: the SSM has no positional input."""
+        """One token ``[B, D] -> [B, D]``. ``pos`` is unused: the SSM has no positional input.
+        A padded token (``mask[:, -1]`` False) leaves both states as they were."""
         conv_state, ssm_state = state
         z, xbc, dt_raw = self._split_proj(self.in_proj(x))
         window = torch.cat([conv_state, xbc[:, :, None].to(conv_state.dtype)], dim=-1)
@@ -413,4 +418,5 @@ class Mamba2(TokenMixer):
         ssm_state = (decay * ssm_state + update).to(ssm_state.dtype)
         y = (ssm_state @ C_t[..., None].to(ssm_state.dtype))[..., 0].to(x_t.dtype)
         y = y + self.D.to(x_t.dtype)[:, None] * x_t
-        return self._finish(y, z), (window[..., 1:], ssm_state)
+        new = keep_unless_real(mask, (window[..., 1:], ssm_state), state)
+        return self._finish(y, z), new

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from archgen.mixers.attention import Attention, repeat_kv
-from archgen.mixers.base import DecodeState
+from archgen.mixers.base import DecodeState, is_real, step_positions
 
 
 def _key_band(x: torch.Tensor, block: int, prev_blocks: int, n_blocks: int) -> torch.Tensor:
@@ -195,18 +195,29 @@ class SlidingWindowAttention(Attention):
         return (empty, empty.clone())
 
     def step(
-        self, x: torch.Tensor, state: DecodeState, pos: torch.Tensor
+        self,
+        x: torch.Tensor,
+        state: DecodeState,
+        pos: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
+        """The ring is indexed by each sequence's own position, so a padded token (which
+        writes nothing) leaves it as it was; only ``mask[:, -1]`` is read."""
         k_buf, v_buf = state
-        q, k, v = self.project(x[:, None], pos.reshape(1))  # keys stored already rotated
+        p = step_positions(pos)  # [1 or B, 1]
+        q, k, v = self.project(x[:, None], p)  # keys stored already rotated
         slots = torch.arange(self.window, device=x.device)
         # Token `pos` overwrites the oldest slot, pos mod w; tensor ops only, so the exported
         # step graph takes `pos` as an input.
-        write = (slots == pos % self.window).view(1, 1, self.window, 1)
+        write = slots == p % self.window  # [1 or B, w]
+        real = is_real(mask)
+        if real is not None:
+            write = write & real[:, None]
+        write = write.view(-1, 1, self.window, 1)
         k_buf = torch.where(write, k, k_buf)
         v_buf = torch.where(write, v, v_buf)
         # Slot j has been written iff j <= pos; after the first wrap every slot is in the window.
-        valid = (slots <= pos).view(1, 1, 1, self.window)
+        valid = (slots <= p).view(-1, 1, 1, self.window)
         groups = self.heads // self.kv_heads
         y = F.scaled_dot_product_attention(
             q, repeat_kv(k_buf, groups), repeat_kv(v_buf, groups), attn_mask=valid
