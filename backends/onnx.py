@@ -1,15 +1,23 @@
 """The onnx backend: ``torch.onnx.export(dynamo=True)`` of the eager model, run in onnxruntime.
 
-Two graphs are exported:
+Two graphs are exported, with Optimum's names and the model config in ``metadata_props``:
 
-* ``model.onnx`` -- ``tokens i64[batch, seq] -> logits f32[batch, seq, V]`` plus one output per
-  block boundary, named after the IR block (``layers.0`` ...), so validation compares the very
-  graph that ships. Batch and sequence length are dynamic (``torch.export.Dim``), bounded by the
-  options' ``max_batch`` and the profile's ``max``.
+* ``model.onnx`` -- ``input_ids i64[batch, seq] -> logits f32[batch, seq, V]``, one output (the
+  deploy graph). It is traced with one output per block boundary too; those are dropped from
+  the file but their values keep the block names (``layers.0`` ...), and validation re-exposes
+  them in memory, so it compares the very graph that ships (the logits come from the shipped
+  session itself). Batch and sequence length are dynamic (``torch.export.Dim``), bounded by the
+  options' ``max_batch`` and the profile's ``max``. No attention mask: causal, so a
+  right-padded batch gives every real position the logits it would have alone.
 * ``decode_step.onnx`` (causal LMs whose token mixers all have a traceable ``step``) --
-  ``token i64[batch], pos i64[], <state...> -> logits f32[batch, V], <new state...>``. State
-  inputs are named ``state.<node>.<i>`` and outputs ``new_state.<node>.<i>``. Attention's KV
-  cache grows by concatenation, so its length is the dynamic dim ``past`` (0 at the first step).
+  ``input_ids i64[batch, 1], position_ids i64[batch, 1], attention_mask i64[batch, past + 1],
+  <state...> -> logits f32[batch, 1, V], <new state...>``: a position per sequence and a
+  padding mask, so left-padded batches decode (:data:`~archgen.backends.onnx_export.PADDING`).
+  Attention's KV cache is ``past_key_values.N.key|value`` -> ``present.N.key|value`` and grows
+  by one slot per step (the dynamic dim ``past``, 0 at the first step); fixed-size caches and
+  recurrent states are ``window_cache.N.*``, ``checkpoint_cache.N.*``, ``conv_state.N``,
+  ``ssm_state.N`` -> ``present_<name>``; the layout is in the metadata
+  (``archgen.decode.state``).
 
 Both files are checked with ``onnx.checker`` and written to a temp file renamed on success
 (:mod:`archgen.backends.onnx_export`). onnxruntime runs them on the execution provider named in
@@ -56,7 +64,9 @@ from archgen.backends.onnx_export import (
     decode_support,
     export_decode,
     export_forward,
+    set_metadata,
     traces_with_dynamic_length,
+    with_outputs,
 )
 from archgen.errors import ArchgenError, UnavailableError
 from archgen.ir.graph import Graph, Node
@@ -64,6 +74,7 @@ from archgen.ir.ops import Role
 
 FORWARD_FILE = "model.onnx"
 DECODE_FILE = "decode_step.onnx"
+DECODE_INPUTS = ("input_ids", "position_ids", "attention_mask")  # then the state tensors
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -83,7 +94,8 @@ def _missing_packages() -> list[str]:
 
 
 # -- running -----------------------------------------------------------------------------------
-def make_session(path: Path, options: LowerOptions) -> Any:
+def make_session(path: Path | bytes, options: LowerOptions) -> Any:
+    """An onnxruntime session on a file (or a serialized model) with the options' settings."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -95,7 +107,8 @@ def make_session(path: Path, options: LowerOptions) -> Any:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
     wanted = PROVIDERS[options.provider]
-    session = ort.InferenceSession(str(path), so, providers=[wanted])
+    source = path if isinstance(path, bytes) else str(path)
+    session = ort.InferenceSession(source, so, providers=[wanted])
     if wanted not in session.get_providers():  # ORT drops a provider that fails to initialise
         raise UnavailableError(
             f"onnxruntime could not initialise {wanted} (session uses {session.get_providers()})"
@@ -118,27 +131,33 @@ class OnnxArtifact(Artifact):
         self.decode_session = (
             make_session(folder / DECODE_FILE, meta.options) if has_decode else None
         )
-        self._names = [o.name for o in self.session.get_outputs()]
+        self._validation_session: Any = None  # built on the first `boundaries` call
         self._dtype = TORCH_DTYPES[meta.options.dtype]
         meta.extra["providers"] = self.session.get_providers()
 
-    def _run(self, tokens: torch.Tensor, outputs: list[str] | None) -> list[np.ndarray]:
-        return self.session.run(outputs, {"tokens": tokens.numpy().astype(np.int64)})
+    def _feed(self, tokens: torch.Tensor) -> dict[str, np.ndarray]:
+        return {"input_ids": tokens.numpy().astype(np.int64)}
 
     def run(self, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self._run(tokens, [self.graph.primary_output()])[0])
+        (logits,) = self.session.run(None, self._feed(tokens))
+        return torch.from_numpy(logits)
 
     def boundaries(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        values = dict(zip(self._names, self._run(tokens, None), strict=True))
-        return {name: torch.from_numpy(values[name]) for name in self._names_in_order()}
+        """Block outputs from the deploy graph with its block values re-exposed as outputs (a
+        second session, in memory), the logits from the shipped session itself: onnxruntime
+        may optimise the two differently, and it is the shipped logits that must pass."""
+        blocks = self.graph.blocks()
+        if self._validation_session is None:
+            import onnx
 
-    def _names_in_order(self) -> list[str]:
-        return [*self.graph.blocks(), *self.graph.outputs]
+            proto = with_outputs(onnx.load(str(self.folder / FORWARD_FILE)), blocks)
+            self._validation_session = make_session(proto.SerializeToString(), self.meta.options)
+        values = self._validation_session.run(blocks, self._feed(tokens))
+        out = {b: torch.from_numpy(v) for b, v in zip(blocks, values, strict=True)}
+        return {**out, self.graph.primary_output(): self.run(tokens)}
 
     def measure(self, tokens: torch.Tensor, warmup: int = 3, repeats: int = 20) -> Measurement:
-        feed = {"tokens": tokens.numpy().astype(np.int64)}
-        # Only the logits are fetched, as a deployed model would; block outputs are computed
-        # anyway (they are residual streams the logits depend on).
+        feed = self._feed(tokens)
         logits = [self.graph.primary_output()]
         times = time_calls(lambda: self.session.run(logits, feed), warmup, repeats)
         so = self.session.get_session_options()
@@ -152,32 +171,94 @@ class OnnxArtifact(Artifact):
         )
 
     # -- decoding ------------------------------------------------------------------------------
-    def init_state(self, batch: int) -> list[np.ndarray]:
-        """The decode graph's initial state (zeros; attention caches of length 0)."""
+    def _decoder(self) -> Any:
         if self.decode_session is None:
             raise ArchgenError("this artifact has no decode graph: " + self.meta.extra["decode"])
+        return self.decode_session
+
+    def init_state(self, batch: int) -> list[np.ndarray]:
+        """The decode graph's initial state (zeros; KV caches of length 0)."""
         out = []
-        for inp in self.decode_session.get_inputs()[2:]:
+        for inp in self._decoder().get_inputs()[len(DECODE_INPUTS) :]:
             dims = [batch if d == "batch" else 0 if isinstance(d, str) else d for d in inp.shape]
             out.append(np.zeros(dims, dtype=_numpy_dtype(inp.type)))
         return out
 
+    def _past(self, state: list[np.ndarray]) -> int:
+        """Slots in the KV caches (0 when no state grows)."""
+        inputs = self._decoder().get_inputs()[len(DECODE_INPUTS) :]
+        for inp, value in zip(inputs, state, strict=True):
+            if "past" in inp.shape:
+                return value.shape[inp.shape.index("past")]
+        return 0
+
     def step(
-        self, token: torch.Tensor, pos: int, state: list[np.ndarray]
+        self,
+        token: torch.Tensor,
+        pos: int | torch.Tensor,
+        state: list[np.ndarray],
+        attention_mask: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """One decode step in onnxruntime: logits ``[B, V]`` and the new state."""
-        if self.decode_session is None:
-            raise ArchgenError("this artifact has no decode graph: " + self.meta.extra["decode"])
-        names = [i.name for i in self.decode_session.get_inputs()]
-        feed = dict(
-            zip(
-                names,
-                [token.numpy().astype(np.int64), np.array(pos, np.int64), *state],
-                strict=True,
+        """One decode step in onnxruntime: logits ``[B, V]`` and the new state.
+
+        ``token [B]``; ``pos``: the position of every sequence (an int) or of each (``[B]``,
+        its real tokens so far); ``attention_mask [B, past + 1]``: 1 for real tokens, 0 for
+        padding, over every step so far and this one (default: all real)."""
+        session = self._decoder()
+        batch = token.shape[0]
+        positions = np.broadcast_to(np.asarray(pos, np.int64).reshape(-1), (batch,))
+        if attention_mask is None:
+            attention_mask = np.ones((batch, self._past(state) + 1), np.int64)
+        inputs = [
+            token.numpy().astype(np.int64).reshape(batch, 1),
+            positions.reshape(batch, 1).copy(),
+            np.asarray(attention_mask, np.int64),
+            *state,
+        ]
+        names = [i.name for i in session.get_inputs()]
+        logits, *new_state = session.run(None, dict(zip(names, inputs, strict=True)))
+        return torch.from_numpy(logits[:, 0]), new_state
+
+    def generate_greedy(
+        self, prompts: list[list[int]], new_tokens: int, pad_id: int = 0
+    ) -> list[list[int]]:
+        """Greedy continuations of ``prompts`` (of any lengths), decoded as one left-padded
+        batch through ``decode_step.onnx``: how ``attention_mask`` and ``position_ids`` are
+        meant to be fed.
+
+        >>> artifact.generate_greedy([[5, 6, 7], [8]], new_tokens=4)  # doctest: +SKIP
+        [[12, 3, 3, 9], [40, 2, 17, 17]]
+        """
+        if not prompts or min(map(len, prompts)) < 1:
+            raise ArchgenError("generate_greedy needs prompts of at least one token each")
+        batch, width = len(prompts), max(map(len, prompts))
+        if width + new_tokens > self.graph.model.max_seq_len:
+            raise ArchgenError(
+                f"{width} prompt + {new_tokens} new tokens exceed the model's max_seq_len "
+                f"{self.graph.model.max_seq_len}"
             )
-        )
-        logits, *new_state = self.decode_session.run(None, feed)
-        return torch.from_numpy(logits), new_state
+        ids = np.full((batch, width), pad_id, np.int64)
+        real = np.zeros((batch, width), bool)
+        for b, prompt in enumerate(prompts):  # left padding: every prompt ends at `width`
+            ids[b, width - len(prompt) :], real[b, width - len(prompt) :] = prompt, True
+        state = self.init_state(batch)
+        mask = np.zeros((batch, 0), np.int64)
+        positions = np.zeros(batch, np.int64)
+        out: list[list[int]] = [[] for _ in prompts]
+        token, now = ids[:, 0], real[:, 0]
+        for t in range(width + new_tokens - 1):
+            if t < width:
+                token, now = ids[:, t], real[:, t]
+            else:
+                now = np.ones(batch, bool)
+            mask = np.concatenate([mask, now[:, None].astype(np.int64)], axis=1)
+            logits, state = self.step(torch.from_numpy(token), positions, state, mask)
+            positions = positions + now
+            if t >= width - 1:
+                token = logits.argmax(-1).numpy()
+                for b in range(batch):
+                    out[b].append(int(token[b]))
+        return out
 
     def save(self, path: str | Path) -> list[str]:
         folder = Path(path)
@@ -275,7 +356,7 @@ class OnnxBackend(Backend):
         owned = tempfile.TemporaryDirectory(prefix="archgen-onnx-")
         folder = Path(owned.name)
         meta = self._meta(graph, options)
-        meta.extra["forward"] = export_forward(model, folder / FORWARD_FILE, options)
+        meta.extra["forward"] = export_forward(model, folder / FORWARD_FILE, options, deploy=True)
         _note_fused_attention(meta, graph, meta.extra["forward"]["fused_attention_scopes"])
         einsums = meta.extra["forward"]["op_counts"].get("Einsum", 0)
         if einsums:  # known slow in onnxruntime's CPU EP: worth lowering to MatMul later
@@ -302,3 +383,16 @@ class OnnxBackend(Backend):
         has_decode = (folder / DECODE_FILE).is_file()
         meta.extra["decode"] = {"file": DECODE_FILE} if has_decode else "no decode graph saved"
         return OnnxArtifact(graph, meta, folder, has_decode)
+
+
+def add_metadata(folder: Path, props: dict[str, str]) -> None:
+    """Add ``props`` to the ``metadata_props`` of the ONNX files in ``folder`` (``archgen
+    export`` adds the spec hash, which the backend does not know)."""
+    import onnx
+
+    for name in (FORWARD_FILE, DECODE_FILE):
+        path = folder / name
+        if path.is_file():
+            proto = onnx.load(str(path))
+            set_metadata(proto, props)
+            onnx.save_model(proto, str(path))

@@ -1,14 +1,20 @@
 """Exporting the eager model to ONNX files: the forward graph and the decode-step graph.
 
 Every file goes through :func:`_export`: ``torch.onnx.export(dynamo=True)``, a check that the
-dims asked to be dynamic stayed symbolic, ``onnx.checker``, and an atomic write. Running the
-files is :mod:`archgen.backends.onnx`'s job.
+dims asked to be dynamic stayed symbolic, optionally dropping outputs, the model's config in
+``metadata_props``, ``onnx.checker``, and an atomic write. Running the files is
+:mod:`archgen.backends.onnx`'s job.
+
+The forward graph is traced with every block boundary as an output; the deploy file drops
+those outputs (:func:`strip_outputs`) but keeps their values under the block names, so
+validation re-exposes them (:func:`with_outputs`) on the very graph that ships.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import re
@@ -23,10 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from archgen.backends.base import LowerOptions, UnsupportedError
+from archgen.backends.base import LowerOptions, UnsupportedError, library_versions
 from archgen.backends.eager import BoundaryModule
 from archgen.backends.onnx_attention import gqa_translation
 from archgen.backends.torch_model import ArchModel
+from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph
 from archgen.ir.ops import Role, Trait
 
@@ -74,6 +81,8 @@ def _export(
     opset: int | None,
     dim_names: dict[tuple[str, int], str] | None = None,
     translations: dict[Any, Any] | None = None,
+    keep_outputs: list[str] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Export, check and atomically write one ONNX file; returns facts for the meta.
 
@@ -82,7 +91,8 @@ def _export(
     example's size; that graph would reject every other length, so it is an error here.
     ``dim_names`` renames the symbols of ``(input, axis)`` dims that the exporter named itself
     (``Dim.DYNAMIC`` dims come out as ``s27``), in every shape of the graph. ``translations`` is
-    the exporter's ``custom_translation_table``."""
+    the exporter's ``custom_translation_table``. ``keep_outputs``: the outputs the file keeps
+    (:func:`strip_outputs`; default all); ``metadata`` goes to ``metadata_props``."""
     import onnx
 
     start = time.perf_counter()
@@ -122,6 +132,9 @@ def _export(
             f"fixes (graph captured with {capture})"
         )
     _rename_dims(proto, dim_names or {})
+    if keep_outputs is not None:
+        strip_outputs(proto, keep_outputs)
+    set_metadata(proto, metadata or {})
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -165,6 +178,106 @@ def _rename_dims(proto: Any, names: dict[tuple[str, int], str]) -> None:
         for dim in info.type.tensor_type.shape.dim:
             if dim.dim_param:
                 dim.dim_param = pattern.sub(lambda m: mapping[m.group(1)], dim.dim_param)
+
+
+def strip_outputs(proto: Any, keep: list[str]) -> None:
+    """Drop the graph outputs not in ``keep``, then the nodes and initializers nothing needs.
+
+    A dropped output's value keeps its name (and its type, moved to ``value_info``) wherever a
+    node still consumes it: block boundaries are residual streams the logits depend on, so they
+    all stay and :func:`with_outputs` can expose them again."""
+    import onnx
+
+    graph = proto.graph
+    missing = sorted(set(keep) - {o.name for o in graph.output})
+    if missing:
+        raise ArchgenError(f"cannot keep outputs {missing}: the graph has no such output")
+    outputs = [onnx.ValueInfoProto() for _ in graph.output]
+    for copy, out in zip(outputs, graph.output, strict=True):
+        copy.CopyFrom(out)
+    del graph.output[:]
+    graph.output.extend(o for o in outputs if o.name in keep)
+    graph.value_info.extend(o for o in outputs if o.name not in keep)
+    needed = {o.name for o in graph.output}
+    live = []
+    for node in reversed(graph.node):  # topological order: consumers come after producers
+        if node.attribute and any(a.g.node or a.graphs for a in node.attribute):
+            live.append(node)  # a node with subgraphs: keep it, and whatever they read
+            needed.update(_names_read(node))
+        elif any(o in needed for o in node.output):
+            live.append(node)
+            needed.update(node.input)
+    if len(live) < len(graph.node):
+        del graph.node[:]
+        graph.node.extend(reversed(live))
+    unused = [i for i in graph.initializer if i.name not in needed]
+    for init in unused:
+        graph.initializer.remove(init)
+
+
+def _names_read(node: Any) -> set[str]:
+    """Every value name ``node`` and its subgraphs (If/Loop bodies) read."""
+    names = set(node.input)
+    for attr in node.attribute:
+        for sub in [attr.g, *attr.graphs]:
+            for inner in sub.node:
+                names |= _names_read(inner)
+    return names
+
+
+def with_outputs(proto: Any, names: list[str]) -> Any:
+    """A copy of ``proto`` that also outputs the values ``names`` (validation's view of a
+    deploy graph: its block boundaries, by the names :func:`strip_outputs` kept)."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    graph = out.graph
+    produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    missing = [n for n in names if n not in produced]
+    if missing:
+        raise ArchgenError(
+            f"the ONNX graph has no values named {', '.join(missing)} to validate against",
+            hint="export it again with this archgen version (model.onnx keeps its block values "
+            "under the block names)",
+        )
+    infos = {v.name: v for v in graph.value_info}
+    have = {o.name for o in graph.output}
+    for name in names:
+        if name not in have:
+            info = infos.get(name) or onnx.helper.make_tensor_value_info(
+                name, onnx.TensorProto.FLOAT, None
+            )
+            graph.output.append(info)
+    return out
+
+
+def set_metadata(proto: Any, props: dict[str, str]) -> None:
+    """Set (or replace) ``metadata_props`` entries of an ONNX model."""
+    current = {p.key: p for p in proto.metadata_props}
+    for key, value in props.items():
+        if key in current:
+            current[key].value = value
+        else:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+
+
+def model_metadata(graph: Graph, role: str) -> dict[str, str]:
+    """The model's config as ONNX ``metadata_props`` (strings; the spec hash is added by
+    ``archgen export``, which knows the spec)."""
+    m = graph.model
+    return {
+        "archgen.version": library_versions().get("archgen", "unknown"),
+        "archgen.graph": role,
+        "archgen.model": m.name,
+        "archgen.task": str(m.task),
+        "archgen.vocab_size": str(m.vocab_size),
+        "archgen.d_model": str(m.d_model),
+        "archgen.num_layers": str(len(graph.blocks())),
+        "archgen.max_seq_len": str(m.max_seq_len),
+        "archgen.block_outputs": json.dumps(graph.blocks()),
+    }
 
 
 def _example_length(module: nn.Module, max_seq: int) -> int:
@@ -218,8 +331,13 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
     return next((p.dtype for p in module.parameters()), torch.float32)
 
 
-def export_forward(model: ArchModel, path: Path, options: LowerOptions) -> dict[str, Any]:
+def export_forward(
+    model: ArchModel, path: Path, options: LowerOptions, *, deploy: bool = False
+) -> dict[str, Any]:
+    """``tokens -> logits, *block outputs`` (what TensorRT builds from), or with ``deploy``
+    ``input_ids -> logits`` (Optimum's input name) with the model config in the metadata."""
     graph = model.graph
+    inp = "input_ids" if deploy else "tokens"
     assert options.max_seq is not None, "options must be resolved"
     batch = torch.export.Dim("batch", min=1, max=options.max_batch)
     # DYNAMIC rather than a named Dim: chunked scans pad L to whole chunks, and torch.export
@@ -236,12 +354,14 @@ def export_forward(model: ArchModel, path: Path, options: LowerOptions) -> dict[
             (example,),
             path,
             dynamic_shapes=({0: batch, 1: seq} if dynamic else {0: batch},),
-            expect_dynamic={"tokens": (0, 1) if dynamic else (0,)},
-            dim_names={("tokens", 0): "batch", ("tokens", 1): "seq"} if dynamic else None,
-            input_names=["tokens"],
+            expect_dynamic={inp: (0, 1) if dynamic else (0,)},
+            dim_names={(inp, 0): "batch", (inp, 1): "seq"} if dynamic else None,
+            input_names=[inp],
             output_names=[*graph.outputs, *graph.blocks()],
             opset=options.opset,
             translations=gqa_translation() if options.fused_attention else None,
+            keep_outputs=list(graph.outputs) if deploy else None,
+            metadata=model_metadata(graph, "forward") if deploy else None,
         )
     except SpecialisedError as exc:
         culprits = dynamic_length_culprits(model)
@@ -263,16 +383,70 @@ def decode_support(graph: Graph) -> tuple[bool, str]:
     return True, "ok"
 
 
+# Decode-state tensors' graph input names per mixer kind ({n}: the layer index); the outputs
+# are ``present.N.key|value`` for KV caches (Optimum's names) and ``present_<input>`` otherwise.
+# Only a cache that grows by one slot per token is called ``past_key_values``: a generic loop
+# starts those empty, which would be wrong for the fixed-size caches and recurrent states.
+STATE_NAMES: dict[str, tuple[str, ...]] = {
+    "attention": ("past_key_values.{n}.key", "past_key_values.{n}.value"),
+    "swa": ("window_cache.{n}.key", "window_cache.{n}.value"),
+    "checkpoint_attention": ("checkpoint_cache.{n}.key", "checkpoint_cache.{n}.value"),
+    "mamba": ("conv_state.{n}", "ssm_state.{n}"),
+    "mamba2": ("conv_state.{n}", "ssm_state.{n}"),
+}
+KV_PREFIX = "past_key_values."
+
+PADDING = (
+    "left padding (any layout works): attention_mask[b, t] = 0 marks step t of sequence b as "
+    "padding; a padded step leaves recurrent states and fixed caches unchanged and its KV "
+    "cache slot is masked out by later steps; position_ids count each sequence's real tokens "
+    "(0-based; ignored at padded steps)"
+)
+
+
+def _present(name: str) -> str:
+    if name.startswith(KV_PREFIX):
+        return "present." + name.removeprefix(KV_PREFIX)
+    return "present_" + name
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    """One decode-state tensor: the node it belongs to, its graph input and output names, its
+    shape in the export example and the dims that grow by one per token (``past``)."""
+
+    node: str
+    kind: str
+    input: str
+    output: str
+    shape: tuple[int, ...]
+    growing: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        shape: list[int | str] = ["batch", *self.shape[1:]]
+        for d in self.growing:
+            shape[d] = "past"
+        return {"input": self.input, "output": self.output, "node": self.node,
+                "kind": self.kind, "shape": shape}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class StateLayout:
     """How the decode state dict flattens to graph inputs: (node, tensors) in graph order, and
-    the dims of each tensor that grow by one per token."""
+    each tensor's names and growing dims."""
 
     entries: tuple[tuple[str, int], ...]
-    growing: tuple[tuple[int, ...], ...]
+    tensors: tuple[StateTensor, ...]
 
-    def names(self, prefix: str) -> list[str]:
-        return [f"{prefix}.{node}.{i}" for node, n in self.entries for i in range(n)]
+    @property
+    def growing(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(t.growing for t in self.tensors)
+
+    def input_names(self) -> list[str]:
+        return [t.input for t in self.tensors]
+
+    def output_names(self) -> list[str]:
+        return [t.output for t in self.tensors]
 
     def flatten(self, state: dict[str, tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
         return [t for node, _ in self.entries for t in state[node]]
@@ -285,16 +459,68 @@ class StateLayout:
         return out
 
 
+def _state_names(graph: Graph, entries: tuple[tuple[str, int], ...]) -> list[str]:
+    """Input names of the state tensors: by mixer kind and layer index (``layers.3.*`` -> 3),
+    else (an unknown kind, a name without a layer index, a clash) ``state.<node>.<i>``."""
+    names = []
+    for ordinal, (node, n) in enumerate(entries):
+        kind = graph.node(node).op.kind
+        found = re.match(r"layers\.(\d+)\.", node)
+        patterns = STATE_NAMES.get(kind, ())
+        if len(patterns) == n:
+            index = int(found.group(1)) if found else ordinal
+            names += [p.format(n=index) for p in patterns]
+        else:
+            names += [f"state.{node}.{i}" for i in range(n)]
+    if len(set(names)) < len(names):
+        return [f"state.{node}.{i}" for node, n in entries for i in range(n)]
+    return names
+
+
+def padded_step(
+    model: ArchModel,
+    x: torch.Tensor,
+    state: dict[str, tuple[torch.Tensor, ...]],
+    pos: torch.Tensor,
+    mask: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, ...]]]:
+    """``ArchModel.step`` with per-sequence positions ``pos [B]`` and the padding mask
+    ``[B, past + 1]`` handed to every token mixer (mixers/base.py). The same walk over the
+    model's program; ArchModel.step (backends/torch_model.py) has no mask argument yet."""
+    (tokens,) = model.graph.inputs  # ArchModel checks there is one
+    env: dict[str, torch.Tensor] = {tokens: x[:, None]}
+    new_state = dict(state)
+    for node, path in model._program:
+        args = [env[i] for i in node.inputs]
+        if node.name in state:
+            y, new_state[node.name] = model.module_of(node.name).step(
+                args[0][:, 0], state[node.name], pos, mask
+            )
+            env[node.output] = y[:, None]
+        else:
+            env[node.output] = model._apply_node(node, args, path)
+    return env[model.graph.primary_output()][:, 0], new_state
+
+
 class DecodeStepModule(nn.Module):
-    """``(token [B], pos [], *state) -> (logits [B, V], *new_state)`` over ArchModel.step."""
+    """``(input_ids [B, 1], position_ids [B, 1], attention_mask [B, past + 1], *state)
+    -> (logits [B, 1, V], *new_state)``: one token per sequence, Optimum's input names."""
 
     def __init__(self, model: ArchModel, layout: StateLayout) -> None:
         super().__init__()
         self.model, self.layout = model, layout
 
-    def forward(self, token: torch.Tensor, pos: torch.Tensor, *flat: torch.Tensor) -> Any:
-        logits, new = self.model.step(token, self.layout.unflatten(list(flat)), pos)
-        return (logits, *self.layout.flatten(new))
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *flat: torch.Tensor,
+    ) -> Any:
+        state = self.layout.unflatten(list(flat))
+        mask = attention_mask.to(torch.bool)
+        logits, new = padded_step(self.model, input_ids[:, 0], state, position_ids[:, 0], mask)
+        return (logits[:, None], *self.layout.flatten(new))
 
 
 def probe_state(model: ArchModel, batch: int) -> tuple[StateLayout, dict[str, tuple]]:
@@ -306,12 +532,17 @@ def probe_state(model: ArchModel, batch: int) -> tuple[StateLayout, dict[str, tu
     for t in range(2):
         _, state = model.step(tokens[:, t], state, torch.tensor(t))
     entries = tuple((node, len(s)) for node, s in state0.items())
-    growing = tuple(
-        tuple(d for d, (a, b) in enumerate(zip(t0.shape, t2.shape, strict=True)) if a != b)
-        for node, _ in entries
-        for t0, t2 in zip(state0[node], state[node], strict=True)
-    )
-    return StateLayout(entries, growing), state
+    names = _state_names(model.graph, entries)
+    tensors = []
+    for node, _ in entries:
+        for t0, t2 in zip(state0[node], state[node], strict=True):
+            growing = tuple(
+                d for d, (a, b) in enumerate(zip(t0.shape, t2.shape, strict=True)) if a != b
+            )
+            name = names[len(tensors)]
+            kind = model.graph.node(node).op.kind
+            tensors.append(StateTensor(node, kind, name, _present(name), tuple(t2.shape), growing))
+    return StateLayout(entries, tuple(tensors)), state
 
 
 def export_decode(model: ArchModel, path: Path, options: LowerOptions) -> dict[str, Any]:
@@ -321,16 +552,37 @@ def export_decode(model: ArchModel, path: Path, options: LowerOptions) -> dict[s
     with torch.no_grad():
         layout, state = probe_state(model, 2)
     flat = layout.flatten(state)
+    # The mask covers the KV cache and the current token; without a growing cache only its
+    # last column (the current token) is read, and its length is free.
+    grows = any(layout.growing)
+    total = past + 1 if grows else torch.export.Dim("mask_len", min=1, max=options.max_seq + 1)
     shapes = tuple({0: batch, **{d: past for d in dims}} for dims in layout.growing)
-    growing = dict(zip(layout.names("state"), layout.growing, strict=True))
+    growing = dict(zip(layout.input_names(), layout.growing, strict=True))
+    metadata = {
+        **model_metadata(model.graph, "decode_step"),
+        "archgen.decode.state": json.dumps([t.to_json() for t in layout.tensors]),
+        "archgen.decode.padding": PADDING,
+    }
+    example_past = 2  # probe_state ran two steps
     facts = _export(
         DecodeStepModule(model, layout).eval(),
-        (torch.zeros(2, dtype=torch.long), torch.tensor(2), *flat),
+        (
+            torch.zeros(2, 1, dtype=torch.long),
+            torch.full((2, 1), example_past, dtype=torch.long),
+            torch.ones(2, example_past + 1, dtype=torch.long),
+            *flat,
+        ),
         path,
-        dynamic_shapes=({0: batch}, None, shapes),
-        expect_dynamic={"token": (0,), **{n: (0, *dims) for n, dims in growing.items()}},
-        input_names=["token", "pos", *layout.names("state")],
-        output_names=["logits", *layout.names("new_state")],
+        dynamic_shapes=({0: batch}, {0: batch}, {0: batch, 1: total}, shapes),
+        expect_dynamic={
+            "input_ids": (0,),
+            "position_ids": (0,),
+            "attention_mask": (0, 1),
+            **{n: (0, *dims) for n, dims in growing.items()},
+        },
+        input_names=["input_ids", "position_ids", "attention_mask", *layout.input_names()],
+        output_names=["logits", *layout.output_names()],
         opset=options.opset,
+        metadata=metadata,
     )
     return {**facts, "dynamic_state_dims": growing}

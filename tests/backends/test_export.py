@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -59,6 +60,16 @@ def test_cli_export_onnx_writes_validated_engine_spec_numerics_and_manifest(
     )
     assert set(manifest["files"]) == files and manifest["validation"]["passed"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+    # the deploy graph: logits only, Optimum's names, the config (and spec hash) in its metadata
+    model, step = (onnx.load(str(out / f)) for f in ("model.onnx", "decode_step.onnx"))
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert [i.name for i in step.graph.input][:3] == ["input_ids", "position_ids", "attention_mask"]
+    for proto in (model, step):
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert meta["archgen.spec_hash"] == manifest["spec_hash"]
+        assert meta["archgen.model"] == manifest["model"] and meta["archgen.num_layers"] == "3"
+    state = json.loads({p.key: p.value for p in step.metadata_props}["archgen.decode.state"])
+    assert [t["input"] for t in state] == [i.name for i in step.graph.input][3:]
 
 
 def test_failed_validation_exits_4_and_leaves_the_old_output_untouched(

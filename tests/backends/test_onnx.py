@@ -1,8 +1,11 @@
 """The onnx backend (torch.onnx dynamo export + onnxruntime CPU) against the conformance suite,
-plus what only it has: named block outputs, dynamic batch/length, and the decode-step graph."""
+plus what only it has: a logits-only deploy graph whose block values validation re-exposes,
+dynamic batch/length, the model config in the metadata, and the decode-step graph (padded
+batches included)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -51,15 +54,26 @@ class TestOnnx(BackendConformance):
         return self.backend.load(folder, artifact.graph, artifact.meta.options)
 
 
-def test_outputs_are_named_after_blocks_and_dims_are_dynamic(tmp_path: Path) -> None:
+def test_deploy_graph_outputs_logits_only_and_dims_are_dynamic(tmp_path: Path) -> None:
     graph = tiny_graph(tmp_path)
     artifact = get_backend("onnx").lower(graph, LowerOptions(max_seq=64, decode_graph=False))
     proto = onnx.load(str(artifact.folder / FORWARD_FILE))  # type: ignore[attr-defined]
-    assert [o.name for o in proto.graph.output] == ["logits", "layers.0", "layers.1", "layers.2"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    assert [i.name for i in proto.graph.input] == ["input_ids"]
     dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", "seq"]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["archgen.model"] == graph.model.name and meta["archgen.vocab_size"] == "64"
+    assert json.loads(meta["archgen.block_outputs"]) == ["layers.0", "layers.1", "layers.2"]
     for batch, seq in ((1, 1), (3, 64)):  # ends of the profile, other than the export example
         assert artifact.run(torch.zeros(batch, seq, dtype=torch.long)).shape == (batch, seq, 64)
+    # validation reads the block values of this very graph, re-exposed in memory
+    tokens = random_tokens(graph, 2, 7, seed=1)
+    ref = reference_artifact(graph, artifact.meta.options).boundaries(tokens)
+    got = artifact.boundaries(tokens)
+    assert list(got) == ["layers.0", "layers.1", "layers.2", "logits"]
+    for name, value in got.items():
+        assert not violations(compare(ref[name], value), tolerance_for("onnx", "float32")), name
 
 
 def test_decode_steps_in_onnxruntime_reproduce_the_full_forward(
@@ -69,7 +83,7 @@ def test_decode_steps_in_onnxruntime_reproduce_the_full_forward(
     artifact = get_backend("onnx").lower(graph, LowerOptions(max_seq=64))
     assert isinstance(artifact, OnnxArtifact) and artifact.decode_session is not None
     growing = artifact.meta.extra["decode"]["dynamic_state_dims"]
-    assert tuple(growing["state.layers.0.token_mixer.0"]) == (2,)  # the KV cache length
+    assert tuple(growing["past_key_values.0.key"]) == (2,)  # the KV cache length
     tokens = random_tokens(graph, 2, 13, rng_seed)
     full = reference_artifact(graph, artifact.meta.options).run(tokens)
     state = artifact.init_state(2)
@@ -113,14 +127,52 @@ def test_hybrid_decode_steps_reproduce_the_full_forward(tmp_path: Path, rng_seed
     assert not violations(compare(full, artifact.run(tokens), logits=True), tol)
     m = compare(full, _decode_all(artifact, tokens), logits=True)
     assert not violations(m, tol), m
+    names = [i.name for i in artifact.decode_session.get_inputs()]
+    assert names == [
+        *("input_ids", "position_ids", "attention_mask"),
+        *("conv_state.0", "ssm_state.0", "conv_state.1", "ssm_state.1"),
+        *("window_cache.2.key", "window_cache.2.value"),
+        *("past_key_values.3.key", "past_key_values.3.value"),
+    ]
+    outputs = [o.name for o in artifact.decode_session.get_outputs()]
+    assert outputs[0] == "logits" and outputs[-2:] == ["present.3.key", "present.3.value"]
+    assert "present_ssm_state.1" in outputs
+    _check_padded_decode(artifact, rng_seed)
 
 
-def _decode_all(artifact: OnnxArtifact, tokens: torch.Tensor) -> torch.Tensor:
-    """Logits of every position, decoded token by token in onnxruntime from an empty state."""
+def _check_padded_decode(artifact: OnnxArtifact, seed: int) -> None:
+    """A left-padded batch of two prompts of different lengths decodes to the tokens (and the
+    logits) each prompt gets alone; ignoring the mask would not."""
+    gen = torch.Generator().manual_seed(seed)
+    short, long = (torch.randint(1, 64, (n,), generator=gen).tolist() for n in (6, 13))
+    both = artifact.generate_greedy([short, long], new_tokens=7)
+    alone = [artifact.generate_greedy([p], new_tokens=7)[0] for p in (short, long)]
+    assert both == alone
+    padded = torch.tensor([[0] * (len(long) - len(short)) + short, long])
+    real = padded.new_ones(padded.shape).bool()
+    real[0, : len(long) - len(short)] = False
+    tol = tolerance_for("onnx", "float32")
+    masked = _decode_all(artifact, padded, real)[0, real[0]]  # the short prompt's positions
+    single = _decode_all(artifact, torch.tensor([short]))[0]
+    assert not violations(compare(single, masked, logits=True), tol)
+    unmasked = _decode_all(artifact, padded)[0, real[0]]  # pads read as tokens: different
+    assert violations(compare(single, unmasked, logits=True), tol)
+
+
+def _decode_all(
+    artifact: OnnxArtifact, tokens: torch.Tensor, real: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits of every position, decoded token by token in onnxruntime from an empty state;
+    ``real [B, L]`` marks the tokens that are not padding (default: all)."""
+    if real is None:
+        real = torch.ones(tokens.shape, dtype=torch.bool)
     state = artifact.init_state(tokens.shape[0])
+    positions = torch.zeros(tokens.shape[0], dtype=torch.long)
     steps = []
     for t in range(tokens.shape[1]):
-        logits, state = artifact.step(tokens[:, t], t, state)
+        mask = real[:, : t + 1].long().numpy()
+        logits, state = artifact.step(tokens[:, t], positions, state, mask)
+        positions += real[:, t]
         steps.append(logits)
     return torch.stack(steps, dim=1)
 
@@ -152,6 +204,7 @@ def test_checkpoint_attention_decode_steps_reproduce_the_full_forward(
     assert artifact.init_state(2)[0].shape == (2, 2, 16, 8)  # ceil(64 / 4) slots, fixed
     m = compare(full, _decode_all(artifact, tokens), logits=True)
     assert not violations(m, tolerance_for("onnx", "float32")), m
+    _check_padded_decode(artifact, rng_seed)
 
 
 def test_mixers_without_a_traceable_step_get_no_decode_graph_and_a_note(tmp_path: Path) -> None:

@@ -187,7 +187,7 @@ def test_generate_and_onnx_export_use_the_winners_weights(setup, tmp_path) -> No
     assert exported.report.passed
     tokens = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
     session = ort.InferenceSession(str(exported.out_dir / "model.onnx"))
-    feed = {"tokens": tokens.numpy().astype(np.int64)}
+    feed = {"input_ids": tokens.numpy().astype(np.int64)}
     onnx_logits = torch.from_numpy(session.run([graph.outputs[0]], feed)[0])
 
     trained = build_model(api.compile_spec(best / "spec.yaml")).eval()
