@@ -145,6 +145,8 @@ def measure_paired(
     ref_times: list[float] = []
     cpu_used = wall_used = 0.0
     rounds = policy.rounds
+    # every round the attempts could take: the most a measurement can gather
+    most_rounds = policy.rounds * (2**policy.max_attempts - 1)
     done: list[PairedResult | None] = [None] * len(models)
     for attempt in range(1, policy.max_attempts + 1):
         pending = [i for i, d in enumerate(done) if d is None]
@@ -166,9 +168,14 @@ def measure_paired(
         for i in pending:
             r = robust_ratio(series[i].ratios, policy)
             stable = r.rel_error <= policy.max_rel_error
+            # the error falls as 1/sqrt(rounds): if even every round left could not bring it
+            # under the bound, more attempts only cost time (minutes on a busy machine)
+            hopeless = (
+                r.rel_error * math.sqrt(len(series[i].ratios) / most_rounds) > policy.max_rel_error
+            )
             # a contended measurement is not repeated here: the caller re-measures it with fewer
             # threads, which more rounds at these threads would not fix
-            if stable or contended or attempt == policy.max_attempts:
+            if stable or contended or hopeless or attempt == policy.max_attempts:
                 done[i] = PairedResult(
                     ratio=r.value,
                     rel_error=r.rel_error,

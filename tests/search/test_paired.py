@@ -99,9 +99,18 @@ def test_a_noisy_measurement_is_repeated_with_more_rounds_then_flagged() -> None
     never = FakeMachine(noise=0.4, seed=2)
     (b,) = measure_paired(
         lambda: never.call(0.1), [lambda: never.call(0.09)], threads=1,
-        policy=PairingPolicy(rounds=4, max_rel_error=0.001, max_attempts=3), clock=never,
+        policy=PairingPolicy(rounds=4, max_rel_error=0.12, max_attempts=3), clock=never,
     )  # fmt: skip
+    # within reach after 4 rounds (0.25 x sqrt(4 / 28) < 0.12), out of it after all 28
     assert b.attempts == 3 and b.rounds == 4 + 8 + 16 and not b.stable
+    # so noisy that even all 28 rounds could not reach the bound: flagged after the first
+    # attempt instead of spending 7x its time (the rounds a busy machine can least afford)
+    hopeless = FakeMachine(noise=0.4, seed=2)
+    (c,) = measure_paired(
+        lambda: hopeless.call(0.1), [lambda: hopeless.call(0.09)], threads=1,
+        policy=PairingPolicy(rounds=4, max_rel_error=0.001, max_attempts=3), clock=hopeless,
+    )  # fmt: skip
+    assert c.attempts == 1 and c.rounds == 4 and not c.stable
 
 
 def test_robust_ratio_ignores_a_minority_of_wild_values() -> None:
