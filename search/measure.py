@@ -44,8 +44,10 @@ class Measurer:
         reference: Graph | None = None,
         policy: PairingPolicy | None = None,
         clock: Clock | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.workload = workload
+        self.log = log  # hears retakes: a busy machine's measurements take minutes
         self.warmup = warmup
         self.reference = reference
         self.policy = policy or PairingPolicy(rounds=max(PairingPolicy.rounds, workload.repeats))
@@ -133,6 +135,8 @@ class Measurer:
         fewer = self.fewer_threads(results[0].utilisation, threads)
         if any(r.contended for r in results) and fewer is not None:
             self.fewer_thread_measurements += len(graphs)
+            if self.log is not None:
+                self.log(f"  cores busy: measuring again at {fewer} thread(s)")
             results = self._paired(graphs, fewer, policy)
         return results
 
@@ -148,6 +152,7 @@ class Measurer:
             policy=policy,
             clock=self.clock,
             cpu_meaningful=self.cpu_meaningful,
+            log=self.log,
         )
 
     def _decode_ratio(self, graph: Graph) -> PairedResult:

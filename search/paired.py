@@ -133,8 +133,10 @@ def measure_paired(
     policy: PairingPolicy = PairingPolicy(),
     clock: Clock | None = None,
     cpu_meaningful: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> list[PairedResult]:
-    """Time ``models`` against ``reference`` in rounds ``R M1 R M2 R ... Mk R``.
+    """Time ``models`` against ``reference`` in rounds ``R M1 R M2 R ... Mk R``; ``log`` hears
+    when measurements are repeated (on a busy machine that is where the minutes go).
 
     Every model call sits between two reference calls and its round ratio is its time over
     their mean: a slow spell that covers a few calls moves both sides. Calls are assumed warm.
@@ -192,6 +194,9 @@ def measure_paired(
         if all(d is not None for d in done):
             break
         rounds *= 2
+        if log is not None:
+            left = sum(d is None for d in done)
+            log(f"  {left} measurement(s) not settled yet: {rounds} more rounds")
     return [d for d in done if d is not None]
 
 

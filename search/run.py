@@ -108,7 +108,7 @@ def run_search_plan(
 
     # 2. The reference, alone.
     reference = space.base
-    measurer = Measurer(workload, reference=reference)
+    measurer = Measurer(workload, reference=reference, log=log)
     calibration = ReferenceCalibration(threads=workload.threads)
     timing = measurer.time_group(
         [reference], repeats=measurer.policy.rounds, threads=workload.threads

@@ -90,11 +90,14 @@ def test_spikes_are_rejected_and_drift_cancels_in_pairs() -> None:
 
 def test_a_noisy_measurement_is_repeated_with_more_rounds_then_flagged() -> None:
     settles = FakeMachine(noise=0.03, seed=1)
+    said: list[str] = []
     (a,) = measure_paired(
         lambda: settles.call(0.1), [lambda: settles.call(0.09)], threads=1,
         policy=PairingPolicy(rounds=6, max_rel_error=0.01, max_attempts=3), clock=settles,
+        log=said.append,
     )  # fmt: skip
     assert a.attempts > 1 and a.rounds == 6 * (2**a.attempts - 1)
+    assert said[0] == "  1 measurement(s) not settled yet: 12 more rounds"  # said, not silent
     assert a.ratio == pytest.approx(0.9, rel=0.03)
     never = FakeMachine(noise=0.4, seed=2)
     (b,) = measure_paired(
