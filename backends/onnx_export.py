@@ -477,31 +477,6 @@ def _state_names(graph: Graph, entries: tuple[tuple[str, int], ...]) -> list[str
     return names
 
 
-def padded_step(
-    model: ArchModel,
-    x: torch.Tensor,
-    state: dict[str, tuple[torch.Tensor, ...]],
-    pos: torch.Tensor,
-    mask: torch.Tensor,
-) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, ...]]]:
-    """``ArchModel.step`` with per-sequence positions ``pos [B]`` and the padding mask
-    ``[B, past + 1]`` handed to every token mixer (mixers/base.py). The same walk over the
-    model's program; ArchModel.step (backends/torch_model.py) has no mask argument yet."""
-    (tokens,) = model.graph.inputs  # ArchModel checks there is one
-    env: dict[str, torch.Tensor] = {tokens: x[:, None]}
-    new_state = dict(state)
-    for node, path in model._program:
-        args = [env[i] for i in node.inputs]
-        if node.name in state:
-            y, new_state[node.name] = model.module_of(node.name).step(
-                args[0][:, 0], state[node.name], pos, mask
-            )
-            env[node.output] = y[:, None]
-        else:
-            env[node.output] = model._apply_node(node, args, path)
-    return env[model.graph.primary_output()][:, 0], new_state
-
-
 class DecodeStepModule(nn.Module):
     """``(input_ids [B, 1], position_ids [B, 1], attention_mask [B, past + 1], *state)
     -> (logits [B, 1, V], *new_state)``: one token per sequence, Optimum's input names."""
@@ -519,7 +494,7 @@ class DecodeStepModule(nn.Module):
     ) -> Any:
         state = self.layout.unflatten(list(flat))
         mask = attention_mask.to(torch.bool)
-        logits, new = padded_step(self.model, input_ids[:, 0], state, position_ids[:, 0], mask)
+        logits, new = self.model.step(input_ids[:, 0], state, position_ids[:, 0], mask)
         return (logits[:, None], *self.layout.flatten(new))
 
 

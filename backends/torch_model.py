@@ -145,17 +145,23 @@ class ArchModel(nn.Module):
         }
 
     def step(
-        self, x: torch.Tensor, state: dict[str, DecodeState], pos: torch.Tensor
+        self,
+        x: torch.Tensor,
+        state: dict[str, DecodeState],
+        pos: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, DecodeState]]:
         """The input at position ``pos`` (an LM: one token ``[B]``; a block: ``[B, d_model]``)
-        -> the output there (logits ``[B, V]``) and the new state."""
+        -> the output there (logits ``[B, V]``) and the new state. ``pos`` is one position or
+        one per sequence ``[B]``; ``mask`` (``[B, past + 1]``, 1 = a real token) marks the
+        left padding of a batch of prompts of different lengths (mixers/base.py)."""
         env: dict[str, torch.Tensor] = {self._input: x[:, None]}
         new_state = dict(state)
         for node, path in self._program:
             args = [env[i] for i in node.inputs]
             if node.name in state:
                 y, new_state[node.name] = self.get_submodule(node.weight_path).step(
-                    args[0][:, 0], state[node.name], pos
+                    args[0][:, 0], state[node.name], pos, mask
                 )
                 env[node.output] = y[:, None]
             else:
