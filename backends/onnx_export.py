@@ -16,9 +16,7 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -29,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from archgen.atomic import write_atomic
 from archgen.backends.base import LowerOptions, UnsupportedError, library_versions
 from archgen.backends.eager import BoundaryModule
 from archgen.backends.onnx_attention import gqa_translation
@@ -135,15 +134,12 @@ def _export(
     if keep_outputs is not None:
         strip_outputs(proto, keep_outputs)
     set_metadata(proto, metadata or {})
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def save_checked(tmp: str) -> None:  # checked from the file: what onnxruntime will read
         onnx.save_model(proto, tmp)
         onnx.checker.check_model(tmp, full_check=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    write_atomic(path, save_checked)
     return {
         "file": path.name,
         "export_s": time.perf_counter() - start,
