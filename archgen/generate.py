@@ -1,7 +1,10 @@
 """Text generation with each mixer's incremental state (KV caches, SSM states).
 
 Byte-level models (vocab >= 256) take the prompt as UTF-8 bytes; tokens >= 256 are not text and
-are dropped when decoding the output back to a string.
+are dropped when decoding the output back to a string. A model trained through a BPE tokenizer
+reads and writes text through the ``tokenizer.json`` its run folder holds
+(:func:`load_tokenizer`); the prompt is encoded on its own, so its last token may split where
+the training text would have merged (e.g. a trailing space).
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from archgen.errors import ArchgenError
+
+if TYPE_CHECKING:
+    from archgen.train.tokenizer import TextTokenizer
 
 
 @dataclass(frozen=True)
@@ -22,18 +29,72 @@ class Generation:
     prompt_tokens: list[int]
     new_tokens: list[int]
     seconds: float  # decode time of the new tokens (prefill excluded)
+    tokenizer: TextTokenizer | None = None  # None: byte-level
 
     @property
     def text(self) -> str:
-        return bytes(t for t in self.new_tokens if t < 256).decode("utf-8", errors="replace")
+        return decode_text(self.new_tokens, self.tokenizer)
 
     @property
     def tokens_per_second(self) -> float:
         return len(self.new_tokens) / self.seconds if self.seconds > 0 else float("inf")
 
 
-def encode_prompt(prompt: str, vocab_size: int) -> list[int]:
-    if vocab_size < 256:
+def token_bytes(token: int, tokenizer: TextTokenizer | None = None) -> bytes:
+    """The text bytes of one generated token (none for a non-byte id of a byte-level model)."""
+    if tokenizer is not None:
+        return tokenizer.decode([token])
+    return bytes([token]) if token < 256 else b""
+
+
+def decode_text(tokens: list[int], tokenizer: TextTokenizer | None = None) -> str:
+    return b"".join(token_bytes(t, tokenizer) for t in tokens).decode("utf-8", errors="replace")
+
+
+def load_tokenizer(
+    spec: str | os.PathLike[str], weights: Path | None, text_ids: int
+) -> TextTokenizer | None:
+    """The tokenizer a model reads text with: ``tokenizer.json`` beside ``weights`` (a run
+    folder, or a weights file's folder), else the spec's ``data.tokenizer`` of kind ``file``;
+    None for a byte-level model. ``text_ids`` is how many ids may stand for text (the
+    vocabulary, less a masked-diffusion LM's mask token)."""
+    from archgen import api
+    from archgen.train.tokenizer import TextTokenizer
+
+    folder = None if weights is None else (weights if weights.is_dir() else weights.parent)
+    tokenizer = None
+    if folder is not None and (folder / "tokenizer.json").is_file():
+        tokenizer = TextTokenizer.load(folder / "tokenizer.json")
+    else:
+        data = api.as_spec(spec).data
+        wanted = getattr(data, "tokenizer", None)
+        if wanted is not None and wanted.kind == "file":
+            path = Path(wanted.path).expanduser()
+            tokenizer = TextTokenizer.load(path if path.is_absolute() else Path(spec).parent / path)
+        elif wanted is not None:
+            where = (
+                f"{folder} holds no tokenizer.json"
+                if folder is not None
+                else "no --weights folder was given to read its tokenizer.json from"
+            )
+            raise ArchgenError(
+                f"{spec} reads text through a trained BPE tokenizer (data.tokenizer), but {where}",
+                hint="pass --weights RUN_FOLDER, the folder archgen train wrote (it saves "
+                "tokenizer.json beside the weights)",
+            )
+    if tokenizer is not None and tokenizer.vocab_size > text_ids:
+        raise ArchgenError(
+            f"the tokenizer has {tokenizer.vocab_size} token ids but the model takes {text_ids} "
+            "text ids",
+            hint="use the tokenizer.json of the run that trained these weights",
+        )
+    return tokenizer
+
+
+def encode_prompt(
+    prompt: str, vocab_size: int, tokenizer: TextTokenizer | None = None
+) -> list[int]:
+    if vocab_size < 256 and tokenizer is None:
         raise ArchgenError(
             f"the model's vocabulary ({vocab_size}) is smaller than a byte vocabulary (256): "
             "text prompts need a byte-level model"
@@ -49,6 +110,8 @@ def encode_prompt(prompt: str, vocab_size: int) -> list[int]:
         ) from None
     if not tokens:
         raise ArchgenError("the prompt is empty", hint="pass at least one character with --prompt")
+    if tokenizer is not None:
+        return [int(t) for t in tokenizer.encode(bytes(tokens))]
     return tokens
 
 
@@ -63,8 +126,10 @@ def generate(
     seed: int = 0,
     max_seq_len: int | None = None,
     on_token: Callable[[int], None] | None = None,
+    tokenizer: TextTokenizer | None = None,
 ) -> Generation:
-    """Sample ``max_new_tokens`` after ``prompt_tokens`` (greedy when ``temperature == 0``)."""
+    """Sample ``max_new_tokens`` after ``prompt_tokens`` (greedy when ``temperature == 0``);
+    ``tokenizer`` only decodes :attr:`Generation.text`."""
     total = len(prompt_tokens) + max_new_tokens
     if max_seq_len is not None and total > max_seq_len:
         raise ArchgenError(
@@ -93,7 +158,7 @@ def generate(
             on_token(token)
         pos = len(prompt_tokens) + i
         logits, state = model.step(torch.tensor([token]), state, torch.tensor(pos))  # type: ignore[operator]
-    return Generation(prompt_tokens, new, time.perf_counter() - start)
+    return Generation(prompt_tokens, new, time.perf_counter() - start, tokenizer)
 
 
 def load_for_generation(spec: str | os.PathLike[str], weights: Path | None) -> torch.nn.Module:

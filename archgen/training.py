@@ -23,7 +23,14 @@ import yaml
 from archgen.errors import ArchgenError
 from archgen.spec.training import data_source, train_config
 from archgen.staging import check_run_folder, run_folder_lock
-from archgen.train.config import DataSource, TextData, TokenData, TrainConfig, as_plain
+from archgen.train.config import (
+    DataSource,
+    TextData,
+    TokenData,
+    TokenizerConfig,
+    TrainConfig,
+    as_plain,
+)
 from archgen.train.tasks import TASKS, Task
 
 if TYPE_CHECKING:
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
     from archgen.train.data import TrainingData
     from archgen.train.distill import DistillConfig
     from archgen.train.loop import TrainResult
+    from archgen.train.tokenizer import TextTokenizer
 
 SpecLike = str | os.PathLike[str]
 
@@ -84,7 +92,10 @@ def _relative_to(source: DataSource, folder: Path) -> DataSource:
         return str(path if path.is_absolute() else folder / path)
 
     if isinstance(source, TextData):
-        return replace(source, paths=tuple(fix(p) for p in source.paths))
+        tokenizer = source.tokenizer
+        if tokenizer is not None and tokenizer.path is not None:
+            tokenizer = replace(tokenizer, path=fix(tokenizer.path))
+        return replace(source, paths=tuple(fix(p) for p in source.paths), tokenizer=tokenizer)
     if isinstance(source, TokenData):
         return replace(source, train=fix(source.train), val=fix(source.val) if source.val else None)
     return source
@@ -107,20 +118,32 @@ def prepare(
     options: TrainOptions | None = None,
     *,
     device: str = "cpu",
+    tokenizer: Path | None = None,
 ) -> Prepared:
     """Load the spec, resolve data and options, check that the run fits in ``device``'s memory
-    (:func:`archgen.api.check_memory`), load and check the data (no training yet)."""
+    (:func:`archgen.api.check_memory`), load and check the data (no training yet).
+
+    Text given with ``data`` (``--data``) keeps the spec's ``data.tokenizer``; ``tokenizer``
+    (a ``tokenizer.json``, e.g. a distillation teacher's) replaces the tokenizer of a text
+    source that has one."""
     from archgen import api
+    from archgen.paths import cache_dir
     from archgen.train.data import load_data
 
     arch = api.as_spec(spec)
     graph = api.compile_spec(arch)
+    source = data_source(arch.data)
+    if arch.data is not None and not isinstance(spec, api.ArchSpec):
+        source = _relative_to(source, Path(spec).parent)
     if data:
-        source = data_from_cli(data)
-    else:
-        source = data_source(arch.data)
-        if arch.data is not None and not isinstance(spec, api.ArchSpec):
-            source = _relative_to(source, Path(spec).parent)
+        given = data_from_cli(data)
+        if isinstance(given, TextData) and isinstance(source, TextData):
+            given = replace(given, tokenizer=source.tokenizer)
+        source = given
+    if tokenizer is not None and isinstance(source, TextData) and source.tokenizer is not None:
+        file = TokenizerConfig(kind="file", path=str(tokenizer.resolve()))
+        source = replace(source, tokenizer=file)
+    _check_vocab(spec, graph, source)
     config = train_config(arch.train, **(options or TrainOptions()).as_overrides())
     m = graph.model
     is_task = isinstance(source, Task)
@@ -132,7 +155,9 @@ def prepare(
             hint=f"lower {field} or raise model.max_seq_len",
         )
     api.check_memory(graph, "train", batch_size=config.batch_size, seq_len=seq_len, device=device)
-    loaded = load_data(source, vocab_size=m.vocab_size, seq_len=seq_len)
+    loaded = load_data(
+        source, vocab_size=m.vocab_size, seq_len=seq_len, cache=cache_dir() / "tokenizers"
+    )
     if m.mask_token is not None:
         from archgen.train.diffusion import check_diffusion_data
 
@@ -140,21 +165,68 @@ def prepare(
     return Prepared(arch, graph, source, loaded, config)
 
 
+def _check_vocab(spec: SpecLike, graph: Any, source: DataSource) -> None:
+    """model.vocab_size against a text tokenizer: equal to a trained BPE's ids, at least a
+    loaded file's (padding rows are common), one more where a masked-diffusion LM keeps its
+    last id for the mask token. Reported at model.vocab_size (file:line for a spec file)."""
+    if not isinstance(source, TextData) or source.tokenizer is None:
+        return
+    from archgen.train.tokenizer import tokenizer_vocab_size
+
+    m = graph.model
+    ids = tokenizer_vocab_size(source.tokenizer)
+    need = ids + (1 if m.mask_token is not None else 0)
+    if m.vocab_size == need or (source.tokenizer.kind == "file" and m.vocab_size > need):
+        return
+    what = f"the tokenizer's {ids} token ids" + (" and the mask token" if need > ids else "")
+    rule = "at least" if source.tokenizer.kind == "file" else "exactly"
+    raise _spec_error(
+        spec, ("model", "vocab_size"),
+        f"{m.vocab_size} does not fit {what}: it must be {rule} {need}",
+        hint=f"set model.vocab_size: {need}" + (
+            "" if source.tokenizer.kind == "file" else ", or data.tokenizer.vocab_size to match"
+        ),
+    )  # fmt: skip
+
+
+def _spec_error(spec: SpecLike, path: tuple[str, ...], message: str, hint: str) -> ArchgenError:
+    """An error about a spec field, at its file:line when the spec is a file."""
+    from archgen import api
+    from archgen.spec.errors import format_path
+
+    where = ""
+    if not isinstance(spec, api.ArchSpec):
+        from archgen.spec.yaml_source import load_yaml
+
+        try:
+            position = load_yaml(Path(spec).read_text("utf-8"), str(spec))[1].locate(path)
+        except Exception:  # the spec loaded once already; a position is a nicety
+            position = None
+        where = f"{spec}:{position.line}:{position.column}: " if position else f"{spec}: "
+    return ArchgenError(f"{where}{format_path(path)}: {message}", hint=hint)
+
+
 RUN_FILES = ("weights.safetensors", "spec.yaml", "config.json", "metrics.jsonl", "loss.png",
              "checkpoints/")  # fmt: skip
+TOKENIZER_FILE = "tokenizer.json"  # beside the weights when the text went through a tokenizer
 
 
 def write_run_files(
     spec: Any, graph: Any, source: DataSource, config: TrainConfig, out: Path,
     extra: dict[str, Any], *, files: Sequence[str] = RUN_FILES,
+    tokenizer: TextTokenizer | None = None,
 ) -> None:  # fmt: skip
-    """``spec.yaml`` (``spec`` resolved, with the data and options actually used) and
-    ``manifest.json``, so the folder works with ``archgen generate --weights`` and as a
-    ``--teacher``. ``spec`` is an ArchSpec whose model is ``graph``'s."""
+    """``spec.yaml`` (``spec`` resolved, with the data and options actually used),
+    ``manifest.json`` and, with a ``tokenizer``, ``tokenizer.json``, so the folder works with
+    ``archgen generate --weights`` and as a ``--teacher``. ``spec`` is an ArchSpec whose model
+    is ``graph``'s."""
     from archgen import api
     from archgen.atomic import write_text_atomic
     from archgen.spec.expand import resolve_spec, spec_to_data
 
+    if tokenizer is not None:
+        tokenizer.save(out / TOKENIZER_FILE)
+        files = [*files, TOKENIZER_FILE]
     doc = spec_to_data(resolve_spec(spec))
     doc.pop("search", None)
     doc["data"] = as_plain(source)
@@ -221,7 +293,7 @@ def train(
         )  # fmt: skip
         write_run_files(
             prepared.spec, prepared.graph, prepared.source, prepared.config, out_dir,
-            {"steps": result.steps, "final": result.final},
+            {"steps": result.steps, "final": result.final}, tokenizer=prepared.data.tokenizer,
         )  # fmt: skip
     return result
 
@@ -278,6 +350,8 @@ def distill_graph(
     from archgen.train.distill import distill as run
 
     model = teacher if isinstance(teacher, torch.nn.Module) else load_trained(teacher)
+    if not isinstance(teacher, torch.nn.Module):
+        _check_same_tokenizer(Path(teacher), data.tokenizer)
     teacher_graph = getattr(model, "graph", None)
     for who, graph in (("student", student), ("teacher", teacher_graph)):
         # distillation matches next-token distributions; a denoiser's are another quantity
@@ -299,8 +373,34 @@ def distill_graph(
     if not isinstance(teacher, torch.nn.Module):
         label["teacher"] = os.path.abspath(teacher)
     extra = {"steps": result.steps, "final": result.final, **label, "distill": as_plain(dcfg)}
-    write_run_files(spec or spec_from_graph(student), student, data.source, config, out_dir, extra)
+    write_run_files(
+        spec or spec_from_graph(student), student, data.source, config, out_dir, extra,
+        tokenizer=data.tokenizer,
+    )  # fmt: skip
     return result
+
+
+def folder_tokenizer(folder: Path) -> TextTokenizer | None:
+    """The tokenizer a train/distill run saved in ``folder`` (None: a byte-level model)."""
+    from archgen.train.tokenizer import TextTokenizer
+
+    path = folder / TOKENIZER_FILE
+    return TextTokenizer.load(path) if path.is_file() else None
+
+
+def _check_same_tokenizer(teacher: Path, tokenizer: TextTokenizer | None) -> None:
+    """Distillation compares next-token distributions id by id: both sides must tokenize alike."""
+    theirs = folder_tokenizer(teacher)
+    if theirs is None and tokenizer is None:
+        return
+    if theirs is None or tokenizer is None or theirs.digest != tokenizer.digest:
+        teacher_side = "byte-level" if theirs is None else f"tokenizer {theirs.digest}"
+        student_side = "byte-level" if tokenizer is None else f"tokenizer {tokenizer.digest}"
+        raise ArchgenError(
+            f"the teacher {teacher} is {teacher_side} but the student's data is {student_side}",
+            hint="distill with the teacher's tokenizer: give the student data.tokenizer "
+            "(archgen distill uses the teacher's tokenizer.json for a text source that has one)",
+        )
 
 
 def weights_init(weights: str | os.PathLike[str], log: Callable[[str], None] = print) -> Any:
@@ -353,7 +453,13 @@ def distill(
         student, init = folder / "spec.yaml", init if init is not None else folder
     if out is not None:  # before the data is read
         check_run_folder(Path(out), "distill")
-    prepared = prepare(student, data, options, device=device)
+    # The student reads text through the teacher's tokenizer (the same ids, which the KL
+    # compares); a byte-level student of a BPE teacher is refused by distill_graph.
+    teacher_tokenizer = Path(teacher_dir) / TOKENIZER_FILE
+    prepared = prepare(
+        student, data, options, device=device,
+        tokenizer=teacher_tokenizer if teacher_tokenizer.is_file() else None,
+    )  # fmt: skip
     dcfg = DistillConfig(**{k: v for k, v in (distill_options or {}).items() if v is not None})
     out_dir = Path(out) if out is not None else default_out(prepared, "distilled")
     check_run_folder(out_dir, "distill")

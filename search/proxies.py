@@ -69,7 +69,7 @@ def train_teacher(spec: ArchSpec, steps: int, cache: Path, log: Log) -> tuple[An
         )  # fmt: skip
         training.write_run_files(
             prepared.spec, prepared.graph, prepared.source, prepared.config, folder,
-            {"steps": result.steps, "final": result.final},
+            {"steps": result.steps, "final": result.final}, tokenizer=prepared.data.tokenizer,
         )  # fmt: skip
         log(f"teacher: validation {result.final}")
     model = build_model(prepared.graph)

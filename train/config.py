@@ -105,11 +105,57 @@ class DataSource:
 
 
 @dataclass(frozen=True)
+class TokenizerConfig:
+    """A byte-level BPE tokenizer for text data: trained on the training split, or loaded.
+
+    ``kind: bpe`` trains one with the ``tokenizers`` library (fixed settings, so the same data
+    gives the same tokenizer; cached by data and settings); ``kind: file`` loads a byte-level
+    ``tokenizer.json`` (GPT-2 style: a ``ByteLevel`` pre-tokenizer, every byte a token).
+    """
+
+    kind: Literal["bpe", "file"] = option(
+        "bpe: train a byte-level BPE on the training split; file: load a tokenizer.json", "bpe"
+    )
+    vocab_size: int | None = option(
+        "kind bpe: token ids (the 256 bytes plus merges); model.vocab_size must equal it "
+        "(one more for a masked-diffusion LM, whose last id is the mask)",
+        None,
+        ge=256,
+        le=1 << 20,
+    )
+    path: str | None = option("kind file: the tokenizer.json to load", None)
+    min_frequency: int = option("kind bpe: a pair merges only if seen this often", 2, ge=1)
+    max_train_bytes: int = option(
+        "kind bpe: train on at most this many bytes of the training split (evenly spaced "
+        "chunks); the whole corpus is still encoded",
+        100_000_000,
+        ge=1024,
+    )
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+        problem = self.problem(self.kind, self.vocab_size, self.path)
+        if problem is not None:
+            raise ArchgenError(f"data.tokenizer: {problem}")
+
+    @staticmethod
+    def problem(kind: str, vocab_size: int | None, path: str | None) -> str | None:
+        """What is wrong with this combination (the spec layer reports it with a position)."""
+        if kind == "bpe" and (vocab_size is None or path is not None):
+            return "kind bpe needs vocab_size and takes no path"
+        if kind == "file" and (path is None or vocab_size is not None):
+            return "kind file needs path and takes no vocab_size (the file's vocabulary sets it)"
+        return None
+
+
+@dataclass(frozen=True)
 class TextData(DataSource):
     """Byte-level text from files, folders and globs (default: the Python standard library)."""
 
     kind: ClassVar[str] = "text"
-    summary: ClassVar[str] = "byte-level text (UTF-8 bytes are the tokens; vocab_size >= 256)"
+    summary: ClassVar[str] = (
+        "text: UTF-8 bytes are the tokens (vocab_size >= 256), or a byte-level BPE tokenizer's"
+    )
 
     paths: tuple[str, ...] = option(
         "files, folders (searched recursively) or glob patterns; empty = the Python standard "
@@ -127,6 +173,11 @@ class TextData(DataSource):
     )
     block_bytes: int = option("block size of the 'blocks' split", 16384, ge=1)
     split_seed: int = option("seed of the train/validation split", 0, ge=0)
+    tokenizer: TokenizerConfig | None = option(  # noqa: RUF009 (a field(), not a call default)
+        "null = bytes are the tokens; else a byte-level BPE ({kind: bpe, vocab_size: N} or "
+        "{kind: file, path: tokenizer.json}); bits per byte stay comparable",
+        None,
+    )
 
 
 @dataclass(frozen=True)
@@ -155,5 +206,9 @@ def data_source_classes() -> dict[str, type[DataSource]]:
 def as_plain(obj: Any) -> dict[str, Any]:
     """A config as JSON-able data with its ``kind`` (for run folders and cache keys)."""
     data = json.loads(json.dumps(dataclasses.asdict(obj)))  # tuples -> lists, for YAML too
+    # Byte-level text leaves the key out, so run identities (--resume) and cache keys written
+    # before tokenizers existed stay valid.
+    if isinstance(obj, TextData) and obj.tokenizer is None:
+        data.pop("tokenizer")
     kind = getattr(obj, "kind", None)
     return {"kind": kind, **data} if kind else data

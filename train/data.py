@@ -26,6 +26,7 @@ import numpy as np
 from archgen.errors import ArchgenError
 from archgen.train.config import DataSource, TextData, TokenData, as_plain
 from archgen.train.tasks import Task, TaskBatch
+from archgen.train.tokenizer import TextTokenizer, tokenize
 
 # Windows of the training split are drawn from this stream, validation ones from another.
 _TRAIN_STREAM, _VAL_STREAM = 0, 1
@@ -42,6 +43,7 @@ class TrainingData:
     task: Task | None = None
     bytes_per_token: float | None = None  # set when bits per byte are meaningful
     files: tuple[str, ...] = ()
+    tokenizer: TextTokenizer | None = None  # text through a BPE; None = bytes are the tokens
 
     @property
     def is_task(self) -> bool:
@@ -52,7 +54,22 @@ class TrainingData:
             return f"task {self.task.kind} (seq_len {self.task.seq_len}, seed {self.task.seed})"
         assert self.train is not None and self.val is not None
         what = f"{len(self.files)} files" if self.files else self.source.kind
-        return f"{what}: {len(self.train):,} train / {len(self.val):,} validation tokens"
+        tokens = f"{len(self.train):,} train / {len(self.val):,} validation tokens"
+        if self.tokenizer is not None:
+            tokens += (
+                f" (BPE of {self.tokenizer.vocab_size} ids, {self.bytes_per_token:.2f} B/token)"
+            )
+        return f"{what}: {tokens}"
+
+    def bytes_covered(self, targets: np.ndarray) -> float | None:
+        """The text bytes that the token ids ``targets`` stand for, for bits per byte: exact with
+        a tokenizer (the sum of each id's piece), else tokens x ``bytes_per_token`` (1 for
+        byte-level text; a token file's declared average); None when unknown (tasks)."""
+        if self.tokenizer is not None:
+            return float(self.tokenizer.piece_lengths[targets].sum())
+        if self.bytes_per_token:
+            return targets.size * self.bytes_per_token
+        return None
 
     def train_batch(self, *, seed: int, step: int, batch_size: int, seq_len: int) -> TaskBatch:
         """Batch number ``step`` of a run seeded ``seed`` (random windows; a task's examples)."""
@@ -89,6 +106,8 @@ class TrainingData:
     def fingerprint(self) -> str:
         """A content hash (config and token ids) for caches keyed by the data."""
         h = hashlib.sha256(json.dumps(as_plain(self.source), sort_keys=True).encode())
+        if self.tokenizer is not None:  # a kind: file source names a path, not its content
+            h.update(self.tokenizer.digest.encode())
         for arr in (self.train, self.val):
             if arr is not None:
                 h.update(np.ascontiguousarray(arr).view(np.uint8).data)
@@ -104,8 +123,13 @@ def _windows(tokens: np.ndarray, offsets: np.ndarray, seq_len: int) -> TaskBatch
 # -- loading and checking ------------------------------------------------------------------------
 
 
-def load_data(source: DataSource, *, vocab_size: int, seq_len: int) -> TrainingData:
-    """Load ``source`` and check it fits a model of ``vocab_size`` and windows of ``seq_len``."""
+def load_data(
+    source: DataSource, *, vocab_size: int, seq_len: int, cache: Path | None = None
+) -> TrainingData:
+    """Load ``source`` and check it fits a model of ``vocab_size`` and windows of ``seq_len``.
+
+    Text with a tokenizer is encoded (and a ``kind: bpe`` tokenizer trained on the training
+    split); ``cache`` is the folder that keeps both for the next run (None: not kept)."""
     if isinstance(source, Task):
         if source.vocab_size > vocab_size:
             raise ArchgenError(
@@ -117,7 +141,14 @@ def load_data(source: DataSource, *, vocab_size: int, seq_len: int) -> TrainingD
     if isinstance(source, TextData):
         files = text_files(source)
         train, val = split_text(source, [Path(f).read_bytes() for f in files])
-        data = TrainingData(source, train, val, bytes_per_token=1.0, files=tuple(files))
+        if source.tokenizer is None:
+            data = TrainingData(source, train, val, bytes_per_token=1.0, files=tuple(files))
+        else:
+            done = tokenize(source.tokenizer, train, val, cache=cache)
+            data = TrainingData(
+                source, done.train, done.val, files=tuple(files), tokenizer=done.tokenizer,
+                bytes_per_token=len(val) / max(1, len(done.val)),  # for describe(); bpb is exact
+            )  # fmt: skip
     elif isinstance(source, TokenData):
         train, val = _token_splits(source)
         data = TrainingData(source, train, val, bytes_per_token=source.bytes_per_token)
@@ -264,7 +295,7 @@ def _check_tokens(data: TrainingData, vocab_size: int, seq_len: int) -> None:
         if high >= vocab_size:
             hint = (
                 "byte-level text needs model.vocab_size >= 256"
-                if isinstance(data.source, TextData)
+                if isinstance(data.source, TextData) and data.tokenizer is None
                 else "the tokenizer's vocabulary must fit model.vocab_size"
             )
             raise ArchgenError(

@@ -147,10 +147,15 @@ def evaluate(
     config: TrainConfig,
     device: torch.device,
 ) -> dict[str, float]:
-    """Mean validation loss; bits per byte (text) or answer accuracy (tasks)."""
+    """Mean validation loss; bits per byte (text) or answer accuracy (tasks).
+
+    Bits per byte are the summed loss (nats) over ``ln 2`` and the bytes the scored target
+    tokens cover (:meth:`TrainingData.bytes_covered`: exact with a BPE tokenizer, so byte-level
+    and BPE models are compared on the same text)."""
     was_training = model.training
     model.eval()
     total, count, hits, answers = 0.0, 0, 0, 0
+    covered: float | None = 0.0
     for raw in batches:
         batch = Batch.of(raw, device)
         with autocast(config, device):
@@ -158,14 +163,16 @@ def evaluate(
         n = int(batch.mask.sum())
         total += float(masked_cross_entropy(logits, batch)) * n
         count += n
+        size = data.bytes_covered(raw.targets[raw.mask])
+        covered = None if size is None or covered is None else covered + size
         if data.is_task:
             pred = logits.argmax(-1).cpu().numpy()
             hits += round(answer_accuracy(pred, raw.targets, raw.mask) * n)
             answers += n
     model.train(was_training)
     out = {"loss": total / count}
-    if data.bytes_per_token:
-        out["bpb"] = out["loss"] / math.log(2) / data.bytes_per_token
+    if covered:
+        out["bpb"] = total / math.log(2) / covered
     if answers:
         out["accuracy"] = hits / answers
     return out

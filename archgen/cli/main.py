@@ -253,7 +253,9 @@ def schema(
 @app.command()
 def generate(
     spec: SpecArg,
-    prompt: Annotated[str, typer.Option(help="text prompt (byte-level models)")],
+    prompt: Annotated[
+        str, typer.Option(help="text prompt (UTF-8 bytes, or the run's tokenizer.json)")
+    ],
     weights: Annotated[
         Path | None,
         typer.Option(
@@ -292,8 +294,9 @@ def generate(
         return
     if weights is None:
         err.print("note: no --weights given: generating from a randomly initialised model")
+    tokenizer = gen.load_tokenizer(spec, weights, info.vocab_size)
     model = gen.load_for_generation(spec, weights)
-    tokens = gen.encode_prompt(prompt, info.vocab_size)
+    tokens = gen.encode_prompt(prompt, info.vocab_size, tokenizer)
     temperature = 0.8 if temperature is None else temperature
     typer.echo(prompt, nl=False)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -305,7 +308,8 @@ def generate(
         top_k=top_k,
         seed=seed,
         max_seq_len=info.max_seq_len,
-        on_token=lambda t: typer.echo(decoder.decode(bytes([t])) if t < 256 else "", nl=False),
+        on_token=lambda t: typer.echo(decoder.decode(gen.token_bytes(t, tokenizer)), nl=False),
+        tokenizer=tokenizer,
     )
     typer.echo("")
     err.print(
@@ -335,7 +339,8 @@ def _generate_diffusion(
         )
     info = api.compile_spec(spec).model
     assert info.mask_token is not None
-    tokens = gen.encode_prompt(prompt, info.vocab_size - 1)
+    tokenizer = gen.load_tokenizer(spec, weights, info.vocab_size - 1)
+    tokens = gen.encode_prompt(prompt, info.vocab_size - 1, tokenizer)
     if weights is None:
         err.print("note: no --weights given: generating from a randomly initialised model")
     model = gen.load_for_generation(spec, weights)
@@ -343,7 +348,7 @@ def _generate_diffusion(
         model, tokens, max_new_tokens, policy,
         mask_token=info.mask_token, max_seq_len=info.max_seq_len,
     )  # fmt: skip
-    typer.echo(prompt + result.text)
+    typer.echo(prompt + gen.decode_text(result.new_tokens, tokenizer))
     per_call = " ".join(str(n) for n in result.committed_per_call)
     err.print(
         f"{len(result.new_tokens)} tokens in {result.seconds:.2f} s with {policy}: "

@@ -13,12 +13,21 @@ train: {steps: 600, batch_size: 16, seq_len: 128, lr: 3.0e-3}
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from typing import Annotated, Any, Literal, Union
 
 import annotated_types
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    create_model,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from archgen.train.config import DataSource, TextData, TrainConfig, data_source_classes
@@ -35,6 +44,8 @@ _BOUNDS = {"ge": annotated_types.Ge, "gt": annotated_types.Gt, "le": annotated_t
 
 
 def _field_type(hint: Any, bounds: tuple[Any, ...]) -> Any:
+    if dataclasses.is_dataclass(hint):  # a nested options section, e.g. data.tokenizer
+        return options_model(hint, f"{hint.__name__}Spec")  # type: ignore[arg-type]
     if hint is int:
         return Annotated[(int, Strict(), *bounds)]
     if hint is bool:
@@ -55,7 +66,24 @@ class OptionsModel(BaseModel):
 
     def to_config(self) -> Any:
         """The ``archgen.train`` config object these options describe."""
-        return self.config_class(**self.model_dump(exclude={"kind"}))
+        # ``kind`` is the union tag of data kinds; a config class may also have its own.
+        tag_only = "kind" not in {f.name for f in dataclasses.fields(self.config_class)}
+        values = {
+            name: value.to_config() if isinstance(value, OptionsModel) else value
+            for name, value in self
+            if not (tag_only and name == "kind")
+        }
+        return self.config_class(**values)
+
+
+def _cross_field_check(self: Any) -> Any:
+    # A config class's cross-field rule (a static ``problem`` taking fields by name), raised
+    # here so the loader reports it at the section's file:line.
+    rule = self.config_class.problem
+    problem = rule(**{name: getattr(self, name) for name in inspect.signature(rule).parameters})
+    if problem is not None:
+        raise PydanticCustomError("options_conflict", problem)
+    return self
 
 
 def options_model(cls: type, name: str, *, kind: str | None = None) -> type[OptionsModel]:
@@ -74,7 +102,12 @@ def options_model(cls: type, name: str, *, kind: str | None = None) -> type[Opti
             default = ...
         info = Field(default=default, description=f.metadata.get("doc"))
         fields[f.name] = (_field_type(hints[f.name], bounds), info)
-    model = create_model(name, __base__=OptionsModel, __doc__=cls.__doc__, **fields)  # type: ignore[call-overload]
+    validators = {}
+    if isinstance(cls.__dict__.get("problem"), staticmethod):
+        validators["cross_field"] = model_validator(mode="after")(_cross_field_check)
+    model = create_model(
+        name, __base__=OptionsModel, __doc__=cls.__doc__, __validators__=validators, **fields
+    )  # type: ignore[call-overload]
     model.config_class = cls
     return model
 
