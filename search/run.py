@@ -156,7 +156,13 @@ def run_search_plan(
     _calibrate(space.baseline_candidates(), judge, measurer, kind_names, log)
     limit_s = plan.budget.limit_seconds(calibration.seconds)
     if plan.budget.is_set:
-        log(f"budget {plan.budget}: {format_seconds(limit_s) if limit_s else '?'} now")
+        now = (
+            f"{format_seconds(limit_s)} now"
+            if limit_s
+            else "in seconds not known yet (every timing of the base model so far was taken "
+            "on busy cores); the search goes on in ratios to the base model"
+        )
+        log(f"budget {plan.budget}: {now}")
 
     # 5. The cheapest candidate, measured: a budget below it cannot be met by any candidate.
     check = judge.measure(cheapest)
