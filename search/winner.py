@@ -319,4 +319,6 @@ def _write_files(
     files = sorted({*files, "spec.yaml"} - {"manifest.json"})
     best = spec_from_graph(graph)  # write_run_files adds the data and options used
     extra = {"command": COMMAND, "winner_key": key, "winner": winner.to_json()}
-    write_run_files(best, graph, data.source, config, folder, extra, files=files)
+    write_run_files(
+        best, graph, data.source, config, folder, extra, files=files, tokenizer=data.tokenizer
+    )  # tokenizer.json too: generate reads a BPE winner's tokens from its folder
