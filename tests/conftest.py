@@ -9,6 +9,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+# the smallest useful causal LM, for tests about commands and files rather than numerics
+TINY_LM = """\
+model:
+  name: tiny
+  vocab_size: 256
+  d_model: 16
+  max_seq_len: 32
+  layers:
+    - token_mixer: {kind: attention, heads: 2}
+      channel_mixer: {kind: swiglu}
+"""
 
 
 def archgen(

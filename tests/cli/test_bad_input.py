@@ -16,18 +16,9 @@ from archgen.backends.weights import load_tensors, load_weights
 from archgen.errors import ArchgenError
 from archgen.generate import encode_prompt
 from archgen.staging import OutputFolder, check_run_folder
-from tests.conftest import archgen
+from tests.conftest import TINY_LM, archgen
 
-TINY = """\
-model:
-  name: tiny
-  vocab_size: 256
-  d_model: 16
-  max_seq_len: 32
-  layers:
-    - token_mixer: {kind: attention, heads: 2}
-      channel_mixer: {kind: swiglu}
-"""
+TINY = TINY_LM
 
 
 @pytest.fixture

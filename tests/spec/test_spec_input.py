@@ -10,18 +10,9 @@ import pytest
 
 from archgen.spec.errors import SpecError
 from archgen.spec.loader import MAX_SPEC_BYTES, load_spec, parse_spec
-from tests.conftest import archgen
+from tests.conftest import TINY_LM, archgen
 
-SPEC = """\
-model:
-  name: tiny
-  vocab_size: 256
-  d_model: 16
-  max_seq_len: 32
-  layers:
-    - token_mixer: {kind: attention, heads: 2}
-      channel_mixer: {kind: swiglu}
-"""
+SPEC = TINY_LM
 
 
 def test_endless_file_is_refused_after_one_mib() -> None:
