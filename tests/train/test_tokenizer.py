@@ -217,3 +217,13 @@ def test_distillation_reads_text_through_the_teachers_tokenizer(
         training.distill(byte_student, tmp_path / "teacher", out=tmp_path / "s2",
                          options=training.TrainOptions(steps=1, seq_len=16, batch_size=2),
                          progress=False, log=log.append)  # fmt: skip
+
+
+def test_the_bpe_example_checks() -> None:
+    # examples/tokenizers/ stays out of the every-example matrix (it is the transformer with
+    # another vocabulary); this keeps it a valid spec
+    from archgen import api
+    from tests.conftest import ROOT
+
+    report = api.check(ROOT / "examples" / "tokenizers" / "transformer-bpe.yaml")
+    assert report.graph.model.vocab_size == 1024
