@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from archgen.cli.pass_options import DumpAfterOpt, PassesOpt, dump_ir
+
 if TYPE_CHECKING:
     from archgen.backends.validate import NumericsReport
     from archgen.export import DoctorReport
@@ -86,14 +88,6 @@ PortableOpt = Annotated[
         "--portable",
         help="onnx: standard ONNX ops only (no onnxruntime contrib ops such as the fused "
         "GroupQueryAttention); slower in onnxruntime, runs in other ONNX runtimes",
-    ),
-]
-PassesOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--passes",
-        help='rewrites to apply, e.g. "compress_segments{s=16,local=swa}"; recorded in the '
-        "written spec.yaml (model.passes)",
     ),
 ]
 ForceOpt = Annotated[
@@ -229,12 +223,14 @@ def register(app: typer.Typer, out: Console) -> None:
         provider: ProviderOpt = ProviderChoice.cpu,
         portable: PortableOpt = False,
         passes: PassesOpt = None,
+        dump_after: DumpAfterOpt = None,
         force: ForceOpt = False,
     ) -> None:
         """Export an engine, validate it against the float64 reference, write it atomically."""
         from archgen import export as api
         from archgen.errors import ArchgenError
 
+        dump_ir(spec, passes, dump_after)
         if fmt is FormatChoice.hf:  # a transformers folder: no engine, checked against transformers
             engine_opts = {"--dtype": dtype is not DTypeChoice.float32,
                            "--provider": provider is not ProviderChoice.cpu,

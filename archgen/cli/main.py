@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from archgen.cli.backend_cmds import register as register_backend_commands
+from archgen.cli.pass_options import DumpAfterOpt, PassesOpt, dump_ir
 from archgen.errors import ArchgenError
 
 app = typer.Typer(
@@ -53,14 +54,6 @@ def _options(
 
 
 SpecArg = Annotated[Path, typer.Argument(help="architecture spec (YAML)", show_default=False)]
-PassesOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--passes",
-        help='rewrites to apply, e.g. "compress_segments{s=16,local=swa}" (`archgen passes` '
-        "lists them)",
-    ),
-]
 # -o/--out/--output: the same spelling on every command that writes
 NewFolderOpt = Annotated[
     Path, typer.Option("--output", "--out", "-o", help="output folder (new or empty)")
@@ -91,29 +84,17 @@ def check(
         bool, typer.Option("--resolved", help="print the spec with every default filled in")
     ] = False,
     passes: PassesOpt = None,
-    dump_after: Annotated[
-        list[str] | None,
-        typer.Option("--dump-after", help="print the IR after this pass (repeatable)"),
-    ] = None,
+    dump_after: DumpAfterOpt = None,
 ) -> None:
     """Validate a spec and print parameters, FLOPs and decode state per layer."""
     from archgen import api
     from archgen.cli.report import print_check
-    from archgen.ir.printer import print_graph
 
     if resolved:
         typer.echo(api.resolved_yaml(spec), nl=False)
         return
-    pipeline = api.as_passes(passes)
-    if dump_after:
-        api.compile_spec(
-            spec,
-            seq_len=seq_len,
-            passes=pipeline,
-            dump_after=dump_after,
-            on_dump=lambda name, g: typer.echo(f"// IR after {name}\n{print_graph(g)}"),
-        )
-    report = api.check(spec, seq_len=seq_len, passes=pipeline, on_note=_print_note)
+    dump_ir(spec, passes, dump_after, seq_len)
+    report = api.check(spec, seq_len=seq_len, passes=passes, on_note=_print_note)
     print_check(out, report, spec)
     for warning in report.warnings:
         err.print(f"warning: {warning}", markup=False, soft_wrap=True)
@@ -137,11 +118,13 @@ def build(
     output: NewFolderOpt,
     seed: Annotated[int, typer.Option(help="seed of the weight initialisation")] = 0,
     passes: PassesOpt = None,
+    dump_after: DumpAfterOpt = None,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP.format("build"))] = False,
 ) -> None:
     """Instantiate the model and write weights (safetensors), resolved spec and manifest."""
     from archgen import api
 
+    dump_ir(spec, passes, dump_after)
     result = api.build(spec, output, seed=seed, passes=passes, force=force)
     out.print(
         f"built {result.params:,} parameters -> {result.out_dir}/ "

@@ -198,3 +198,14 @@ def test_an_approximate_rewrite_says_so_and_an_analysis_does_not() -> None:
     )
     assert any(p == "compress_segments" and n.startswith("approximate") for p, n in notes)
     assert not any(n.startswith("approximate") for p, n in notes if p != "compress_segments")
+
+
+def test_build_dumps_the_ir_after_a_pass(tmp_path) -> None:
+    result = archgen(
+        "build", str(SPECS["hybrid"]), "-o", str(tmp_path / "b"),
+        "--passes", "compress_segments{s=4}", "--dump-after", "compress_segments",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "// IR after compress_segments" in result.stdout
+    assert "checkpoint_attention(%layers.3.token_norm)" in result.stdout
+    assert (tmp_path / "b" / "weights.safetensors").is_file()
