@@ -313,7 +313,6 @@ def build(
     replaced. Anything else there (a training run, a user's files) is refused before any work
     (:class:`~archgen.errors.ArchgenError`), ``force`` or not."""
     from archgen.backends.torch_model import build_model
-    from archgen.backends.weights import save_weights
     from archgen.staging import OutputFolder
 
     target = OutputFolder(Path(out_dir), "build", force=force)
@@ -322,19 +321,35 @@ def build(
     graph = compile_spec(spec)
     check_memory(graph, "build")
     model = build_model(graph, seed=seed)
+    with target.staging() as staging:
+        params, digest = write_model_folder(
+            staging, model, spec, command="build", **_library_versions(), seed=seed
+        )
+    return BuildResult(target.path, params, digest)
+
+
+MODEL_FILES = ["weights.safetensors", "spec.yaml"]
+
+
+def write_model_folder(
+    folder: Path, model: Any, spec: ArchSpec, *, command: str, **facts: Any
+) -> tuple[int, str]:
+    """A model folder as ``build`` and ``import`` write it: ``weights.safetensors`` (stamped
+    with the spec hash), ``spec.yaml`` (resolved) and ``manifest.json`` (``command``, ``facts``,
+    spec hash, model, parameters, files). Returns (parameters, spec hash)."""
+    from archgen.backends.weights import save_weights
+
     digest = spec_hash(spec)
     params = sum(p.numel() for p in model.parameters())
-    with target.staging() as staging:
-        save_weights(model, staging / "weights.safetensors", {"spec_hash": digest})
-        (staging / "spec.yaml").write_text(resolved_yaml(spec))
-        manifest = {
-            "command": "build",
-            **_library_versions(),
-            "spec_hash": digest,
-            "model": graph.model.name,
-            "params": params,
-            "seed": seed,
-            "files": ["weights.safetensors", "spec.yaml"],
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return BuildResult(target.path, params, digest)
+    save_weights(model, folder / "weights.safetensors", {"spec_hash": digest})
+    (folder / "spec.yaml").write_text(resolved_yaml(spec))
+    manifest = {
+        "command": command,
+        **facts,
+        "spec_hash": digest,
+        "model": model.graph.model.name,
+        "params": params,
+        "files": MODEL_FILES,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return params, digest

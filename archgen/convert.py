@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,23 +63,16 @@ class ConvertResult:
     spec_hash: str
 
 
-def carry_weights(source: Mapping[str, torch.Tensor], model: torch.nn.Module) -> Carried:
-    """Copy each tensor of ``source`` into ``model``'s same-named, same-shaped one."""
-    import torch
+def carry_weights(source: torch.nn.Module, model: torch.nn.Module) -> Carried:
+    """Copy each tensor of ``source`` into ``model``'s same-named, same-shaped one
+    (:func:`archgen.train.distill.copy_matching`) and sort out the rest."""
+    from archgen.train.distill import copy_matching
 
-    carried, new, reshaped = [], [], []
-    target = model.state_dict()
-    with torch.no_grad():
-        for name, tensor in target.items():
-            theirs = source.get(name)
-            if theirs is None:
-                new.append(name)
-            elif theirs.shape != tensor.shape:
-                reshaped.append(name)
-            else:
-                tensor.copy_(theirs)
-                carried.append(name)
-    dropped = [name for name in source if name not in target]
+    carried = copy_matching(source, model)
+    theirs, ours, copied = source.state_dict(), model.state_dict(), set(carried)
+    new = [name for name in ours if name not in theirs]
+    reshaped = [name for name in ours if name in theirs and name not in copied]
+    dropped = [name for name in theirs if name not in ours]
     return Carried(carried, new, reshaped, dropped, [])
 
 
@@ -147,7 +139,7 @@ def convert(
     converted_spec = api.with_passes(spec, passes)
     graph = api.compile_spec(converted_spec)
     model = build_model(graph, seed=seed)
-    carried = carry_weights(original.state_dict(), model)
+    carried = carry_weights(original, model)
     report = replace(carried, zeroed=zero_new_mixers(model, original.graph))
     digest = api.spec_hash(converted_spec)
     params = sum(p.numel() for p in model.parameters())

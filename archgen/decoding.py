@@ -27,7 +27,6 @@ another backend's artifact); the loop is plain Python around it.
 
 from __future__ import annotations
 
-import difflib
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -153,12 +152,6 @@ class LocalLeapDecoder(DecodePolicy):
         return sorted(chosen)
 
 
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    listed = ", ".join(choices)
-    return f"did you mean {close[0]!r}? (choices: {listed})" if close else f"choices: {listed}"
-
-
 DECODERS: dict[str, type[DecodePolicy]] = {
     cls.name: cls for cls in (ConfidenceDecoder, ThresholdDecoder, LocalLeapDecoder)
 }
@@ -166,30 +159,19 @@ DECODERS: dict[str, type[DecodePolicy]] = {
 
 def parse_decoder(text: str) -> DecodePolicy:
     """``"localleap{tau=0.9,radius=4}"`` -> a policy (the option syntax of ``--passes``)."""
-    from archgen.passes.pipeline import convert_value, split_top_level
+    from archgen.passes.pipeline import convert_value, split_item, suggest
 
-    name, _, rest = text.strip().partition("{")
-    name = name.strip()
-    if name not in DECODERS:
-        raise ArchgenError(f"unknown decoder {name!r}", hint=_suggest(name, list(DECODERS)))
+    name, raw = split_item(text, "--decoder", DECODERS)
     cls = DECODERS[name]
     known = {f.name for f in fields(cls)}
     hints = typing.get_type_hints(cls)
     values: dict[str, object] = {}
-    if rest:
-        if not rest.endswith("}"):
-            raise ArchgenError(f"--decoder {name}: options must end with '}}': {text!r}")
-        for pair in split_top_level(rest[:-1]):
-            if not pair:
-                continue
-            key, eq, raw = (s.strip() for s in pair.partition("="))
-            if not eq:
-                raise ArchgenError(f"--decoder {name}: option {pair!r} has no value")
-            if key not in known:
-                raise ArchgenError(
-                    f"--decoder {name}: unknown option {key!r}", hint=_suggest(key, sorted(known))
-                )
-            values[key] = convert_value(raw, hints[key], f"--decoder {name}: option {key}")
+    for key, value in raw.items():
+        if key not in known:
+            raise ArchgenError(
+                f"--decoder {name}: unknown option {key!r}", hint=suggest(key, sorted(known))
+            )
+        values[key] = convert_value(value, hints[key], f"--decoder {name}: option {key}")
     return cls(**values)  # type: ignore[arg-type]
 
 

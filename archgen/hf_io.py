@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from archgen.api import SpecLike, compile_spec, resolved_yaml, spec_hash, with_passes
+from archgen.api import (
+    SpecLike,
+    compile_spec,
+    resolved_yaml,
+    spec_hash,
+    with_passes,
+    write_model_folder,
+)
 from archgen.errors import ArchgenError, UnavailableError
 from archgen.hf import HINT, HFLayout, hf_layout, spec_from_hf_config
 from archgen.staging import OutputFolder
@@ -257,7 +264,6 @@ def import_hf(
     import torch
 
     from archgen.backends.torch_model import build_model
-    from archgen.backends.weights import save_weights
     from archgen.spec.models import ArchSpec
 
     folder = Path(hf_dir)
@@ -282,21 +288,11 @@ def import_hf(
     with torch.random.fork_rng(devices=[]):
         hf = _hf_class(transformers, layout).from_pretrained(folder, dtype=torch.float32)
     metrics = _check_logits(model, hf, f"import of {folder}", validation_seed or 0)
-    digest = spec_hash(spec)
-    params = sum(p.numel() for p in model.parameters())
     with target.staging() as staging:
-        save_weights(model, staging / "weights.safetensors", {"spec_hash": digest})
-        (staging / "spec.yaml").write_text(resolved_yaml(spec))
-        manifest = {
-            "command": "import",
-            "source": str(folder.resolve()),
-            "architecture": layout.architecture,
-            "transformers": transformers.__version__,
-            "spec_hash": digest,
-            "model": graph.model.name,
-            "params": params,
-            "files": ["weights.safetensors", "spec.yaml"],
-            "validation": {"passed": True, **_metrics_json(metrics)},
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        params, _ = write_model_folder(
+            staging, model, spec, command="import",
+            source=str(folder.resolve()), architecture=layout.architecture,
+            transformers=transformers.__version__,
+            validation={"passed": True, **_metrics_json(metrics)},
+        )  # fmt: skip
     return HFImportResult(target.path, layout.architecture, params, metrics)

@@ -20,7 +20,6 @@ Every command is an ``archgen`` subprocess, as a user runs it; the table goes to
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from archgen import api
 from archgen.ir.cost import graph_cost
+from archgen.train.metrics import read_metrics
 from benchmarks.common import machine
 
 SPEC = Path(__file__).resolve().parent.parent / "examples" / "transformer.yaml"
@@ -46,8 +46,7 @@ def archgen(*args: str) -> None:
 
 def val_bpb(run: Path) -> tuple[float, float]:
     """(first, last) validation bits per byte of a run folder."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    vals = [r for r in records if r.get("kind") == "val"]
+    vals = [r for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "val"]
     return vals[0]["bpb"], vals[-1]["bpb"]
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
 from archgen.errors import ArchgenError
@@ -54,25 +54,34 @@ def parse_pipeline(text: str) -> list[Pass]:
 
 
 def _parse_item(item: str) -> Pass:
-    name, _, rest = item.partition("{")
+    name, raw = split_item(item, "pass", PASS_REGISTRY)
+    return build_pass(PASS_REGISTRY[name], raw)
+
+
+def split_item(item: str, kind: str, names: Collection[str]) -> tuple[str, dict[str, str]]:
+    """``"name{a=1,b=x}"`` -> ``("name", {"a": "1", "b": "x"})``, ``name`` one of ``names``;
+    ``kind`` names the thing in errors (``pass``, ``--decoder``). Shared by ``--passes`` and
+    ``--decoder``, which use the same syntax."""
+    name, _, rest = item.strip().partition("{")
     name = name.strip()
-    if name not in PASS_REGISTRY:
-        raise PassOptionError(f"unknown pass {name!r}", hint=_suggest(name, list(PASS_REGISTRY)))
-    cls = PASS_REGISTRY[name]
+    if name not in names:
+        raise PassOptionError(
+            f"unknown {kind.lstrip('-')} {name!r}", hint=suggest(name, list(names))
+        )
     raw: dict[str, str] = {}
     if rest:
         if not rest.endswith("}"):
-            raise PassOptionError(f"pass {name}: options must end with '}}': {item!r}")
+            raise PassOptionError(f"{kind} {name}: options must end with '}}': {item!r}")
         for pair in split_top_level(rest[:-1]):
             if not pair:
                 continue
             key, eq, value = pair.partition("=")
             if not eq:
                 raise PassOptionError(
-                    f"pass {name}: option {pair!r} has no value", hint=f"write {pair}=VALUE"
+                    f"{kind} {name}: option {pair!r} has no value", hint=f"write {pair}=VALUE"
                 )
             raw[key.strip()] = value.strip()
-    return build_pass(cls, raw)
+    return name, raw
 
 
 def build_pass(cls: type[Pass], raw: dict[str, str]) -> Pass:
@@ -87,7 +96,7 @@ def build_pass(cls: type[Pass], raw: dict[str, str]) -> Pass:
                 extra[key] = value
                 continue
             raise PassOptionError(
-                f"pass {cls.name}: unknown option {key!r}", hint=_suggest(key, list(fields))
+                f"pass {cls.name}: unknown option {key!r}", hint=suggest(key, list(fields))
             )
         values[key] = convert_value(value, hints[key], f"pass {cls.name}: option {key}")
     missing = [
@@ -131,7 +140,7 @@ def convert_value(raw: str, hint: Any, where: str) -> Any:
                 return choice
         raise PassOptionError(
             f"{where}: {raw!r} is not one of {', '.join(map(str, args))}",
-            hint=_suggest(raw, [str(a) for a in args]),
+            hint=suggest(raw, [str(a) for a in args]),
         )
     if origin in (tuple, list) and args and args[0] is int:
         body = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
@@ -155,7 +164,8 @@ def convert_value(raw: str, hint: Any, where: str) -> Any:
     raise PassOptionError(f"{where}: options of type {hint} cannot be given as text")
 
 
-def _suggest(word: str, choices: Sequence[str]) -> str:
+def suggest(word: str, choices: Sequence[str]) -> str:
+    """'did you mean X? (choices: ...)' for a hint."""
     close = difflib.get_close_matches(word, choices, n=1)
     listed = ", ".join(choices) if choices else "(none)"
     return f"did you mean {close[0]!r}? (choices: {listed})" if close else f"choices: {listed}"

@@ -19,7 +19,7 @@ from archgen.ir.edit import replace_op
 from archgen.ir.graph import Graph, Node
 from archgen.ir.ops import OP_REGISTRY, Op, Role
 from archgen.passes.base import option, register_pass
-from archgen.passes.pipeline import PassOptionError, _suggest, convert_value
+from archgen.passes.pipeline import PassOptionError, convert_value, suggest
 from archgen.passes.rewrite import Reject, Rewrite, RewritePass, Rule
 
 SLOT_ROLES = {"token": Role.TOKEN_MIXER, "channel": Role.CHANNEL_MIXER}
@@ -52,7 +52,7 @@ class ReplaceMixer(RewritePass):
         where = f"pass {self.name}"
         if self.kind not in OP_REGISTRY:
             raise PassOptionError(
-                f"{where}: unknown kind {self.kind!r}", hint=_suggest(self.kind, list(OP_REGISTRY))
+                f"{where}: unknown kind {self.kind!r}", hint=suggest(self.kind, list(OP_REGISTRY))
             )
         cls = OP_REGISTRY[self.kind]
         if cls.role is not SLOT_ROLES[self.slot]:
@@ -67,7 +67,7 @@ class ReplaceMixer(RewritePass):
             if key not in fields:
                 raise PassOptionError(
                     f"{where}: {self.kind} has no attribute {key!r}",
-                    hint=_suggest(key, list(fields)),
+                    hint=suggest(key, list(fields)),
                 )
             attrs[key] = convert_value(raw, hints[key], f"{where}: option {key}")
         context = {
