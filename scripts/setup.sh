@@ -13,7 +13,10 @@ fi
 # one); else PyPI's CUDA build. ARCHGEN_TORCH=cuda|cpu forces the choice.
 TORCH="torch==2.13.0"
 choice=${ARCHGEN_TORCH:-auto}
-if [[ $choice == auto ]] && .venv/bin/python -m pip install --quiet --no-index "$TORCH" 2>/dev/null; then
+# Offline means the torch wheel alone (--no-deps): its small dependencies come from the ordinary
+# indexes with archgen's below, so a disk that holds torch but not, say, fsspec is still used
+# (else pip would ask PyTorch's index for each of them, which may not be reachable).
+if [[ $choice == auto ]] && .venv/bin/python -m pip install --quiet --no-index --no-deps "$TORCH" 2>/dev/null; then
   :
 elif [[ $choice == cpu ]] || { [[ $choice == auto ]] && [[ ! -e /dev/nvidiactl ]] &&
   ! command -v nvidia-smi >/dev/null 2>&1; }; then
