@@ -329,7 +329,11 @@ class OnnxBackend(Backend):
             raise UnavailableError(
                 f"onnxruntime execution provider {wanted} is not available here "
                 f"(this onnxruntime has: {', '.join(ort.get_available_providers())})",
-                hint="install onnxruntime-gpu on a machine with CUDA, or use --provider cpu",
+                hint=(
+                    "on a machine with CUDA: pip uninstall onnxruntime, then pip install "
+                    "'archgen[onnx-gpu]' (the CPU package shadows the GPU one); "
+                    "or use --provider cpu"
+                ),
             )
 
     def _meta(self, graph: Graph, options: LowerOptions) -> ArtifactMeta:

@@ -195,7 +195,7 @@ class TensorRTBackend(Backend):
     def is_available(self) -> tuple[bool, str]:
         missing = []
         if importlib.util.find_spec("tensorrt") is None:
-            missing.append("no module named tensorrt (pip install 'archgen[gpu]')")
+            missing.append("no module named tensorrt (pip install 'archgen[tensorrt]')")
         else:  # only then is the torch import worth its time
             import torch
 
