@@ -41,6 +41,12 @@ class ModelInfo:
     max_seq_len: int
 
     @property
+    def causal(self) -> bool:
+        """Whether token mixers read only earlier positions: the context field ``causal`` of the
+        node kinds whose form the task decides (attention, swa, mamba, mamba2)."""
+        return self.task == "causal-lm"
+
+    @property
     def mask_token(self) -> int | None:
         """The id a masked-diffusion LM reads as "masked" (its last one), else None. Data never
         uses it: the loaders check that their ids stay below it."""

@@ -32,15 +32,30 @@ Three implementations of the scan, picked by ``scan=``:
   ``torch.compile`` graphs.
 * ``"auto"``: ``"fused"`` on CPU when the kernel builds (else ``"chunked"`` with a warning,
   once); on CUDA ``"triton"`` when triton is installed (float32 and bf16 modules; the scan runs
-  in float32); otherwise, and while exporting, ``"chunked"``.
+  in float32); otherwise, and while exporting, ``"chunked"`` -- except inside
+  ``selective_scan.exported_as_custom_op()`` (the onnx backend's default), where a float32
+  scan exports as the kernel's custom op ``archgen::selective_scan``, one node that
+  onnxruntime runs with archgen's custom-op library (``archgen.backends.onnx_scan``).
 
 The implementation actually used by the last ``forward`` is recorded in ``last_scan_impl``.
+
+**Bidirectional form** (``causal=False``, a masked-diffusion denoiser): Vision Mamba's
+"bimamba" / MambaMixer's bidirectional mixer (research/mixers.md §8), in that formulation
+``y = SSM_f(x) ⊗ g + Flip(SSM_b(Flip(x))) ⊗ g``: one shared ``in_proj`` gives ``x`` and the gate
+``z``; the forward direction runs the block above (``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``,
+``D``); the backward direction runs the same block with its own parameters (Vim's names
+``conv1d_b``, ``x_proj_b``, ``dt_proj_b``, ``A_b_log``, ``D_b``, initialised alike) on the
+time-flipped ``x`` -- a causal conv and scan over the flipped sequence, i.e. anti-causal ones --
+and its output is flipped back; ``out = out_proj((y_f + y_b) * SiLU(z))`` (summed, not halved:
+mixers.md writes the sum; Vim's optional ``if_divide_out`` is not used). Any scan
+implementation serves both directions. There is no one-token ``step``.
 The scan always runs in float32 (float64 when the inputs are float64), also for bf16 modules.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -193,6 +208,17 @@ _run_scan_outside_graph = torch._disable_dynamo(_run_scan)
 
 
 # -- the module --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Direction:
+    """One scan direction's own parameters (the forward ones, or the flipped scan's ``*_b``)."""
+
+    conv1d: nn.Conv1d
+    x_proj: nn.Linear
+    dt_proj: nn.Linear
+    A_log: nn.Parameter
+    D: nn.Parameter
+
+
 class Mamba(TokenMixer):
     """Mamba-1 mixer with mamba-ssm's parameter names, shapes and initialisation.
 
@@ -221,6 +247,7 @@ class Mamba(TokenMixer):
         bias: bool = False,
         scan: str = "auto",
         chunk_size: int = 8,
+        causal: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -245,46 +272,67 @@ class Mamba(TokenMixer):
         self.D = nn.Parameter(torch.empty(di, **fk))
         self.out_proj = nn.Linear(di, d_model, bias=bias, **fk)
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
-        self._init_ssm_parameters()
+        self.causal = causal
+        if not causal:  # the flipped scan's own conv and SSM parameters (Vim's names)
+            self.conv1d_b = nn.Conv1d(
+                di, di, d_conv, groups=di, padding=d_conv - 1, bias=conv_bias, **fk
+            )
+            self.x_proj_b = nn.Linear(di, r + 2 * n, bias=False, **fk)
+            self.dt_proj_b = nn.Linear(r, di, bias=True, **fk)
+            self.A_b_log = nn.Parameter(torch.empty(di, n, **fk))
+            self.D_b = nn.Parameter(torch.empty(di, **fk))
+        for direction in self._directions():
+            self._init_ssm_parameters(direction)
 
     def output_projection(self) -> nn.Linear:
         return self.out_proj
 
-    def _init_ssm_parameters(self) -> None:
+    def _directions(self) -> list[_Direction]:
+        """The scan directions' parameters: forward only, or forward and flipped."""
+        forward = _Direction(self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        if self.causal:
+            return [forward]
+        backward = _Direction(self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
+        return [forward, backward]
+
+    def _init_ssm_parameters(self, p: _Direction) -> None:
         """mamba-ssm's init: dt bias = softplus⁻¹ of log-uniform dt, A = -(1..N), D = 1."""
         with torch.no_grad():
             std = self.dt_rank**-0.5
-            nn.init.uniform_(self.dt_proj.weight, -std, std)
-            bias = self.dt_proj.bias
+            nn.init.uniform_(p.dt_proj.weight, -std, std)
+            bias = p.dt_proj.bias
             lo, hi = math.log(self.dt_min), math.log(self.dt_max)
             dt = torch.exp(torch.rand(bias.shape, device=bias.device) * (hi - lo) + lo)
             dt = dt.clamp(min=self.dt_init_floor)
             bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) == dt
-            n = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
-            self.A_log.copy_(torch.log(n).expand(self.d_inner, -1))
-            self.D.fill_(1.0)
+            n = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=p.A_log.device)
+            p.A_log.copy_(torch.log(n).expand(self.d_inner, -1))
+            p.D.fill_(1.0)
         # Same markers as mamba-ssm, read by optimisers that skip weight decay / re-init.
-        self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
-        self.A_log._no_weight_decay = True  # type: ignore[attr-defined]
-        self.D._no_weight_decay = True  # type: ignore[attr-defined]
+        p.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
+        p.A_log._no_weight_decay = True  # type: ignore[attr-defined]
+        p.D._no_weight_decay = True  # type: ignore[attr-defined]
 
     # -- shared pieces -------------------------------------------------------------------------
     def _ssm_inputs(
-        self, x: torch.Tensor
+        self, x: torch.Tensor, p: _Direction | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Post-conv ``x [..., Din]`` -> ``Δ [..., Din]``, ``B, C [..., N]`` (scan dtype), ``A``."""
+        """Post-conv ``x [..., Din]`` -> ``Δ [..., Din]``, ``B, C [..., N]`` (scan dtype), ``A``,
+        with the parameters of direction ``p`` (default: the forward one)."""
+        p = p or self._directions()[0]
         work = _scan_dtype(x.dtype)
-        delta, b, c = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(self.dt_proj(delta).to(work))
-        a_mat = -torch.exp(self.A_log.to(work))
+        delta, b, c = p.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(p.dt_proj(delta).to(work))
+        a_mat = -torch.exp(p.A_log.to(work))
         return dt, b.to(work), c.to(work), a_mat
 
-    def _causal_conv(self, x: torch.Tensor) -> torch.Tensor:
+    def _causal_conv(self, x: torch.Tensor, conv: nn.Conv1d | None = None) -> torch.Tensor:
         """Depthwise causal conv over time on ``[B, L, Din]``, kept time-major: ``nn.Conv1d``
         wants ``[B, Din, L]`` and the two transposing copies cost more than the conv itself."""
+        conv = conv or self.conv1d
         k = self.d_conv
-        weight = self.conv1d.weight[:, 0]  # [Din, K]; tap K-1 multiplies the current token
-        bias = self.conv1d.bias
+        weight = conv.weight[:, 0]  # [Din, K]; tap K-1 multiplies the current token
+        bias = conv.bias
         out = x * weight[:, k - 1] if bias is None else torch.addcmul(bias, x, weight[:, k - 1])
         for s in range(1, k):  # tap K-1-s sees the token s steps back; K is a graph constant
             out[:, s:].addcmul_(x[:, :-s], weight[:, k - 1 - s])
@@ -308,18 +356,23 @@ class Mamba(TokenMixer):
                     f"input{'' if HAS_TRITON else ' and no triton installed'}"
                 )
             return "triton"
+        # the ONNX backend's fused export: the scan becomes the kernel's custom op, one node
+        as_op = export and fused_kernel.exports_as_custom_op()
+        as_op = as_op and _scan_dtype(x.dtype) == torch.float32
         if self.scan == "fused":
+            if as_op:
+                return "fused"
             if export:
                 raise RuntimeError(
-                    "Mamba(scan='fused') cannot be exported (the C++ kernel is opaque to "
-                    "torch.export); use scan='chunked' or scan='auto'"
+                    "Mamba(scan='fused') cannot be exported but as the onnx backend's custom "
+                    "op (the C++ kernel is opaque to torch.export); use scan='chunked' or 'auto'"
                 )
             if x.device.type != "cpu":
                 raise RuntimeError(f"Mamba(scan='fused') is CPU-only, got a {x.device} input")
             fused_kernel.load(required=True)
             return "fused"
         if export:
-            return "chunked"
+            return "fused" if as_op else "chunked"
         if x.device.type == "cuda":
             return "triton" if HAS_TRITON and x.dtype != torch.float64 else "chunked"
         if x.device.type != "cpu" or not fused_kernel.available():
@@ -329,42 +382,60 @@ class Mamba(TokenMixer):
     # -- production ----------------------------------------------------------------------------
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        x = F.silu(self._causal_conv(x))
-        dt, b, c, a_mat = self._ssm_inputs(x)
-        xs, d_skip = x.to(dt.dtype), self.D.to(dt.dtype)
         impl = self._resolve_impl(u)
         self.last_scan_impl = impl
+        forward, *backward = self._directions()
+        y = self._scan_direction(x, forward, impl)
+        if backward:  # the flipped sequence's causal scan, flipped back: an anti-causal scan
+            y = y + self._scan_direction(x.flip(1), backward[0], impl).flip(1)
+        return self._gate_out(y, z)
+
+    def _scan_direction(self, x: torch.Tensor, p: _Direction, impl: str) -> torch.Tensor:
+        """Conv, SiLU and selective scan of pre-conv ``x [B, L, Din]`` with direction ``p``'s
+        parameters, in time order: ``y [B, L, Din]`` in the scan dtype."""
+        x = F.silu(self._causal_conv(x, p.conv1d))
+        dt, b, c, a_mat = self._ssm_inputs(x, p)
+        xs, d_skip = x.to(dt.dtype), p.D.to(dt.dtype)
         compiling = torch.compiler.is_compiling() and not exporting()
         run = _run_scan_outside_graph if compiling and impl == "chunked" else _run_scan
-        y = run(impl, xs, dt, a_mat, b, c, d_skip, self.chunk_size)
-        return self._gate_out(y, z)
+        return run(impl, xs, dt, a_mat, b, c, d_skip, self.chunk_size)
 
     # -- reference -----------------------------------------------------------------------------
     def reference(self, u: torch.Tensor) -> torch.Tensor:
-        """Token-by-token loop: explicit conv taps and the sequential recurrence."""
-        bsz, seq, _ = u.shape
+        """Token-by-token loops: explicit conv taps and the sequential recurrence; when
+        bidirectional, the backward direction is written out as its own loop running from the
+        last token down (taps on the tokens after ``t``), not as a flip of the forward one."""
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        weight = self.conv1d.weight[:, 0]  # [Din, K]; tap K-1 multiplies the current token
+        directions = self._directions()
+        y = self._reference_direction(x, directions[0], reverse=False)
+        if len(directions) == 2:
+            y = y + self._reference_direction(x, directions[1], reverse=True)
+        return self._gate_out(y, z)
+
+    def _reference_direction(self, x: torch.Tensor, p: _Direction, reverse: bool) -> torch.Tensor:
+        bsz, seq, _ = x.shape
+        step = -1 if reverse else 1  # the direction time runs in: t-1 is "before" t, or t+1
+        weight = p.conv1d.weight[:, 0]  # [Din, K]; tap K-1 multiplies the current token
         conv = []
         for t in range(seq):
-            acc = self.conv1d.bias if self.conv1d.bias is not None else torch.zeros_like(x[:, t])
+            acc = p.conv1d.bias if p.conv1d.bias is not None else torch.zeros_like(x[:, t])
             for j in range(self.d_conv):
-                src = t - (self.d_conv - 1) + j
-                if src >= 0:
+                src = t - step * (self.d_conv - 1 - j)
+                if 0 <= src < seq:
                     acc = acc + weight[:, j] * x[:, src]
             conv.append(acc)
         x = F.silu(torch.stack(conv, dim=1))
-        dt, b, c, a_mat = self._ssm_inputs(x)
+        dt, b, c, a_mat = self._ssm_inputs(x, p)
         xs = x.to(dt.dtype)
         h = xs.new_zeros(bsz, self.d_inner, self.d_state)
-        ys = []
-        for t in range(seq):
+        ys: list[torch.Tensor] = [xs[:, 0]] * seq
+        for t in range(seq - 1, -1, -1) if reverse else range(seq):
             h = (
                 torch.exp(dt[:, t, :, None] * a_mat) * h
                 + (dt[:, t] * xs[:, t])[..., None] * b[:, t, None, :]
             )
-            ys.append((h * c[:, t, None, :]).sum(-1) + self.D.to(xs.dtype) * xs[:, t])
-        return self._gate_out(torch.stack(ys, dim=1), z)
+            ys[t] = (h * c[:, t, None, :]).sum(-1) + p.D.to(xs.dtype) * xs[:, t]
+        return torch.stack(ys, dim=1)
 
     # -- decoding: conv window + SSM state, O(1) per token -------------------------------------
     def init_state(
@@ -377,6 +448,9 @@ class Mamba(TokenMixer):
     ) -> DecodeState:
         """``(conv_state [B, Din, d_conv-1], ssm_state [B, Din, N])``; the SSM state is float32
         at least, like the decays of ``forward``."""
+        if not self.causal:
+            # the flipped scan starts at the last token: no one-token-at-a-time form
+            raise NotImplementedError("bidirectional Mamba (causal=False) cannot decode")
         dtype = dtype or self.in_proj.weight.dtype
         conv = torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
         ssm = torch.zeros(
@@ -391,6 +465,8 @@ class Mamba(TokenMixer):
         pos: torch.Tensor,
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
+        if not self.causal:
+            raise NotImplementedError("bidirectional Mamba (causal=False) cannot decode")
         conv_state, ssm_state = state  # pos is unused: Mamba has no positional terms
         xi, z = self.in_proj(x).chunk(2, dim=-1)  # [B, Din]
         window = torch.cat([conv_state, xi[..., None].to(conv_state.dtype)], dim=-1)

@@ -14,6 +14,14 @@ Per head ``h`` (``P = head_dim`` channels, ``N = d_state``, B/C shared by the he
 
 ``forward`` evaluates this with the chunked SSD algorithm (see :func:`ssd_chunked`), ``reference``
 with a Python loop over time, ``step`` one token at a time from ``init_state``.
+
+**Bidirectional form** (``causal=False``, a masked-diffusion denoiser): the forward + flipped
+scans of Vision Mamba / MambaMixer (research/mixers.md §8: ``y = SSM_f(x) ⊗ g +
+Flip(SSM_b(Flip(x))) ⊗ g``) carried over to Mamba-2. ``in_proj`` (so ``z, x, B, C, dt``
+before the conv), the gated norm and ``out_proj`` are shared; the backward direction has its own
+``conv1d_b``, ``dt_bias_b``, ``A_b_log`` and ``D_b`` (initialised like the forward ones) and runs
+the causal conv + SSD scan over the time-flipped ``xBC`` and ``dt``; its output is flipped back and
+added: ``out = out_proj(norm((y_f + y_b), z))``. There is no one-token ``step``.
 """
 
 from __future__ import annotations
@@ -219,6 +227,7 @@ class Mamba2(TokenMixer):
         conv_bias: bool = True,
         bias: bool = False,
         norm_eps: float = 1e-5,
+        causal: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -244,30 +253,51 @@ class Mamba2(TokenMixer):
         self.in_proj = nn.Linear(
             d_model, 2 * d_inner + 2 * ngroups * d_state + heads, bias=bias, **fk
         )
-        self.conv1d = nn.Conv1d(
+        self.causal = causal
+        self.conv1d, self.dt_bias, self.A_log, self.D = self._direction_parameters(
+            conv_bias, A_init_range, dt_min, dt_max, dt_init_floor, fk
+        )
+        self.norm = GatedRMSNorm(d_inner, group_size=d_inner // ngroups, eps=norm_eps, **fk)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **fk)
+        if not causal:  # the flipped scan's own conv and SSM parameters (Vim's names)
+            self.conv1d_b, self.dt_bias_b, self.A_b_log, self.D_b = self._direction_parameters(
+                conv_bias, A_init_range, dt_min, dt_max, dt_init_floor, fk
+            )
+
+    def _direction_parameters(
+        self,
+        conv_bias: bool,
+        A_init_range: tuple[float, float],
+        dt_min: float,
+        dt_max: float,
+        dt_init_floor: float,
+        fk: dict,
+    ) -> tuple[nn.Conv1d, nn.Parameter, nn.Parameter, nn.Parameter]:
+        """One scan direction's conv, ``dt_bias``, ``A_log`` and ``D``, initialised as mamba-ssm."""
+        conv = nn.Conv1d(
             self.conv_dim,
             self.conv_dim,
-            kernel_size=d_conv,
+            kernel_size=self.d_conv,
             groups=self.conv_dim,
-            padding=d_conv - 1,
+            padding=self.d_conv - 1,
             bias=conv_bias,
             **fk,
         )
+        heads = self.heads
         # dt = softplus(dt_bias) starts log-uniform in [dt_min, dt_max]: store its inverse softplus.
         dt = torch.exp(
             torch.rand(heads, **fk) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         ).clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
         # A = -exp(A_log) uniform in A_init_range; drawn in float32 as mamba-ssm does.
-        A = torch.empty(heads, dtype=torch.float32, device=device).uniform_(*A_init_range)
-        self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))
+        A = torch.empty(heads, dtype=torch.float32, device=fk["device"]).uniform_(*A_init_range)
+        A_log = nn.Parameter(torch.log(A).to(dtype=fk["dtype"]))
         # mamba-ssm keeps D in float32 whatever ``dtype``; we follow ``dtype`` so ``.to()`` and
         # mixed-dtype checks stay simple (the compute path upcasts anyway).
-        self.D = nn.Parameter(torch.ones(heads, **fk))
-        for p in (self.dt_bias, self.A_log, self.D):
+        D = nn.Parameter(torch.ones(heads, **fk))
+        for p in (dt_bias, A_log, D):
             p._no_weight_decay = True  # type: ignore[attr-defined]  # mamba-ssm's optimizer hint
-        self.norm = GatedRMSNorm(d_inner, group_size=d_inner // ngroups, eps=norm_eps, **fk)
-        self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **fk)
+        return conv, dt_bias, A_log, D
 
     def output_projection(self) -> nn.Linear:
         return self.out_proj
@@ -287,17 +317,21 @@ class Mamba2(TokenMixer):
             C.unflatten(-1, (self.ngroups, self.d_state)),
         )
 
-    def _dt_and_A(self, dt_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _dt_and_A(
+        self, dt_raw: torch.Tensor, backward: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``softplus(dt + dt_bias)`` and ``A`` of the forward (or the flipped) scan."""
+        dt_bias, A_log = (self.dt_bias_b, self.A_b_log) if backward else (self.dt_bias, self.A_log)
         work = _work_dtype(dt_raw.dtype)
-        dt = F.softplus(dt_raw.to(work) + self.dt_bias.to(work))
-        return dt, -torch.exp(self.A_log.to(work))
+        dt = F.softplus(dt_raw.to(work) + dt_bias.to(work))
+        return dt, -torch.exp(A_log.to(work))
 
     def _finish(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Gated norm and out_proj: ``y: [.., H, P]``, ``z: [.., D_in]`` -> ``[.., D]``."""
         return self.out_proj(self.norm(y.flatten(-2), z))
 
     # -- production ----------------------------------------------------------------------------
-    def _causal_conv(self, xbc: torch.Tensor) -> torch.Tensor:
+    def _causal_conv(self, xbc: torch.Tensor, conv: nn.Conv1d | None = None) -> torch.Tensor:
         """Depthwise causal conv + SiLU on ``xbc: [B, (d_conv - 1) + L, C]`` (left-padded) ->
         ``[B, L, C]``, time-major.
 
@@ -306,13 +340,14 @@ class Mamba2(TokenMixer):
         On CPU (L=4096, C=2560) that is ~2x faster than a sum of shifted slices and ~3x faster
         than ``F.conv1d`` (which has no channels-last path).
         """
-        weight = self.conv1d.weight[:, :, None, :]  # [C, 1, 1, k]
-        out = F.conv2d(
-            xbc.transpose(1, 2)[:, :, None], weight, self.conv1d.bias, groups=xbc.shape[-1]
-        )
+        conv = conv or self.conv1d
+        weight = conv.weight[:, :, None, :]  # [C, 1, 1, k]
+        out = F.conv2d(xbc.transpose(1, 2)[:, :, None], weight, conv.bias, groups=xbc.shape[-1])
         return F.silu(out)[:, :, 0].transpose(1, 2)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if not self.causal:
+            return self._bidirectional_forward(u)
         seqlen, k = u.shape[1], self.d_conv
         # The tail pads L to whole chunks; causality makes the padded outputs the only ones that
         # see it, and they are sliced off. At the front, in_proj(0) = 0 (no bias) yields the
@@ -329,6 +364,30 @@ class Mamba2(TokenMixer):
         dt, A = self._dt_and_A(dt_raw[:, front:])
         y = ssd_chunked(x, dt, A, B, C, self.D, self.chunk_size).narrow(1, 0, seqlen)
         return self._norm_out_proj(y, z.narrow(1, front, seqlen))
+
+    def _bidirectional_forward(self, u: torch.Tensor) -> torch.Tensor:
+        """The forward scan plus the scan of the flipped sequence, flipped back."""
+        z, xbc, dt_raw = self._split_proj(self.in_proj(u))
+        y = self._scan_direction(xbc, dt_raw, backward=False)
+        y = y + self._scan_direction(xbc.flip(1), dt_raw.flip(1), backward=True).flip(1)
+        return self._norm_out_proj(y, z)
+
+    def _scan_direction(
+        self, xbc: torch.Tensor, dt_raw: torch.Tensor, backward: bool
+    ) -> torch.Tensor:
+        """Causal conv + SSD scan of the pre-conv ``xbc [B, L, C]`` and raw ``dt [B, L, H]``
+        with the forward (or the flipped scan's) parameters: ``y [B, L, H, P]``."""
+        seqlen, q = xbc.shape[1], self.chunk_size
+        # As in forward: L padded to whole chunks at the tail (padded outputs are sliced off,
+        # and causality keeps them from every real one), the conv's k - 1 zeros at the front.
+        tail = (seqlen + q - 1) // q * q - seqlen
+        torch._check(tail >= 0)
+        conv = self.conv1d_b if backward else self.conv1d
+        xbc = F.pad(xbc, (0, 0, self.d_conv - 1, tail))
+        x, B, C = self._split_xbc(self._causal_conv(xbc, conv))
+        dt, A = self._dt_and_A(F.pad(dt_raw, (0, 0, 0, tail)), backward)
+        D = self.D_b if backward else self.D
+        return ssd_chunked(x, dt, A, B, C, D, q).narrow(1, 0, seqlen)
 
     def _norm_out_proj(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``out_proj(norm(y, z))`` with fewer passes over ``[B, L, D_in]`` (3 instead of 6):
@@ -352,28 +411,40 @@ class Mamba2(TokenMixer):
 
     # -- reference -----------------------------------------------------------------------------
     def reference(self, u: torch.Tensor) -> torch.Tensor:
-        """Token-by-token recurrence: conv window and state update written out per step."""
-        b, seqlen, _ = u.shape
+        """Token-by-token recurrence: conv window and state update written out per step; when
+        bidirectional, the backward scan is its own loop from the last token down (its conv
+        window holds the token and the ``k - 1`` after it), not a flip of the forward one."""
         z, xbc, dt_raw = self._split_proj(self.in_proj(u))
+        y = self._reference_direction(xbc, dt_raw, backward=False)
+        if not self.causal:
+            y = y + self._reference_direction(xbc, dt_raw, backward=True)
+        return self._finish(y, z)
+
+    def _reference_direction(
+        self, xbc: torch.Tensor, dt_raw: torch.Tensor, backward: bool
+    ) -> torch.Tensor:
+        b, seqlen, _ = xbc.shape
         k = self.d_conv
-        padded = F.pad(xbc, (0, 0, k - 1, 0))
-        weight = self.conv1d.weight[:, 0, :]  # [C, k]
+        conv = self.conv1d_b if backward else self.conv1d
+        D = self.D_b if backward else self.D
+        weight = conv.weight[:, 0, :]  # [C, k]; tap k-1 multiplies the current token
         hg = self.heads // self.ngroups
-        state = u.new_zeros(b, self.heads, self.head_dim, self.d_state)
-        ys = []
-        for t in range(seqlen):
-            window = padded[:, t : t + k].transpose(1, 2)  # [B, C, k], oldest first
-            xbc_t = (window * weight).sum(-1)
-            if self.conv1d.bias is not None:
-                xbc_t = xbc_t + self.conv1d.bias
+        state = xbc.new_zeros(b, self.heads, self.head_dim, self.d_state)
+        ys: list[torch.Tensor] = [xbc.new_zeros(0)] * seqlen
+        for t in range(seqlen - 1, -1, -1) if backward else range(seqlen):
+            xbc_t = conv.bias if conv.bias is not None else torch.zeros_like(xbc[:, t])
+            for j in range(k):  # tap j reads the token k-1-j steps earlier in scan order
+                src = t + (k - 1 - j) if backward else t - (k - 1 - j)
+                if 0 <= src < seqlen:
+                    xbc_t = xbc_t + weight[:, j] * xbc[:, src]
             x_t, B_t, C_t = self._split_xbc(F.silu(xbc_t))
-            dt_t, A = self._dt_and_A(dt_raw[:, t])  # [B, H], [H]
+            dt_t, A = self._dt_and_A(dt_raw[:, t], backward)  # [B, H], [H]
             B_t = B_t.repeat_interleave(hg, dim=1)  # [B, H, N]: head h uses group h // hg
             C_t = C_t.repeat_interleave(hg, dim=1)
             decay = torch.exp(dt_t * A)[:, :, None, None]
             state = decay * state + (dt_t[:, :, None] * x_t)[..., None] * B_t[:, :, None, :]
-            ys.append((state * C_t[:, :, None, :]).sum(-1) + self.D[:, None] * x_t)
-        return self._finish(torch.stack(ys, 1), z)
+            ys[t] = (state * C_t[:, :, None, :]).sum(-1) + D[:, None] * x_t
+        return torch.stack(ys, 1)
 
     # -- decoding: conv window + SSM state, O(1) per token ---------------------------------------
     def init_state(
@@ -385,6 +456,9 @@ class Mamba2(TokenMixer):
         max_len: int | None = None,
     ) -> DecodeState:
         """``(conv [B, conv_dim, d_conv - 1], ssm [B, H, P, N])``, zeros (= empty history)."""
+        if not self.causal:
+            # the flipped scan starts at the last token: no one-token-at-a-time form
+            raise NotImplementedError("bidirectional Mamba2 (causal=False) cannot decode")
         dtype = dtype or self.in_proj.weight.dtype
         device = device or self.in_proj.weight.device
         conv = torch.zeros(batch, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
@@ -402,6 +476,8 @@ class Mamba2(TokenMixer):
     ) -> tuple[torch.Tensor, DecodeState]:
         """One token ``[B, D] -> [B, D]``. ``pos`` is unused: the SSM has no positional input.
         A padded token (``mask[:, -1]`` False) leaves both states as they were."""
+        if not self.causal:
+            raise NotImplementedError("bidirectional Mamba2 (causal=False) cannot decode")
         conv_state, ssm_state = state
         z, xbc, dt_raw = self._split_proj(self.in_proj(x))
         window = torch.cat([conv_state, xbc[:, :, None].to(conv_state.dtype)], dim=-1)

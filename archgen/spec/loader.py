@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from archgen.ir.ops import Op, causality_problem
+from archgen.ir.ops import BIDIRECTIONAL_FORMS, Op, causality_problem
 from archgen.spec.errors import SpecError, SpecIssue, closest, did_you_mean, format_path
 from archgen.spec.models import (
     CHANNEL_MIXER_SPECS,
@@ -424,7 +424,7 @@ def _causality_message(op: Op, task: str) -> str:
         )
     return (
         f"{op.kind!r} is causal-only (it has no bidirectional form yet), but task {task!r} needs "
-        "bidirectional token mixers: use attention, or dense with causal: false"
+        f"bidirectional token mixers: {BIDIRECTIONAL_FORMS}"
     )
 
 

@@ -7,6 +7,7 @@ from archgen.ir.ops.attention import (
     SlidingWindowAttention,
 )
 from archgen.ir.ops.base import (
+    BIDIRECTIONAL_FORMS,
     OP_REGISTRY,
     Constraint,
     Op,
@@ -21,6 +22,7 @@ from archgen.ir.ops.norms import LayerNorm, RMSNorm
 from archgen.ir.ops.ssm import Mamba, Mamba2
 
 __all__ = [
+    "BIDIRECTIONAL_FORMS",
     "MLP",
     "OP_REGISTRY",
     "Attention",

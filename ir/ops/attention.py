@@ -131,7 +131,9 @@ class Attention(_SoftmaxAttentionBase):
 @register_op
 @dataclass(frozen=True)
 class SlidingWindowAttention(_SoftmaxAttentionBase):
-    """Query i sees keys j with i - window < j <= i (``window`` keys including itself)."""
+    """Query i sees keys j with i - window < j <= i (``window`` keys including itself); in a
+    masked-diffusion-lm (``causal`` from the task, as attention's) the window is symmetric:
+    |i - j| < window, up to 2 * window - 1 keys, and there is no decode step."""
 
     kind: ClassVar[str] = "swa"
     summary: ClassVar[str] = "causal sliding-window attention"
@@ -139,15 +141,28 @@ class SlidingWindowAttention(_SoftmaxAttentionBase):
     traits: ClassVar[frozenset[Trait]] = frozenset(
         {Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE}
     )
+    context_fields: ClassVar[tuple[str, ...]] = ("d_model", "causal")
 
     window: int = attr("keys each query sees, itself included", default=256, ge=1)
+    causal: bool = attr(
+        "keys on the left only (from the task: a masked-diffusion-lm's window is symmetric)",
+        default=True,
+    )
+
+    def has(self, trait: Trait) -> bool:
+        # a symmetric window reads future tokens: neither causal nor decodable
+        if not self.causal and trait in self.traits:
+            return False
+        return super().has(trait)
 
     def key_pairs(self, seq_len: int) -> int:
         w = min(self.window, seq_len)
-        return causal_pairs(w) + (seq_len - w) * w
+        left = causal_pairs(w) + (seq_len - w) * w  # keys j <= i, itself included
+        # symmetric: the same count of keys j >= i, itself counted once
+        return left if self.causal else 2 * left - seq_len
 
     def cached_keys(self, context_len: int) -> int:
-        return min(self.window, context_len)
+        return min(self.window, context_len) if self.causal else 0
 
 
 @register_op

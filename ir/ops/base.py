@@ -135,6 +135,12 @@ def _expect_arity(op: Op, inputs: Sequence[TensorType]) -> Sequence[TensorType]:
     return inputs
 
 
+# what a masked-diffusion spec can use instead of a causal-only token mixer
+BIDIRECTIONAL_FORMS = (
+    "use attention, swa, mamba or mamba2 (bidirectional in this task), or dense with causal: false"
+)
+
+
 def causality_problem(op: Op, task: str) -> str | None:
     """Why ``op`` cannot be a node of a model with ``task``, or None: a causal LM needs every
     node causal (only token mixers can fail); a masked-diffusion LM needs every token mixer
@@ -148,7 +154,7 @@ def causality_problem(op: Op, task: str) -> str | None:
             return "causal in a masked-diffusion-lm, which needs bidirectional token mixers"
         return (
             f"causal-only in a masked-diffusion-lm: {op.kind} has no bidirectional form yet "
-            "(use attention, or dense with causal: false)"
+            f"({BIDIRECTIONAL_FORMS})"
         )
     return None
 
@@ -206,6 +212,7 @@ def ceil_div(a: int, b: int) -> int:
 
 
 __all__ = [
+    "BIDIRECTIONAL_FORMS",
     "OP_REGISTRY",
     "POSITIONWISE",
     "Constraint",

@@ -81,8 +81,24 @@ def test_masked_diffusion_needs_bidirectional_token_mixers() -> None:
     dense = ops.DenseMixer(d_model=D_MODEL, max_seq_len=MAX_LEN, causal=True)
     assert "needs bidirectional" in (causality_problem(dense, task) or "")
     assert causality_problem(replace(dense, causal=False), task) is None
-    why = causality_problem(ops.Mamba(d_model=D_MODEL), task) or ""
+    # mamba, mamba2 and swa take their form from the task (context field causal), as attention
+    for op in (
+        ops.Mamba(d_model=D_MODEL),
+        ops.Mamba2(d_model=D_MODEL, head_dim=8),
+        ops.SlidingWindowAttention(d_model=D_MODEL, window=4),
+    ):
+        assert "needs bidirectional" in (causality_problem(op, task) or "")
+        bidirectional = replace(op, causal=False)
+        assert causality_problem(bidirectional, task) is None
+        assert not any(bidirectional.has(t) for t in Trait)
+        assert bidirectional.flops(8) > op.flops(8) and bidirectional.state_bytes(8) == 0
+        assert "causal" not in op.attributes()  # printed graphs and hashes of causal-lm unchanged
+    for op in (ops.Mamba(d_model=D_MODEL), ops.Mamba2(d_model=D_MODEL, head_dim=8)):
+        assert replace(op, causal=False).params() > op.params()  # the flipped scan's parameters
+    scout = ops.CheckpointAttention(d_model=D_MODEL)
+    why = causality_problem(scout, task) or ""
     assert why.startswith("causal-only") and "no bidirectional form" in why
+    assert "mamba" in why and "swa" in why  # what to use instead
     # position-wise ops are causal and fine in either task
     assert causality_problem(ops.SwiGLU(d_model=D_MODEL), task) is None
     # bidirectional attention scores every (query, key) pair and keeps no decode state

@@ -659,11 +659,12 @@ CASES: list[tuple[str, str, str]] = [
           vocab_size: 257
           d_model: 64
           max_seq_len: 128
-          layers: [{token_mixer: {kind: mamba}}]
+          layers: [{token_mixer: {kind: checkpoint_attention}}]
         """,
-        "bad.yaml:6:33: model.layers[0].token_mixer.kind: 'mamba' is causal-only (it has no "
-        "bidirectional form yet), but task 'masked-diffusion-lm' needs bidirectional token "
-        "mixers: use attention, or dense with causal: false",
+        "bad.yaml:6:33: model.layers[0].token_mixer.kind: 'checkpoint_attention' is causal-only "
+        "(it has no bidirectional form yet), but task 'masked-diffusion-lm' needs bidirectional "
+        "token mixers: use attention, swa, mamba or mamba2 (bidirectional in this task), or "
+        "dense with causal: false",
     ),
     (
         "diffusion-causal-dense",
