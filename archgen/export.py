@@ -69,7 +69,8 @@ def lower_options(
     portable: bool = False,
 ) -> LowerOptions:
     """``portable``: standard ONNX ops only (no onnxruntime contrib ops such as the fused
-    ``GroupQueryAttention``), for other ONNX runtimes. ``weights``: a safetensors file or a
+    ``GroupQueryAttention``, no archgen custom ops such as the fused Mamba scan), for other
+    ONNX runtimes. ``weights``: a safetensors file or a
     folder holding ``weights.safetensors`` (build, train, distill, a search's ``best/``)."""
     if weights is not None:
         from archgen.backends.weights import weights_file
@@ -85,6 +86,7 @@ def lower_options(
         provider=provider,
         device=device,
         fused_attention=not portable,
+        fused_scan=not portable,
     ).resolve(graph)
 
 

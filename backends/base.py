@@ -101,6 +101,9 @@ class LowerOptions:
     # onnx: causal self-attention as onnxruntime's fused GroupQueryAttention contrib op
     # (backends/onnx_attention.py); False exports standard ONNX ops only (TensorRT always does)
     fused_attention: bool = True
+    # onnx: Mamba-1's selective scan as one archgen.SelectiveScan node, run by archgen's
+    # onnxruntime custom-op library (backends/onnx_scan.py); False: an ONNX Scan of standard ops
+    fused_scan: bool = True
     compile_dynamic: bool | None = False  # torch.compile(dynamic=...): False = one graph per L
     # compile: Inductor's freezing (weights become constants: folded, prepacked for oneDNN);
     # inference only, which is all a compile artifact does

@@ -61,9 +61,11 @@ from archgen.backends.eager import (
     torch_supports,
 )
 from archgen.backends.onnx_export import (
+    FUSED_SCAN,
     decode_support,
     export_decode,
     export_forward,
+    mamba_scan_form,
     set_metadata,
     traces_with_dynamic_length,
     with_outputs,
@@ -71,6 +73,8 @@ from archgen.backends.onnx_export import (
 from archgen.errors import ArchgenError, UnavailableError
 from archgen.ir.graph import Graph, Node
 from archgen.ir.ops import Role
+from archgen.mixers.kernels import ort_selective_scan
+from archgen.mixers.kernels.ort_selective_scan import DOMAIN as SCAN_DOMAIN
 
 FORWARD_FILE = "model.onnx"
 DECODE_FILE = "decode_step.onnx"
@@ -94,11 +98,42 @@ def _missing_packages() -> list[str]:
 
 
 # -- running -----------------------------------------------------------------------------------
+def _uses_archgen_ops(source: Path | bytes) -> bool:
+    """Whether the model imports archgen's custom-op domain (its fused Mamba scan)."""
+    import onnx
+
+    proto = (
+        onnx.load_model_from_string(source)
+        if isinstance(source, bytes)
+        else onnx.load(str(source), load_external_data=False)
+    )
+    return any(o.domain == SCAN_DOMAIN for o in proto.opset_import)
+
+
+def _register_archgen_ops(so: Any, source: Path | bytes) -> None:
+    """Load archgen's custom-op library (built on first use) into the session options; a clear
+    error, with the way out, where it cannot be built."""
+    try:
+        library = ort_selective_scan.library_path()
+    except ort_selective_scan.LibraryBuildError as exc:
+        name = "the model" if isinstance(source, bytes) else source.name
+        raise UnavailableError(
+            f"{name} runs Mamba's selective scan as the onnxruntime custom op "
+            f"{FUSED_SCAN}, and archgen's library for it could not be built here: {exc}",
+            hint="install a C++ compiler (or set CXX), or export with --portable (standard ONNX "
+            "ops only: the scan as an ONNX Scan, slower in onnxruntime)",
+        ) from None
+    so.register_custom_ops_library(str(library))
+
+
 def make_session(path: Path | bytes, options: LowerOptions) -> Any:
-    """An onnxruntime session on a file (or a serialized model) with the options' settings."""
+    """An onnxruntime session on a file (or a serialized model) with the options' settings, and
+    archgen's custom-op library registered when the model uses its ops."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if _uses_archgen_ops(path):
+        _register_archgen_ops(so, path)
     so.graph_optimization_level = getattr(
         ort.GraphOptimizationLevel, OPT_LEVELS[options.graph_opt_level]
     )
@@ -270,15 +305,12 @@ class OnnxArtifact(Artifact):
         return [*files, write_meta(self.meta, folder)]
 
 
-def _note_fused_attention(meta: ArtifactMeta, graph: Graph, scopes: list[str]) -> None:
-    """Name the nodes whose attention became a ``GroupQueryAttention`` node in the meta."""
+def _note_fused(meta: ArtifactMeta, graph: Graph, scopes: list[str], what: str) -> None:
+    """Name the nodes that became fused onnxruntime nodes (by their torch scopes) in the meta."""
     for node in graph.nodes:
         if any(f"model.{node.name}" in scope for scope in scopes):
             impl = meta.nodes[node.name]
-            meta.nodes[node.name] = replace(
-                impl,
-                impl=impl.impl + ", causal attention fused into com.microsoft.GroupQueryAttention",
-            )
+            meta.nodes[node.name] = replace(impl, impl=f"{impl.impl}, {what}")
 
 
 def _numpy_dtype(onnx_type: str) -> Any:
@@ -360,8 +392,30 @@ class OnnxBackend(Backend):
         owned = tempfile.TemporaryDirectory(prefix="archgen-onnx-")
         folder = Path(owned.name)
         meta = self._meta(graph, options)
-        meta.extra["forward"] = export_forward(model, folder / FORWARD_FILE, options, deploy=True)
-        _note_fused_attention(meta, graph, meta.extra["forward"]["fused_attention_scopes"])
+        if mamba_scan_form(graph, options) == FUSED_SCAN:
+            built, why = ort_selective_scan.available()
+            if not built:  # fall back to the portable scan, visibly: the model still runs
+                options = replace(options, fused_scan=False)
+                meta.options = options
+                meta.notes.append(
+                    f"Mamba scans exported as an ONNX Scan of standard ops (slower in "
+                    f"onnxruntime), not as {FUSED_SCAN}: its custom-op library could not be "
+                    f"built here ({why})"
+                )
+        forward = export_forward(model, folder / FORWARD_FILE, options, deploy=True)
+        meta.extra["forward"] = forward
+        _note_fused(
+            meta,
+            graph,
+            forward["fused_attention_scopes"],
+            "causal attention fused into com.microsoft.GroupQueryAttention",
+        )
+        _note_fused(
+            meta,
+            graph,
+            forward["fused_scan_scopes"],
+            f"selective scan as one {FUSED_SCAN} node (archgen's onnxruntime custom-op library)",
+        )
         einsums = meta.extra["forward"]["op_counts"].get("Einsum", 0)
         if einsums:  # known slow in onnxruntime's CPU EP: worth lowering to MatMul later
             meta.notes.append(

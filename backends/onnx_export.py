@@ -31,10 +31,13 @@ from archgen.atomic import write_atomic
 from archgen.backends.base import LowerOptions, UnsupportedError, library_versions
 from archgen.backends.eager import BoundaryModule
 from archgen.backends.onnx_attention import gqa_translation
+from archgen.backends.onnx_scan import scan_translation
 from archgen.backends.torch_model import ArchModel
 from archgen.errors import ArchgenError
 from archgen.ir.graph import Graph
 from archgen.ir.ops import Role, Trait
+from archgen.mixers.kernels import selective_scan
+from archgen.mixers.kernels.ort_selective_scan import DOMAIN, OP_TYPE
 
 
 @contextlib.contextmanager
@@ -147,15 +150,21 @@ def _export(
         "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
         "nodes": len(proto.graph.node),
         "op_counts": dict(Counter(n.op_type for n in proto.graph.node).most_common()),
-        "fused_attention_scopes": sorted(
-            p.value
-            for n in proto.graph.node
-            if n.op_type == "GroupQueryAttention"
-            for p in n.metadata_props
-            if p.key == "pkg.torch.onnx.name_scopes"
-        ),
+        "fused_attention_scopes": _scopes(proto, "GroupQueryAttention"),
+        "fused_scan_scopes": _scopes(proto, "SelectiveScan"),
         "bytes": path.stat().st_size,
     }
+
+
+def _scopes(proto: Any, op_type: str) -> list[str]:
+    """The torch module scopes of the ``op_type`` nodes (which IR nodes were fused)."""
+    return sorted(
+        p.value
+        for n in proto.graph.node
+        if n.op_type == op_type
+        for p in n.metadata_props
+        if p.key == "pkg.torch.onnx.name_scopes"
+    )
 
 
 def _rename_dims(proto: Any, names: dict[tuple[str, int], str]) -> None:
@@ -344,21 +353,33 @@ def export_forward(
     example_len = _example_length(model, options.max_seq)
     example = torch.randint(0, graph.model.vocab_size, (2, example_len))
     dynamic = options.max_seq >= 2  # a profile of length 1 only: nothing to make dynamic
+    form = mamba_scan_form(graph, options)
+    metadata = model_metadata(graph, "forward") if deploy else None
+    if metadata is not None and form is not None:
+        metadata[SCAN_FORM_KEY] = form
+    translations = {
+        **(gqa_translation() if options.fused_attention else {}),
+        **(scan_translation() if options.fused_scan else {}),
+    }
+    scan_as_op = (
+        selective_scan.exported_as_custom_op() if options.fused_scan else contextlib.nullcontext()
+    )
     try:
-        return _export(
-            BoundaryModule(model).eval(),
-            (example,),
-            path,
-            dynamic_shapes=({0: batch, 1: seq} if dynamic else {0: batch},),
-            expect_dynamic={inp: (0, 1) if dynamic else (0,)},
-            dim_names={(inp, 0): "batch", (inp, 1): "seq"} if dynamic else None,
-            input_names=[inp],
-            output_names=[*graph.outputs, *graph.blocks()],
-            opset=options.opset,
-            translations=gqa_translation() if options.fused_attention else None,
-            keep_outputs=list(graph.outputs) if deploy else None,
-            metadata=model_metadata(graph, "forward") if deploy else None,
-        )
+        with scan_as_op:
+            facts = _export(
+                BoundaryModule(model).eval(),
+                (example,),
+                path,
+                dynamic_shapes=({0: batch, 1: seq} if dynamic else {0: batch},),
+                expect_dynamic={inp: (0, 1) if dynamic else (0,)},
+                dim_names={(inp, 0): "batch", (inp, 1): "seq"} if dynamic else None,
+                input_names=[inp],
+                output_names=[*graph.outputs, *graph.blocks()],
+                opset=options.opset,
+                translations=translations or None,
+                keep_outputs=list(graph.outputs) if deploy else None,
+                metadata=metadata,
+            )
     except SpecialisedError as exc:
         culprits = dynamic_length_culprits(model)
         raise SpecialisedError(
@@ -366,6 +387,28 @@ def export_forward(
             hint="these mixers' forward must trace with a symbolic sequence length "
             "(torch.export.export with dynamic_shapes) to export for every length",
         ) from None
+    fused = facts["op_counts"].get(OP_TYPE, 0)
+    if form is not None and (form == FUSED_SCAN) != (fused > 0):  # the metadata must not lie
+        raise ArchgenError(
+            f"{path.name}: expected the Mamba scans as {form}, the exported graph has {fused} "
+            f"{OP_TYPE} node(s)"
+        )
+    return {**facts, "mamba_scan": form}
+
+
+# How model.onnx spells Mamba-1's selective scan, recorded in its metadata under SCAN_FORM_KEY:
+# one onnxruntime custom-op node per scan (needs archgen's library: backends/onnx_scan.py), or
+# the standard-ops ONNX Scan (--portable, TensorRT).
+SCAN_FORM_KEY = "archgen.mamba_scan"
+FUSED_SCAN = f"{DOMAIN}.{OP_TYPE}"
+PORTABLE_SCAN = "onnx.Scan"
+
+
+def mamba_scan_form(graph: Graph, options: LowerOptions) -> str | None:
+    """The scan form an export of ``graph`` with ``options`` has; None without Mamba-1 nodes."""
+    if not any(node.op.kind == "mamba" for node in graph.nodes):
+        return None
+    return FUSED_SCAN if options.fused_scan else PORTABLE_SCAN
 
 
 def decode_support(graph: Graph) -> tuple[bool, str]:

@@ -235,7 +235,7 @@ class TensorRTBackend(Backend):
         from archgen.backends.onnx_export import export_forward
 
         # TensorRT's ONNX parser knows standard ops only: no onnxruntime contrib ops.
-        options = replace(options.resolve(graph), fused_attention=False)
+        options = replace(options.resolve(graph), fused_attention=False, fused_scan=False)
         check_lowerable(self, graph, options)
         owned = tempfile.TemporaryDirectory(prefix="archgen-trt-")
         folder = Path(owned.name)

@@ -1,6 +1,8 @@
 """Fused CPU selective scan for Mamba-1, built on first use with ``load_inline``.
 
-The C++ source is ``selective_scan.cpp`` beside this file. The build goes to
+The C++ source is ``selective_scan.cpp`` beside this file (the torch binding) and
+``selective_scan_core.h`` (the math, shared with the onnxruntime custom op of
+:mod:`archgen.mixers.kernels.ort_selective_scan`). The build goes to
 ``<cache>/torch_extensions/<name>`` (:func:`archgen.paths.cache_dir`: ``ARCHGEN_CACHE``, else
 the platform's cache folder); the extension name carries a hash of the source, the flags and
 the CPU, so a cache shared between different machines never hands a ``-march=native`` binary
@@ -19,9 +21,11 @@ with the build error.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import platform
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -31,6 +35,7 @@ from archgen.mixers.kernels import register_scan_backward
 from archgen.paths import cache_dir
 
 SOURCE_PATH = Path(__file__).with_name("selective_scan.cpp")
+CORE_PATH = Path(__file__).with_name("selective_scan_core.h")
 CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp")
 
 _module: ModuleType | None = None
@@ -38,7 +43,7 @@ _error: str | None = None  # set after a failed build; not retried in this proce
 _warned = False
 
 
-def _cpu_tag() -> str:
+def cpu_tag() -> str:
     """The CPU model and flags, so a ``-march=native`` build is only reused on the same CPU."""
     info = platform.processor() + platform.machine()
     try:
@@ -53,7 +58,8 @@ def _build() -> ModuleType:
     from torch.utils import cpp_extension
 
     source = SOURCE_PATH.read_text()
-    key = "\n".join([source, " ".join(CFLAGS), torch.__version__, _cpu_tag()])
+    core = CORE_PATH.read_text()
+    key = "\n".join([source, core, " ".join(CFLAGS), torch.__version__, cpu_tag()])
     name = "archgen_selective_scan_" + hashlib.sha256(key.encode()).hexdigest()[:12]
     build_dir = cache_dir() / "torch_extensions" / name
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +71,7 @@ def _build() -> ModuleType:
             functions=["scan_fwd", "scan_bwd"],
             extra_cflags=list(CFLAGS),
             extra_ldflags=["-fopenmp"],
+            extra_include_paths=[str(CORE_PATH.parent)],
             build_directory=str(build_dir),
             verbose=False,
         )
@@ -91,6 +98,29 @@ def load(*, required: bool) -> ModuleType | None:
             stacklevel=3,
         )
     return None
+
+
+_export_as_op = False
+
+
+@contextlib.contextmanager
+def exported_as_custom_op() -> Iterator[None]:
+    """Inside this context, ``torch.export`` records a Mamba scan (``scan='auto'`` or
+    ``'fused'``, float32) as this module's custom op ``archgen::selective_scan`` instead of the
+    chunked scan's standard ops: the ONNX backend lowers that op to onnxruntime's
+    ``archgen.SelectiveScan`` (:mod:`archgen.backends.onnx_scan`). Tracing calls only the op's
+    fake implementation, so nothing is built here."""
+    global _export_as_op
+    previous, _export_as_op = _export_as_op, True
+    try:
+        yield
+    finally:
+        _export_as_op = previous
+
+
+def exports_as_custom_op() -> bool:
+    """Whether an export now records the scan as the custom op (:func:`exported_as_custom_op`)."""
+    return _export_as_op
 
 
 def reset() -> None:
