@@ -90,19 +90,9 @@ def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> Se
     # request for the spec's value.
     budget_text = options.budget if options.budget is not None else s.budget
     budget = Budget.parse(budget_text)
-    fidelity = options.quality if options.quality is not None else s.quality.fidelity
-    if fidelity not in FIDELITIES:
-        raise ArchgenError(
-            f"unknown quality fidelity {fidelity!r}", hint=f"one of {', '.join(FIDELITIES)}"
-        )
-    _check_export(options.export)
     graph = compile_spec(spec)
-    if graph.model.mask_token is not None:
-        # the quality proxies and the teacher are next-token models
-        raise ArchgenError(
-            f"search does not support {graph.model.task} models yet",
-            hint="archgen train / generate --decoder work on them",
-        )
+    fidelity = _fidelity(spec, graph, options.quality)
+    _check_export(options.export)
     proposals, _ = search_proposals(spec)
     backend = get_backend(s.workload.backend)
     ok, why = backend.is_available()
@@ -130,6 +120,7 @@ def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> Se
         batch=w.batch, seq_len=seq_len, phase=w.phase, dtype=w.dtype, backend=w.backend,
         device=w.device, threads=w.threads, repeats=5 if options.quick else w.repeats,
     )  # fmt: skip
+    workload = _task_workload(workload, w, graph.model.task)
     if options.out is not None:
         out = Path(options.out)
     else:
@@ -161,6 +152,98 @@ def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> Se
         export=options.export,
         cache=cache_dir(),
     )
+
+
+def _fidelity(spec: ArchSpec, graph: Any, given: str | None) -> str:
+    """The quality proxy: ``--quality``, else the spec's; a masked-diffusion LM's default is
+    ``capability``. Its candidates are trained on a capability task in prompt/answer form with
+    their own (LLaDA) objective, which scores what a denoiser must do -- fill masked answers
+    from context on both sides; ``blockwise`` distils each block from a next-token teacher on
+    clean sequences, which a denoiser never sees, so it is refused for them."""
+    assert spec.search is not None
+    q = spec.search.quality
+    fidelity = given if given is not None else q.fidelity
+    if fidelity not in FIDELITIES:
+        raise ArchgenError(
+            f"unknown quality fidelity {fidelity!r}", hint=f"one of {', '.join(FIDELITIES)}"
+        )
+    if graph.model.mask_token is None or fidelity != "blockwise":
+        return fidelity
+    if given is None and "fidelity" not in q.model_fields_set:
+        return "capability"  # the default for a masked-diffusion LM (see above)
+    raise ArchgenError(
+        f"quality fidelity 'blockwise' does not support {graph.model.task} models yet: its "
+        "teacher and block distillation are next-token models on unmasked text",
+        hint="use --quality capability (each candidate trained on a recall task with the "
+        "masked-diffusion objective) or analytic",
+    )
+
+
+def _task_workload(workload: Any, spec: Any, task: str) -> Any:
+    """The workload checked against the model's task; a ``diffusion-decode`` workload gets its
+    decoder, generation length and denoiser calls per run (:attr:`Workload.calls`)."""
+    from dataclasses import fields, replace
+
+    where = "search.workload"
+    diffusion = task == "masked-diffusion-lm"
+    if workload.phase == "decode" and diffusion:
+        raise ArchgenError(
+            f"{where}.phase 'decode' times one causal step; a {task} generates by repeated "
+            "denoiser calls",
+            hint="use phase: diffusion-decode (with decoder and gen_length) or prefill",
+        )
+    if workload.phase != "diffusion-decode":
+        for name in ("decoder", "gen_length", "calls_per_token"):
+            if getattr(spec, name) is not None:
+                raise ArchgenError(
+                    f"{where}.{name} applies to phase diffusion-decode only "
+                    f"(phase is {workload.phase})",
+                    hint=f"remove {where}.{name}, or set phase: diffusion-decode",
+                )
+        return workload
+    if not diffusion:
+        raise ArchgenError(
+            f"{where}.phase diffusion-decode applies to masked-diffusion-lm models; this one "
+            f"is a {task}",
+            hint="use phase: prefill or decode",
+        )
+    from archgen.decoding import ConfidenceDecoder, parse_decoder
+
+    policy = parse_decoder(spec.decoder or "localleap")
+    gen = spec.gen_length if spec.gen_length is not None else workload.seq_len // 2
+    if gen >= workload.seq_len:
+        raise ArchgenError(
+            f"{where}.gen_length {gen} leaves no prompt in seq_len {workload.seq_len} (the "
+            "denoiser reads prompt + generation)",
+            hint=f"lower gen_length below {workload.seq_len} or raise seq_len",
+        )
+    policy.check_length(gen)
+    blocks = gen // policy.block
+    if isinstance(policy, ConfidenceDecoder):
+        if spec.calls_per_token is not None:
+            raise ArchgenError(
+                f"{where}.calls_per_token: the confidence decoder's calls are fixed "
+                f"({-(-policy.block // policy.tokens)} per block of {policy.block})",
+                hint="remove calls_per_token",
+            )
+        calls = blocks * -(-policy.block // policy.tokens)
+    else:
+        if spec.calls_per_token is None:
+            raise ArchgenError(
+                f"{where}: the {policy.name} decoder's denoiser calls depend on the trained "
+                "model's confidences; give search.workload.calls_per_token",
+                hint="measure it with archgen generate --decoder ... (it prints the NFE per "
+                f"token), or use decoder: confidence; it lies in [{1 / policy.block:.3g}, 1]",
+            )
+        if spec.calls_per_token < 1 / policy.block:
+            raise ArchgenError(
+                f"{where}.calls_per_token {spec.calls_per_token} is below one call per block "
+                f"of {policy.block} ({1 / policy.block:.4g}), the fewest a decode can take",
+                hint=f"a value in [{1 / policy.block:.4g}, 1]",
+            )
+        calls = max(blocks, round(gen * spec.calls_per_token))
+    options = ",".join(f"{f.name}={getattr(policy, f.name)}" for f in fields(policy))
+    return replace(workload, decoder=f"{policy.name}{{{options}}}", gen_length=gen, calls=calls)
 
 
 def run_search(

@@ -107,11 +107,14 @@ class Measurer:
         return torch.randint(0, graph.model.vocab_size, (w.batch, w.seq_len), generator=generator)
 
     def _lower(self, graph: Graph, threads: int) -> Callable[[], float]:
-        """A warm artifact of ``graph`` as one timed call."""
+        """A warm artifact of ``graph`` as one timed call: seconds of one run of the workload
+        (a forward; a diffusion decode's ``calls`` forwards, each timed call standing for the
+        run as ``calls`` x one forward -- every forward of a run reads the same shape)."""
         tokens = self._tokens(graph)
         artifact = self.backend.lower(graph, self.options(threads))
         artifact.measure(tokens, warmup=self.warmup, repeats=1)  # warm-up, discarded
-        return lambda: artifact.measure(tokens, warmup=0, repeats=1).times_s[0]
+        calls = self.workload.calls
+        return lambda: artifact.measure(tokens, warmup=0, repeats=1).times_s[0] * calls
 
     def _reference_call(self, threads: int) -> Callable[[], float]:
         if self.reference is None:
@@ -168,7 +171,8 @@ class Measurer:
 
     # -- absolute timings ------------------------------------------------------------------
     def measure_graph(self, graph: Graph, *, repeats: int | None = None) -> float:
-        """Median seconds of one forward (prefill) or one decode step at context ``seq_len``."""
+        """Median seconds of one forward (prefill), one decode step at context ``seq_len``, or
+        one diffusion decode (its ``calls`` denoiser forwards)."""
         self.measurements += 1
         w = self.workload
         if repeats is not None:
@@ -177,7 +181,8 @@ class Measurer:
             return self._measure_decode(graph)
         tokens = self._tokens(graph)
         artifact = self.backend.lower(graph, self.options())
-        return artifact.measure(tokens, warmup=self.warmup, repeats=w.repeats).median_s
+        median = artifact.measure(tokens, warmup=self.warmup, repeats=w.repeats).median_s
+        return median * w.calls  # a diffusion decode: its denoiser calls (Workload.calls)
 
     def _measure_decode(self, graph: Graph) -> float:
         from archgen.backends.torch_model import build_model

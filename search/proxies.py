@@ -148,7 +148,7 @@ def one_process_at_a_time(path: Path, log: Log) -> Iterator[None]:
         lock.release()
 
 
-def _unit_embeddings(model: Any) -> None:
+def unit_embeddings(model: Any) -> None:
     """Recall tasks need token identity to survive the residual stream: with the LM default
     (std 0.02) small models stay near chance for thousands of steps; std 1 learns in ~200."""
     import torch
@@ -157,9 +157,14 @@ def _unit_embeddings(model: Any) -> None:
 
 
 def capability_quality(spec: ArchSpec, quick: bool) -> Quality:
-    """Accuracy on in-context associative recall after a short training run."""
+    """Accuracy on in-context associative recall after a short training run.
+
+    A masked-diffusion LM is trained on the task as prompt/answer pairs with its own objective
+    (LLaDA's SFT form: only the answers masked, train/diffusion.py); its accuracy is the exact
+    match of the answers all filled in one denoiser call."""
     from archgen.train.config import TrainConfig
     from archgen.train.data import load_data
+    from archgen.train.diffusion import MaskedDiffusion, check_diffusion_data
     from archgen.train.loop import train as run_train
     from archgen.train.tasks import AssociativeRecall
 
@@ -172,10 +177,15 @@ def capability_quality(spec: ArchSpec, quick: bool) -> Quality:
 
     def score(candidate: Candidate, graph: Graph) -> float:
         data = load_data(task, vocab_size=graph.model.vocab_size, seq_len=task.seq_len)
+        objective = None
+        if graph.model.mask_token is not None:
+            check_diffusion_data(data, graph.model.mask_token)
+            objective = MaskedDiffusion(graph.model.mask_token)
         with tempfile.TemporaryDirectory() as tmp:
             result = run_train(
-                graph, data, config, tmp, init=_unit_embeddings, progress=False,
-                log=lambda _: None,
+                graph, data, config, tmp, init=unit_embeddings, progress=False,
+                log=lambda _: None, objective=objective,
+                evaluator=objective.evaluate if objective is not None else None,
             )  # fmt: skip
         return float(result.final["accuracy"])
 

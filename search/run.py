@@ -106,6 +106,9 @@ def run_search_plan(
         f"{redact(plan.storage_url, plan.storage_url)}"
     )
 
+    if workload.phase == "diffusion-decode":  # what "latency" means in this search
+        log(f"workload: {workload.describe()}")
+
     # 2. The reference, alone.
     reference = space.base
     measurer = Measurer(workload, reference=reference, log=log)

@@ -10,15 +10,38 @@ from dataclasses import dataclass
 class Workload:
     batch: int = 1
     seq_len: int = 1024
-    phase: str = "prefill"  # or "decode": seconds per generated token at context seq_len
+    # "prefill": one forward of seq_len tokens; "decode": seconds per generated token at
+    # context seq_len; "diffusion-decode": one masked-diffusion generation of gen_length tokens
+    # with ``decoder``, i.e. ``calls`` denoiser forwards of seq_len tokens each
+    phase: str = "prefill"
     dtype: str = "float32"
     backend: str = "eager"
     device: str = "cpu"
     threads: int = 2
     repeats: int = 15
+    decoder: str | None = None  # diffusion-decode: the policy (archgen generate --decoder)
+    gen_length: int | None = None  # diffusion-decode: tokens generated per run
+    # Model forwards one run of the workload takes: 1, or a diffusion decode's denoiser calls.
+    # The forwards of a run all read the same shape (no cache: the denoiser is bidirectional),
+    # so a run costs ``calls`` times one forward; the host loop between calls is not counted.
+    calls: int = 1
 
     def shape_key(self) -> str:
-        return f"{self.phase}:B{self.batch}:L{self.seq_len}:{self.dtype}"
+        key = f"{self.phase}:B{self.batch}:L{self.seq_len}:{self.dtype}"
+        if self.phase == "diffusion-decode":
+            key += f":G{self.gen_length}:{self.decoder}:x{self.calls}"
+        return key
+
+    def describe(self) -> str:
+        """One line for the log and the report."""
+        if self.phase != "diffusion-decode":
+            return f"{self.phase} of {self.seq_len} tokens, batch {self.batch}"
+        prompt = self.seq_len - (self.gen_length or 0)
+        return (
+            f"diffusion-decode: {self.gen_length} tokens after a {prompt}-token prompt with "
+            f"{self.decoder}, {self.calls} denoiser calls of {self.seq_len} tokens per run, "
+            f"batch {self.batch}"
+        )
 
 
 @dataclass(frozen=True)

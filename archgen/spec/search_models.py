@@ -31,8 +31,26 @@ class WorkloadSpec(_Section):
     seq_len: int | None = Field(
         None, ge=1, description="sequence length (prefill) or context (decode); default max_seq_len"
     )
-    phase: Literal["prefill", "decode"] = Field(
-        "prefill", description="prefill: a whole sequence; decode: one token at context seq_len"
+    phase: Literal["prefill", "decode", "diffusion-decode"] = Field(
+        "prefill",
+        description="prefill: a whole sequence; decode: one token at context seq_len; "
+        "diffusion-decode (masked-diffusion LMs): one generation of gen_length tokens with "
+        "decoder, the denoiser reading seq_len tokens per call",
+    )
+    decoder: str | None = Field(
+        None,
+        description="diffusion-decode: the policy, as archgen generate --decoder "
+        "(default localleap)",
+    )
+    gen_length: int | None = Field(
+        None, ge=1, description="diffusion-decode: tokens generated per run (default seq_len / 2)"
+    )
+    calls_per_token: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="diffusion-decode with threshold/localleap: denoiser calls per generated "
+        "token (model-dependent; archgen generate prints the NFE); confidence's are fixed",
     )
     dtype: Literal["float32", "bfloat16", "float64"] = Field("float32")
     backend: Literal["eager", "compile", "onnx", "tensorrt", "null"] = Field(
