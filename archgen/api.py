@@ -194,7 +194,7 @@ class MemoryEstimate:
     A lower bound (framework overheads and temporaries are not counted): refusing on it never
     refuses a run that would have fitted."""
 
-    command: str  # build | train | export
+    command: str  # build | train | export | validate | generate
     params: int
     weights_bytes: int  # parameters (with gradients and optimizer state when training)
     activation_bytes: int  # training: what the forward keeps for backward, whole batch

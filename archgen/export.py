@@ -128,6 +128,7 @@ def validate(
     from archgen.backends.validate import validate as run_validation
 
     graph = compile_spec(spec)
+    check_memory(graph, "validate")  # before building a model (twice) there is no room for
     options = lower_options(
         graph,
         dtype=dtype,

@@ -168,7 +168,10 @@ def load_for_generation(spec: str | os.PathLike[str], weights: Path | None) -> t
     from archgen.backends.torch_model import build_model
     from archgen.backends.weights import load_weights, weights_file
 
-    model = build_model(api.compile_spec(spec)).eval()
-    if weights is not None:
-        load_weights(model, weights_file(weights))
+    graph = api.compile_spec(spec)
+    path = weights_file(weights) if weights is not None else None  # a wrong path: before building
+    api.check_memory(graph, "generate")  # before allocating a model there is no room for
+    model = build_model(graph).eval()
+    if path is not None:
+        load_weights(model, path)
     return model

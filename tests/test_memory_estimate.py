@@ -91,3 +91,18 @@ def test_export_refuses_a_model_too_large_before_building_it(tmp_path: Path, one
     with pytest.raises(ArchgenError, match="`archgen export` needs at least"):
         export_api.export(_spec(tmp_path), tmp_path / "out", fmt="onnx")
     assert not (tmp_path / "out").exists()
+
+
+def test_validate_and_generate_refuse_a_model_too_large(tmp_path: Path, one_gib: None) -> None:
+    # Both built the model first and were killed allocating it (the bad-input sweep).
+    from archgen import export as export_api
+    from archgen import generate
+
+    spec = _spec(tmp_path)
+    with pytest.raises(ArchgenError, match="`archgen validate` needs at least"):
+        export_api.validate(spec, backend="eager")
+    with pytest.raises(ArchgenError, match="`archgen generate` needs at least"):
+        generate.load_for_generation(spec, None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArchgenError, match="folder without weights"):  # before the size
+        generate.load_for_generation(spec, tmp_path / "empty")
