@@ -161,6 +161,48 @@ def generate(
     return Generation(prompt_tokens, new, time.perf_counter() - start, tokenizer)
 
 
+def is_onnx_export(weights: Path | None) -> bool:
+    """Whether ``weights`` is a folder written by ``archgen export --format onnx``."""
+    return weights is not None and weights.is_dir() and (weights / ONNX_MODEL_FILE).is_file()
+
+
+ONNX_MODEL_FILE = "model.onnx"  # backends/onnx.py's FORWARD_FILE (kept import-free here)
+
+
+def load_onnx_denoiser(spec: str | os.PathLike[str], folder: Path) -> Callable:
+    """The logits graph of an ``archgen export --format onnx`` folder, run in onnxruntime, as
+    the denoiser of :func:`archgen.decoding.decode` (``tokens [1, L] -> logits [1, L, V]``).
+
+    The folder must have been exported from ``spec``'s model (equal spec hashes): its graph
+    takes the same tokens, and its mask token is the spec's last id."""
+    import json
+
+    from archgen import api
+    from archgen.backends.base import LowerOptions, get_backend
+    from archgen.errors import UnavailableError
+
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise ArchgenError(
+            f"{folder} holds {ONNX_MODEL_FILE} but no manifest.json: not an archgen export folder",
+            hint="export it with archgen export SPEC --format onnx -o FOLDER",
+        )
+    manifest = json.loads(manifest_path.read_text())
+    want = api.spec_hash(api.as_spec(spec))
+    if manifest.get("spec_hash") != want or manifest.get("format") != "onnx":
+        raise ArchgenError(
+            f"{folder} was not exported from {spec}'s model (spec hash "
+            f"{manifest.get('spec_hash')}, format {manifest.get('format')}; {spec}: {want})",
+            hint=f"pass the spec it was exported from: {folder / 'spec.yaml'}",
+        )
+    backend = get_backend("onnx")
+    ok, why = backend.is_available()
+    if not ok:
+        raise UnavailableError(f"cannot run {folder / ONNX_MODEL_FILE}: {why}")
+    artifact = backend.load(folder, api.compile_spec(spec), LowerOptions())
+    return artifact.run  # type: ignore[attr-defined]
+
+
 def load_for_generation(spec: str | os.PathLike[str], weights: Path | None) -> torch.nn.Module:
     """The eager model of ``spec`` with ``weights`` (a file, or a folder written by build, train,
     distill or search: ``OUT/best``)."""

@@ -282,6 +282,19 @@ def model_metadata(graph: Graph, role: str) -> dict[str, str]:
         "archgen.num_layers": str(len(graph.blocks())),
         "archgen.max_seq_len": str(m.max_seq_len),
         "archgen.block_outputs": json.dumps(graph.blocks()),
+        **diffusion_metadata(graph),
+    }
+
+
+def diffusion_metadata(graph: Graph) -> dict[str, str]:
+    """A masked-diffusion LM's decoding facts: the mask token its decoder fills in, and that
+    the decoder loop is the host's (``archgen.decoding``), over ``model.onnx``'s logits."""
+    if graph.model.mask_token is None:
+        return {}
+    return {
+        "archgen.mask_token": str(graph.model.mask_token),
+        "archgen.decoding": "host-side masked-diffusion decoder (archgen generate --decoder, "
+        "archgen.decoding.decode) calling model.onnx once per step; no decode_step graph",
     }
 
 
@@ -414,6 +427,11 @@ def mamba_scan_form(graph: Graph, options: LowerOptions) -> str | None:
 def decode_support(graph: Graph) -> tuple[bool, str]:
     """Whether every node's ``step`` exports as one graph (ops' ``Trait.DECODE_EXPORTABLE``;
     only token mixers can lack it), and if not, which does not and why."""
+    if graph.model.mask_token is not None:
+        return False, (
+            f"a {graph.model.task} has no token-by-token decode step (bidirectional mixers); "
+            "its decoder loop runs host-side over model.onnx"
+        )
     for node in graph.nodes:
         if not node.op.has(Trait.DECODABLE):
             return False, f"{node.name} ({node.op.kind}) has no decode step"

@@ -217,15 +217,13 @@ def schema(
 ) -> None:
     """Write the JSON Schema of the spec format (for editor completion)."""
     from archgen import api
+    from archgen.staging import check_output_file
 
     text = json.dumps(api.json_schema(), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
         return
-    if output.is_dir():
-        raise ArchgenError(
-            f"{output} is a folder", hint=f"name a file, e.g. -o {output / 'archgen.schema.json'}"
-        )
+    check_output_file(output, "-o")
     try:
         output.write_text(text)
     except OSError as exc:
@@ -243,7 +241,8 @@ def generate(
         Path | None,
         typer.Option(
             help="weights.safetensors or a folder written by build/train/distill or a "
-            "search's OUT/best"
+            "search's OUT/best; masked-diffusion LMs also take an `archgen export --format "
+            "onnx` folder (the decoder then calls model.onnx in onnxruntime)"
         ),
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens to generate")] = 64,
@@ -275,6 +274,13 @@ def generate(
     if info.mask_token is not None:
         _generate_diffusion(spec, weights, prompt, max_new_tokens, temperature, decoder)
         return
+    if gen.is_onnx_export(weights):
+        raise ArchgenError(
+            f"{weights} is an onnx export folder: generate drives those for masked-diffusion "
+            f"LMs only; {spec} is a {info.task}",
+            hint="pass the weights it was exported from (a causal LM's decode_step.onnx is "
+            "driven by OnnxArtifact.generate_greedy)",
+        )
     if weights is None:
         err.print("note: no --weights given: generating from a randomly initialised model")
     tokenizer = gen.load_tokenizer(spec, weights, info.vocab_size)
@@ -326,15 +332,19 @@ def _generate_diffusion(
     tokens = gen.encode_prompt(prompt, info.vocab_size - 1, tokenizer)
     if weights is None:
         err.print("note: no --weights given: generating from a randomly initialised model")
-    model = gen.load_for_generation(spec, weights)
+    if gen.is_onnx_export(weights):
+        assert weights is not None
+        denoiser, backend = gen.load_onnx_denoiser(spec, weights), "onnxruntime"
+    else:
+        denoiser, backend = gen.load_for_generation(spec, weights), "eager"
     result = decoding.decode(
-        model, tokens, max_new_tokens, policy,
+        denoiser, tokens, max_new_tokens, policy,
         mask_token=info.mask_token, max_seq_len=info.max_seq_len,
     )  # fmt: skip
     typer.echo(prompt + gen.decode_text(result.new_tokens, tokenizer))
     per_call = " ".join(str(n) for n in result.committed_per_call)
     err.print(
-        f"{len(result.new_tokens)} tokens in {result.seconds:.2f} s with {policy}: "
+        f"{len(result.new_tokens)} tokens in {result.seconds:.2f} s with {policy} ({backend}): "
         f"NFE {result.nfe} ({result.tokens_per_call:.2f} tokens per call; per call: {per_call})",
         markup=False,
         soft_wrap=True,

@@ -1,5 +1,7 @@
-"""examples/diffusion.yaml end to end: check, a couple of training steps, generation with every
-decoder, and the masked-diffusion refusals (exit 2, no traceback)."""
+"""examples/diffusion.yaml end to end (issue 15's acceptance): check, a couple of training steps,
+generation with every decoder, ONNX export of the trained model (validated), the same tokens when
+the decoders drive the export, `archgen validate`, and the masked-diffusion refusals (exit 2, no
+traceback)."""
 
 from __future__ import annotations
 
@@ -33,17 +35,47 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
-@pytest.mark.parametrize(
-    "decoder", ["confidence{tokens=2,block=4}", "threshold{tau=0.9,block=8}", "localleap{block=4}"]
-)
-def test_generate_with_each_decoder(trained: str, decoder: str) -> None:
+@pytest.fixture(scope="module")
+def exported(trained: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The trained model exported to ONNX (export validates every block against eager
+    float64 before it writes anything)."""
+    out = tmp_path_factory.mktemp("diffusion-onnx") / "onnx"
+    r = archgen("export", SPEC, "--format", "onnx", "--weights", trained, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "passed" in r.stdout and "no decode-step graph" in r.stderr + r.stdout
+    return str(out)
+
+
+DECODERS = ["confidence{tokens=2,block=4}", "threshold{tau=0.9,block=8}", "localleap{block=4}"]
+
+
+def _generate(weights: str, decoder: str) -> tuple[str, str]:
     r = archgen(
-        "generate", SPEC, "--weights", trained, "--prompt", "def ", "--max-new-tokens", "8",
+        "generate", SPEC, "--weights", weights, "--prompt", "def ", "--max-new-tokens", "8",
         "--decoder", decoder,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("def ")
     assert "8 tokens in" in r.stderr and "NFE " in r.stderr
+    return r.stdout, r.stderr.split("NFE ", 1)[1]
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_generate_with_each_decoder_eager_and_onnx_alike(
+    trained: str, exported: str, decoder: str
+) -> None:
+    """The decoders drive the trained eager model and its ONNX export (--weights EXPORT):
+    the same text and the same tokens committed per call at temperature 0."""
+    assert _generate(exported, decoder) == _generate(trained, decoder)
+
+
+def test_validate_the_onnx_backend(trained: str) -> None:
+    r = archgen(
+        "validate", SPEC, "--backend", "onnx", "--weights", trained, "--max-seq", "48",
+        "--opt-seq", "17",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "passed: every block within the onnx/float32 tolerance" in r.stdout
 
 
 @pytest.mark.parametrize(
@@ -64,16 +96,24 @@ def test_bad_decoder_options_exit_2(args: list[str], message: str) -> None:
 def test_a_causal_only_mixer_is_refused_with_the_reason(tmp_path) -> None:
     text = (ROOT / "examples" / "diffusion.yaml").read_text()
     bad = tmp_path / "bad.yaml"
-    bad.write_text(text.replace("{kind: dense, heads: 2, causal: false}", "{kind: mamba}"))
+    bad.write_text(
+        text.replace("{kind: dense, heads: 2, causal: false}", "{kind: checkpoint_attention}")
+    )
     r = archgen("check", str(bad))
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "'mamba' is causal-only (it has no bidirectional form yet)" in r.stderr
+    assert "'checkpoint_attention' is causal-only (it has no bidirectional form yet)" in r.stderr
+    assert "use attention, swa, mamba or mamba2" in r.stderr
     r = archgen("generate", str(ROOT / "examples" / "transformer.yaml"), "--prompt", "x",
                 "--decoder", "localleap")  # fmt: skip
     assert r.returncode == 2 and "--decoder applies to masked-diffusion-lm models" in r.stderr
 
 
-def test_export_is_refused_until_supported(tmp_path) -> None:
-    r = archgen("export", SPEC, "--format", "onnx", "-o", str(tmp_path / "x"))
-    assert r.returncode == 2, r.stderr
-    assert "export does not support masked-diffusion-lm models yet" in r.stderr
+def test_an_onnx_export_folder_drives_diffusion_decoding_only(tmp_path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"")
+    r = archgen("generate", str(ROOT / "examples" / "transformer.yaml"), "--prompt", "x",
+                "--weights", str(tmp_path))  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "generate drives those for masked-diffusion LMs only" in r.stderr
+    r = archgen("generate", SPEC, "--prompt", "x", "--weights", str(tmp_path),
+                "--max-new-tokens", "8", "--decoder", "localleap{block=8}")  # fmt: skip
+    assert r.returncode == 2 and "not an archgen export folder" in r.stderr
