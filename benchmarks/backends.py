@@ -10,6 +10,10 @@ input. A backend that cannot lower a spec gets its error in the table instead of
     python benchmarks/backends.py                       # all examples, L = 512, 2048
     python benchmarks/backends.py --specs transformer --lengths 512 --out /tmp/b.md
     python benchmarks/backends.py --device cuda --batch 8   # Inductor -> Triton; ORT's CUDA EP
+    python benchmarks/backends.py --backends eager onnx onnx-portable --specs mamba --lengths 512
+
+``onnx-portable`` is the onnx backend with ``--portable``'s options (standard ONNX ops only:
+Mamba's scan as an ONNX ``Scan``, attention unfused), beside ``onnx``'s fused nodes.
 
 Writes a markdown table (with the machine: CPU or GPU model, threads, torch/onnxruntime
 versions, date) to --out (default benchmarks/results/backends_<device>.md).
@@ -22,7 +26,7 @@ import datetime
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,7 +43,9 @@ from archgen.backends.base import (
 from archgen.errors import ArchgenError
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ("eager", "compile", "onnx")
+BACKENDS = ("eager", "compile", "onnx")  # the default columns
+CHOICES = (*BACKENDS, "onnx-portable")
+LABELS = {"compile": "compile", "onnx": "ORT", "onnx-portable": "ORT portable"}
 
 
 @dataclass
@@ -78,8 +84,10 @@ def lower(
         decode_graph=False,
         compile_freezing=args.freezing,
     )
+    if backend == "onnx-portable":  # what `archgen export --portable` lowers
+        options = replace(options, fused_attention=False, fused_scan=False)
     start = time.perf_counter()
-    artifact = get_backend(backend).lower(graph, options)  # type: ignore[arg-type]
+    artifact = get_backend(backend.split("-")[0]).lower(graph, options)  # type: ignore[arg-type]
     return artifact, time.perf_counter() - start
 
 
@@ -88,7 +96,7 @@ def bench_one(spec: Path, seq_len: int, args: argparse.Namespace) -> list[Cell]:
     shape = (args.batch, seq_len)
     tokens = torch.randint(0, graph.model.vocab_size, shape, generator=torch.Generator())
     cells, artifacts = [], {}
-    for name in BACKENDS:
+    for name in args.backends:
         cell = Cell(name)
         cells.append(cell)
         try:
@@ -115,7 +123,24 @@ def ms(x: float) -> str:
     return "–" if x != x else f"{x * 1e3:.1f}"
 
 
+def _header(backends: list[str]) -> str:
+    """The table header: eager, then per other backend its median/p90, speed-up and
+    first-call (compile) or export (onnx) seconds."""
+    cols = ["model", "L", "eager med / p90 ms"]
+    for name in backends[1:]:
+        label = LABELS[name]
+        cols += [f"{label} med / p90 ms", f"{label} speed-up"]
+        cols.append(
+            "compile first call s"
+            if name == "compile"
+            else label.replace("ORT", "ONNX") + " export s"
+        )
+    cols.append(f"max abs ({'; '.join(LABELS[n] for n in backends[1:])})")
+    return "| " + " | ".join(cols) + " |"
+
+
 def render(rows: list[tuple[str, int, list[Cell]]], args: argparse.Namespace) -> str:
+    others = args.backends[1:]
     versions = library_versions("onnx", "onnxruntime")
     where = device_name(args.device)
     lines = [
@@ -136,22 +161,21 @@ def render(rows: list[tuple[str, int, list[Cell]]], args: argparse.Namespace) ->
         + ("; CUDA timings synchronise after every call." if args.device == "cuda" else "."),
         f"- command: `python benchmarks/backends.py {' '.join(args.argv)}`",
         "",
-        "| model | L | eager med / p90 ms | compile med / p90 ms | compile speed-up | "
-        "compile first call s | ORT med / p90 ms | ORT speed-up | ONNX export s | "
-        "max abs (compile; ORT) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        _header(args.backends),
+        "|---|---|---|" + "---|---|---|" * len(others) + "---|",
     ]
     for name, seq_len, cells in rows:
-        eager, comp, ort = cells
+        eager = cells[0]
         cols = [name, str(seq_len), f"{ms(eager.median)} / {ms(eager.p90)}"]
-        for cell, extra in ((comp, "first"), (ort, "export")):
+        for cell in cells[1:]:
             if cell.error:
                 cols += [f"n/a: {cell.error}", "–", "–"]
                 continue
             cols.append(f"{ms(cell.median)} / {ms(cell.p90)}")
             cols.append(f"{eager.median / cell.median:.2f}x")
-            cols.append(f"{cell.first_call_s:.1f}" if extra == "first" else f"{cell.lower_s:.1f}")
-        cols.append(f"{comp.max_abs:.1e}; {ort.max_abs:.1e}")
+            first = cell.backend == "compile"
+            cols.append(f"{cell.first_call_s:.1f}" if first else f"{cell.lower_s:.1f}")
+        cols.append("; ".join(f"{cell.max_abs:.1e}" for cell in cells[1:]))
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n"
 
@@ -162,6 +186,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--specs", nargs="*", default=None, help="example names (default: all)")
     parser.add_argument("--lengths", nargs="*", type=int, default=[512, 2048])
+    parser.add_argument(
+        "--backends",
+        nargs="*",
+        choices=CHOICES,
+        default=list(BACKENDS),
+        help="columns after eager (eager always runs first: the reference)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=7)
@@ -176,6 +207,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out = args.out or ROOT / f"benchmarks/results/backends_{args.device}.md"
     args.argv = sys.argv[1:]
+    args.backends = ["eager", *(b for b in args.backends if b != "eager")]
     args.load = f"1-min load average at start {os.getloadavg()[0]:.2f}"
     torch.set_num_threads(args.threads)
     specs = sorted((ROOT / "examples").glob("*.yaml"))
@@ -188,6 +220,7 @@ def main() -> None:
             cells = bench_one(spec, seq_len, args)
             rows.append((spec.stem, seq_len, cells))
             print(render(rows[-1:], args).splitlines()[-1], flush=True)
+    args.load += f", at end {os.getloadavg()[0]:.2f}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(rows, args))
     print(f"wrote {args.out}")

@@ -87,7 +87,8 @@ PortableOpt = Annotated[
     typer.Option(
         "--portable",
         help="onnx: standard ONNX ops only (no onnxruntime contrib ops such as the fused "
-        "GroupQueryAttention); slower in onnxruntime, runs in other ONNX runtimes",
+        "GroupQueryAttention, no archgen custom op such as the fused Mamba scan); slower in "
+        "onnxruntime, runs in other ONNX runtimes",
     ),
 ]
 ForceOpt = Annotated[
