@@ -101,6 +101,25 @@ def probe_writable(path: Path, *, inside: bool = False) -> None:
         raise unwritable(path, exc, parent) from None
 
 
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, a single-file output (``schema -o``, ``validate --json``) that
+    names a folder or lies where no file can be written (``/proc/x``, below a file or a missing
+    folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ArchgenError(
+            f"{option} {path} is a folder", hint=f"name a file, e.g. {option} {path / 'out.json'}"
+        )
+    parent = Path(os.path.abspath(path)).parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise ArchgenError(f"cannot write {path}: {parent} {what}", hint=f"choose another {option}")
+    try:
+        probe_writable(path)
+    except ArchgenError as exc:  # its hint is about output folders
+        raise ArchgenError(exc.message, hint=f"choose another {option}") from None
+
+
 def new_staging(out: Path) -> Path:
     """A fresh empty hidden folder beside ``out``, owned by this process. Created with
     ``mkdir`` (not ``tempfile``, whose folders are 0700) so it gets the permissions the umask

@@ -289,7 +289,11 @@ def register(app: typer.Typer, out: Console) -> None:
         """Compare a backend with the eager float64 reference at every block boundary."""
         from archgen import export as api
         from archgen.backends.validate import NumericsError
+        from archgen.errors import ArchgenError
+        from archgen.staging import check_output_file
 
+        if json_out is not None:  # before the work, not after it
+            check_output_file(json_out, "--json")
         result = api.validate(
             spec,
             backend=backend.value,
@@ -303,7 +307,10 @@ def register(app: typer.Typer, out: Console) -> None:
         )
         print_numerics(out, result.report)
         if json_out is not None:
-            result.report.write(json_out)
+            try:
+                result.report.write(json_out)
+            except OSError as exc:
+                raise ArchgenError(f"cannot write {json_out}: {exc.strerror or exc}") from None
         first = result.report.first_failure
         if first is not None:
             raise NumericsError(f"{backend.value} {dtype.value}: first failing block {first.name}")

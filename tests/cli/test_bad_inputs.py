@@ -1,0 +1,97 @@
+"""The bad-input sweep in the suite (issue 16): a representative subset of its cases, run as the
+sweep runs them (the real CLI in a subprocess, a fresh folder each, planted files checked byte for
+byte), and regression tests of what the full sweep found.
+
+The full sweep: ``.venv/bin/python scripts/bad_input_sweep.py`` (results in
+``benchmarks/results/bad_inputs.md``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from archgen.errors import ArchgenError
+from archgen.staging import check_output_file
+from scripts.bad_input_cases import CASES, Case
+from scripts.bad_input_sweep import Outcome, run_cases
+from tests.conftest import TINY_LM, archgen
+
+# One or two per bug class of the issue; only the model and run fixtures (no transformers).
+SUBSET = (
+    "check: !!python tag on a list",
+    "check: spec is /dev/zero",
+    "build: build -o a folder holding notes.txt",
+    "build: build -o a training run",
+    "export: export --force over notes.txt",
+    "convert: -o the input folder",
+    "generate: generate model: weights.safetensors cut to 1000 bytes",
+    "distill: distill --teacher model: weights.safetensors cut to 20 bytes",
+    "train: --resume, both checkpoints' state.pt truncated",
+    "train: --batch-size 1048576",
+    "train: model.name ../../x, default output",
+    "export: --provider foo",
+    "search: --budget 1e400ms",
+    "search: --storage: postgresql with a password, unreachable",
+    "validate: --json names a folder",
+    "generate: raw non-UTF-8 bytes in --prompt (works)",
+)
+
+
+def _case(row: str) -> Case:
+    found = [c for c in CASES if c.row == row]
+    assert len(found) == 1, f"{row!r}: {len(found)} cases in the sweep's table"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def outcomes() -> dict[str, Outcome]:
+    return {o.case.row: o for o in run_cases([_case(row) for row in SUBSET], jobs=2)}
+
+
+@pytest.mark.parametrize("row", SUBSET)
+def test_sweep_case(outcomes: dict[str, Outcome], row: str) -> None:
+    outcome = outcomes[row]
+    assert outcome.passed, f"{row}: {'; '.join(outcome.problems)} (exit {outcome.code})"
+    if outcome.case.expect == "error":
+        assert outcome.message, row
+
+
+def test_the_sweep_covers_every_command_and_the_issue_count() -> None:
+    from archgen.cli.main import app
+
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}  # type: ignore[union-attr]
+    covered = {c.command for c in CASES}
+    assert commands <= covered, f"commands without a bad-input case: {commands - covered}"
+    refusals = [c for c in CASES if c.expect == "error"]
+    assert len(refusals) >= 154  # the issue's sweep tried 154
+    assert len({c.row for c in CASES}) == len(CASES), "rows name cases uniquely"
+
+
+# -- what the sweep found ----------------------------------------------------------------------
+def test_an_output_file_in_an_impossible_place_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("mine")
+    for bad, message in (
+        (tmp_path, "is a folder"),
+        (tmp_path / "f.txt" / "x.json", "is not a folder"),
+        (tmp_path / "nowhere" / "x.json", "does not exist"),
+        (Path("/proc/x"), "cannot write to /proc/x"),
+    ):
+        with pytest.raises(ArchgenError, match=message) as info:
+            check_output_file(bad, "--json")
+        assert "choose another --json" in str(info.value) or "name a file" in str(info.value)
+    check_output_file(tmp_path / "new.json", "--json")  # fine: nothing is written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+
+def test_validate_json_in_an_impossible_place_exits_2_before_the_work(tmp_path: Path) -> None:
+    # It validated first, then died writing with a traceback.
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_LM)
+    (tmp_path / "out").mkdir()
+    for target in (tmp_path / "out", Path("/proc/x")):
+        result = archgen("validate", str(spec), "-b", "eager", "--json", str(target))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "numerics" not in result.stdout  # refused before validating
+    assert list((tmp_path / "out").iterdir()) == []
