@@ -147,6 +147,32 @@ class AssociativeRecall(Task):
 
 
 @dataclass(frozen=True)
+class QueryRecall(AssociativeRecall):
+    """Associative recall as a prompt/answer pair: ``k1 v1 ... kn vn``, then the query keys
+    ``q1 ... qm``, then their values ``a1 ... am`` together at the end -- the answer is one
+    contiguous span, so a masked-diffusion LM can generate it after the prompt (its decoders
+    fill the last ``m`` positions). Answers are next-token targets, as in associative recall."""
+
+    kind: ClassVar[str] = "query_recall"
+    summary: ClassVar[str] = "associative recall, queries first and all their answers after them"
+
+    def sample(self, rng: np.random.Generator, n: int) -> TaskBatch:
+        keys, values = self._pairs(rng, n)
+        prefix = self._prefix(rng, keys, values)
+        queries = (self.seq_len - prefix.shape[1]) // 2
+        pick = rng.integers(0, self.num_pairs, (n, queries))
+        rows = np.arange(n)[:, None]
+        seq = np.full((n, self.seq_len), PAD, dtype=np.int64)
+        seq[:, : prefix.shape[1]] = prefix
+        start = prefix.shape[1]
+        seq[:, start : start + queries] = keys[rows, pick]
+        seq[:, start + queries : start + 2 * queries] = values[rows, pick]
+        mask = np.zeros_like(seq, dtype=bool)
+        mask[:, start + queries - 1 : start + 2 * queries - 1] = True  # each predicts the next
+        return TaskBatch(seq, _shifted(seq), mask)
+
+
+@dataclass(frozen=True)
 class NoisyRecall(AssociativeRecall):
     """Associative recall with noise tokens (their own vocabulary, the top ``noise_vocab`` ids)
     inserted between the key-value pairs: the mixer must ignore what it does not need."""
@@ -374,6 +400,7 @@ TASKS: dict[str, type[Task]] = {
     cls.kind: cls
     for cls in (
         AssociativeRecall,
+        QueryRecall,
         NoisyRecall,
         FuzzyRecall,
         SelectiveCopy,
