@@ -280,6 +280,11 @@ def hf_layout(graph: Graph, *, reading: bool = False) -> HFLayout:
     or attribute that does not fit (see the module docstring for what maps). ``reading``: the
     layout of a checkpoint being imported, which may also be a Bamba model without attention
     layers (transformers loads it, but its cache cannot run it: not written by export)."""
+    if graph.model.task != "causal-lm":  # its bidirectional mixers are no causal LM's
+        raise _refuse(
+            "model.task",
+            f"the transformers classes here are causal LMs; this is a {graph.model.task}",
+        )
     embedding, blocks, final_norm, head = _walk(graph)
     if not blocks:
         raise _refuse("model.layers", "no layers")

@@ -91,3 +91,16 @@ def test_a_folder_exported_from_another_model_is_refused(exported: tuple[Path, P
     other.write_text(SPEC.replace("d_state: 4}", "d_state: 5}", 1))
     with pytest.raises(ArchgenError, match="was not exported from"):
         load_onnx_denoiser(other, out)
+
+
+def test_hugging_face_export_is_refused(tmp_path: Path) -> None:
+    """transformers' classes are causal LMs: writing a denoiser as one would run it wrongly."""
+    from archgen.errors import ArchgenError
+    from archgen.hf import hf_layout
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    with pytest.raises(
+        ArchgenError, match=r"model\.task: the transformers classes here are causal"
+    ):
+        hf_layout(api.compile_spec(spec))
