@@ -1,10 +1,17 @@
 """The tensorrt backend: the onnx backend's ``model.onnx`` -> a serialized TensorRT engine.
 
-The engine has one optimization profile over ``tokens [batch, seq]``: ``min = (1, min_seq)``,
-``opt = (batch, opt_seq)``, ``max = (max_batch, max_seq)``. Precision: float32 (TF32 disabled, so
-matmuls stay IEEE float32), float16 or bfloat16 (weakly-typed builder flags; TensorRT keeps
-layers it cannot run in reduced precision in float32 and its build log says which). Outputs and
-their names are those of ``model.onnx``: logits and one per block boundary.
+The engine is built from the same deploy graph the onnx backend ships: ``model.onnx``,
+``input_ids i64[batch, seq] -> logits f32[batch, seq, V]`` with the model config in its metadata
+(standard ONNX ops only: no onnxruntime contrib ops, Mamba's scan as an ONNX Scan). Its one
+optimization profile is over ``input_ids``: ``min = (1, min_seq)``, ``opt = (batch, opt_seq)``,
+``max = (max_batch, max_seq)``. Precision: float32 (TF32 disabled, so matmuls stay IEEE
+float32), float16 or bfloat16 (weakly-typed builder flags; TensorRT keeps layers it cannot run
+in reduced precision in float32 and its build log says which).
+
+Validation needs the block outputs the deploy engine does not have: as the onnx backend does,
+a second engine is built in memory (never saved) from ``model.onnx`` with its block values
+re-exposed as outputs (:func:`validation_onnx`), and the logits compared are the shipped
+engine's.
 
 ``tensorrt`` and torch are imported inside functions only, so importing this module, asking
 :meth:`TensorRTBackend.is_available` and the CLI's fail-fast check need neither tensorrt nor a
@@ -46,7 +53,8 @@ if TYPE_CHECKING:
 from archgen.errors import ArchgenError
 
 ENGINE_FILE = "model.engine"
-ONNX_FILE = "model.onnx"
+ONNX_FILE = "model.onnx"  # the deploy graph, as backends/onnx.py writes it
+INPUT = "input_ids"  # its one input (backends/onnx_export.export_forward with deploy=True)
 
 
 def _require_trt() -> Any:
@@ -60,8 +68,36 @@ def _logger() -> Any:
     return trt.Logger(trt.Logger.WARNING)
 
 
-def build_engine(onnx_path: Path, engine_path: Path, options: LowerOptions) -> dict[str, Any]:
-    """Parse ``onnx_path``, build with one optimization profile, write the engine atomically."""
+def write_onnx(graph: Graph, options: LowerOptions, folder: Path) -> dict[str, Any]:
+    """Write the deploy ``model.onnx`` the engine is built from into ``folder``: the onnx
+    backend's graph (same input and output names, metadata) in standard ops only, float32
+    (reduced precision is TensorRT's choice per layer). ``options`` must be resolved."""
+    import torch
+
+    from archgen.backends.eager import TORCH_DTYPES, source_model
+    from archgen.backends.onnx_export import export_forward
+
+    options = replace(options, fused_attention=False, fused_scan=False)
+    model = source_model(graph, options, TORCH_DTYPES["float32"], torch.device("cpu"))
+    return export_forward(model, folder / ONNX_FILE, options, deploy=True)
+
+
+def validation_onnx(graph: Graph, folder: Path) -> bytes:
+    """``folder``'s ``model.onnx`` with the block values re-exposed as outputs (after the
+    logits): what the validation engine is built from."""
+    import onnx
+
+    from archgen.backends.onnx_export import with_outputs
+
+    proto = with_outputs(onnx.load(str(folder / ONNX_FILE)), graph.blocks())
+    return proto.SerializeToString()
+
+
+def build_engine(
+    onnx_model: Path | bytes, options: LowerOptions, engine_path: Path | None = None
+) -> tuple[bytes, dict[str, Any]]:
+    """Parse ``onnx_model`` (a file or its bytes), build with one optimization profile over
+    ``input_ids``; write the engine atomically to ``engine_path`` if given."""
     trt = _require_trt()
     assert options.min_seq and options.opt_seq and options.max_seq, "options must be resolved"
     start = time.perf_counter()
@@ -69,9 +105,15 @@ def build_engine(onnx_path: Path, engine_path: Path, options: LowerOptions) -> d
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    parsed = (
+        parser.parse_from_file(str(onnx_model))
+        if isinstance(onnx_model, Path)
+        else parser.parse(onnx_model)
+    )
+    if not parsed:
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise UnsupportedError(f"TensorRT cannot parse {onnx_path.name}: " + "; ".join(errors))
+        name = onnx_model.name if isinstance(onnx_model, Path) else "the validation graph"
+        raise UnsupportedError(f"TensorRT cannot parse {name}: " + "; ".join(errors))
     config = builder.create_builder_config()
     config.clear_flag(trt.BuilderFlag.TF32)  # float32 means float32: TF32 would be a fallback
     if options.dtype == "float16":
@@ -80,7 +122,7 @@ def build_engine(onnx_path: Path, engine_path: Path, options: LowerOptions) -> d
         config.set_flag(trt.BuilderFlag.BF16)
     profile = builder.create_optimization_profile()
     profile.set_shape(
-        "tokens",
+        INPUT,
         (1, options.min_seq),
         (options.batch, options.opt_seq),
         (options.max_batch, options.max_seq),
@@ -89,11 +131,13 @@ def build_engine(onnx_path: Path, engine_path: Path, options: LowerOptions) -> d
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UnsupportedError("TensorRT failed to build the engine (see its log above)")
-    write_bytes_atomic(engine_path, bytes(serialized))
-    return {
-        "file": engine_path.name,
+    engine = bytes(serialized)
+    if engine_path is not None:
+        write_bytes_atomic(engine_path, engine)
+    return engine, {
+        "file": engine_path.name if engine_path is not None else None,
         "build_s": time.perf_counter() - start,
-        "bytes": engine_path.stat().st_size,
+        "bytes": len(engine),
         "profile": {
             "min": [1, options.min_seq],
             "opt": [options.batch, options.opt_seq],
@@ -102,21 +146,21 @@ def build_engine(onnx_path: Path, engine_path: Path, options: LowerOptions) -> d
     }
 
 
-class TensorRTArtifact(Artifact):
-    def __init__(self, graph: Graph, meta: ArtifactMeta, folder: Path, owned: Any = None) -> None:
+class _Engine:
+    """A deserialized engine and its execution context, run on named tensors."""
+
+    def __init__(self, serialized: bytes, where: str) -> None:
         import torch
 
         trt = _require_trt()
-        self.graph, self.meta, self.folder = graph, meta, folder
-        self._owned = owned
         self._runtime = trt.Runtime(_logger())
-        self.engine = self._runtime.deserialize_cuda_engine((folder / ENGINE_FILE).read_bytes())
+        self.engine = self._runtime.deserialize_cuda_engine(serialized)
         if self.engine is None:
-            raise ArchgenError(f"{folder / ENGINE_FILE}: TensorRT could not load the engine")
+            raise ArchgenError(f"{where}: TensorRT could not load the engine")
         self.context = self.engine.create_execution_context()
-        self._names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self._outputs = [
-            n for n in self._names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.outputs = [
+            n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
         ]
         self._torch_dtype = {
             trt.DataType.FLOAT: torch.float32,
@@ -126,15 +170,15 @@ class TensorRTArtifact(Artifact):
             trt.DataType.INT32: torch.int32,
         }
 
-    def _execute(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    def execute(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         import torch
 
         device = torch.device("cuda")
-        tokens = tokens.to(device=device, dtype=torch.int64).contiguous()
-        self.context.set_input_shape("tokens", tuple(tokens.shape))
-        self.context.set_tensor_address("tokens", tokens.data_ptr())
+        input_ids = input_ids.to(device=device, dtype=torch.int64).contiguous()
+        self.context.set_input_shape(INPUT, tuple(input_ids.shape))
+        self.context.set_tensor_address(INPUT, input_ids.data_ptr())
         outs = {}
-        for name in self._outputs:
+        for name in self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
             dtype = self._torch_dtype[self.engine.get_tensor_dtype(name)]
             outs[name] = torch.empty(shape, dtype=dtype, device=device)
@@ -145,12 +189,29 @@ class TensorRTArtifact(Artifact):
         stream.synchronize()
         return outs
 
+
+class TensorRTArtifact(Artifact):
+    def __init__(self, graph: Graph, meta: ArtifactMeta, folder: Path, owned: Any = None) -> None:
+        self.graph, self.meta, self.folder = graph, meta, folder
+        self._owned = owned
+        self._deploy = _Engine((folder / ENGINE_FILE).read_bytes(), str(folder / ENGINE_FILE))
+        self._validation: _Engine | None = None  # built on the first `boundaries` call
+
+    def _execute(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._deploy.execute(tokens)
+
     def run(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._execute(tokens)[self.graph.primary_output()].cpu()
 
     def boundaries(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        values = self._execute(tokens)
-        return {n: values[n].cpu() for n in (*self.graph.blocks(), *self.graph.outputs)}
+        """Block outputs from the validation engine, the logits from the shipped engine."""
+        if self._validation is None:
+            source = validation_onnx(self.graph, self.folder)
+            serialized, _ = build_engine(source, self.meta.options)
+            self._validation = _Engine(serialized, "the validation engine")
+        values = self._validation.execute(tokens)
+        out = {b: values[b].cpu() for b in self.graph.blocks()}
+        return {**out, self.graph.primary_output(): self.run(tokens)}
 
     def measure(self, tokens: torch.Tensor, warmup: int = 3, repeats: int = 20) -> Measurement:
         import torch
@@ -229,21 +290,14 @@ class TensorRTBackend(Backend):
         return meta
 
     def lower(self, graph: Graph, options: LowerOptions) -> TensorRTArtifact:
-        import torch
-
-        from archgen.backends.eager import TORCH_DTYPES, source_model
-        from archgen.backends.onnx_export import export_forward
-
         # TensorRT's ONNX parser knows standard ops only: no onnxruntime contrib ops.
         options = replace(options.resolve(graph), fused_attention=False, fused_scan=False)
-        check_lowerable(self, graph, options)
+        check_lowerable(self, graph, options)  # UnavailableError (exit 3) without tensorrt
         owned = tempfile.TemporaryDirectory(prefix="archgen-trt-")
         folder = Path(owned.name)
         meta = self._meta(graph, options)
-        # The ONNX graph is float32; reduced precision is TensorRT's choice per layer.
-        model = source_model(graph, options, TORCH_DTYPES["float32"], torch.device("cpu"))
-        meta.extra["onnx"] = export_forward(model, folder / ONNX_FILE, options)
-        meta.extra["engine"] = build_engine(folder / ONNX_FILE, folder / ENGINE_FILE, options)
+        meta.extra["onnx"] = write_onnx(graph, options, folder)
+        _, meta.extra["engine"] = build_engine(folder / ONNX_FILE, options, folder / ENGINE_FILE)
         return TensorRTArtifact(graph, meta, folder, owned)
 
     def load(self, path: str | Path, graph: Graph, options: LowerOptions) -> TensorRTArtifact:

@@ -59,3 +59,41 @@ def test_importing_the_module_needs_neither_tensorrt_nor_torch() -> None:
         "assert 'tensorrt' not in sys.modules and 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- what the engine is built from: runs without tensorrt (onnx and onnxruntime only) ----------
+def test_the_engine_is_built_from_the_onnx_backends_deploy_graph(tmp_path: Path) -> None:
+    # It was built from a graph of its own: input `tokens`, one output per block boundary.
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnx
+    import torch
+
+    from archgen.backends.eager import TORCH_DTYPES, source_model
+    from archgen.backends.tensorrt import INPUT, ONNX_FILE, validation_onnx, write_onnx
+
+    graph = tiny_graph(tmp_path)
+    options = LowerOptions().resolve(graph)
+    facts = write_onnx(graph, options, tmp_path)
+    engine_source = onnx.load(str(tmp_path / ONNX_FILE))
+    shipped = get_backend("onnx").lower(graph, LowerOptions())
+    onnx_deploy = onnx.load(str(shipped.folder / "model.onnx"))  # type: ignore[attr-defined]
+    for proto in (engine_source, onnx_deploy):
+        assert [i.name for i in proto.graph.input] == [INPUT] == ["input_ids"]
+        assert [o.name for o in proto.graph.output] == ["logits"]
+    props = {p.key: p.value for p in engine_source.metadata_props}
+    assert props == {p.key: p.value for p in onnx_deploy.metadata_props}
+    assert props["archgen.graph"] == "forward" and props["archgen.vocab_size"] == "64"
+    # standard ONNX ops only: TensorRT's parser knows no onnxruntime contrib or archgen op
+    assert {n.domain for n in engine_source.graph.node} <= {"", "ai.onnx"}, facts["op_counts"]
+
+    # the validation engine's source: the same graph, the blocks re-exposed after the logits
+    session = ort.InferenceSession(validation_onnx(graph, tmp_path))
+    assert [o.name for o in session.get_outputs()] == ["logits", *graph.blocks()]
+    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(7))
+    logits, *blocks = session.run(None, {INPUT: ids.numpy().astype(np.int64)})
+    model = source_model(graph, options, TORCH_DTYPES["float64"], torch.device("cpu"))
+    with torch.no_grad():
+        expected = model(ids).numpy()
+    assert len(blocks) == len(graph.blocks())
+    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
