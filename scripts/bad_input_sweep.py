@@ -15,7 +15,7 @@ A few cases are inputs that look bad but must work (a raw non-UTF-8 byte in ``--
 judged on exit 0 and no traceback.
 
     .venv/bin/python scripts/bad_input_sweep.py                  # all cases, 2 at a time
-    .venv/bin/python scripts/bad_input_sweep.py --filter export  # cases whose row mentions it
+    .venv/bin/python scripts/bad_input_sweep.py --filter export  # cases whose row holds it
     .venv/bin/python scripts/bad_input_sweep.py --jobs 1 --list
 
 Exit status: 0 when every case passes, 1 otherwise. ``tests/cli/test_bad_inputs.py`` runs a
@@ -240,18 +240,24 @@ def _row(outcome: Outcome, width: int = 64) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--filter", default="", help="only cases whose 'command: what' has this")
+    parser.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        help="only cases whose 'command: what' holds this text (repeatable: any of them)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="cases run at once (default 2)")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args(argv)
-    cases = [c for c in CASES if args.filter.lower() in c.row.lower()]
+    wanted = [f.lower() for f in args.filter] or [""]
+    cases = [c for c in CASES if any(f in c.row.lower() for f in wanted)]
     if args.list:
         for case in cases:
             print(f"{case.row}  [{case.expect}]  archgen {' '.join(case.args)[:120]}")
         print(f"{len(cases)} cases")
         return 0
     if not cases:
-        print(f"no case matches {args.filter!r}", file=sys.stderr)
+        print(f"no case matches {' or '.join(map(repr, args.filter))}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     print(f"{'command':<9} {'what was wrong':<64} exit  verdict  | first line of the message")
