@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -223,6 +224,10 @@ def export(
         report.write(staging / "numerics.json")
         (staging / "spec.yaml").write_text(resolved_yaml(spec))
         files += ["numerics.json", "spec.yaml", "manifest.json"]
+        tokenizer = _tokenizer_beside(weights)
+        if tokenizer is not None:  # generate reads text through it beside the artifact
+            shutil.copyfile(tokenizer, staging / tokenizer.name)
+            files.append(tokenizer.name)
         manifest = {
             "command": "export",
             "versions": artifact.meta.extra.get("versions", library_versions()),
@@ -243,6 +248,17 @@ def export(
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return ExportResult(out, files, report, artifact)
+
+
+def _tokenizer_beside(weights: str | os.PathLike[str] | None) -> Path | None:
+    """The ``tokenizer.json`` of a run folder given as ``--weights`` (or beside a weights
+    file): a BPE model's text goes through it, so ``archgen generate --weights EXPORT`` needs it
+    in the export folder too."""
+    if weights is None:
+        return None
+    folder = Path(weights) if Path(weights).is_dir() else Path(weights).parent
+    found = folder / "tokenizer.json"
+    return found if found.is_file() else None
 
 
 # -- doctor ------------------------------------------------------------------------------------

@@ -36,8 +36,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("diffusion-export")
     spec = root / "spec.yaml"
     spec.write_text(SPEC)
-    result = export(spec, root / "out", fmt="onnx", validation_seed=3)
+    run = api.build(spec, root / "run", seed=5).out_dir  # weights unlike export's default seed
+    (run / "tokenizer.json").write_text("{}")  # what a BPE run folder holds beside the weights
+    result = export(spec, root / "out", fmt="onnx", weights=run, validation_seed=3)
     assert result.report.passed
+    assert (root / "out" / "tokenizer.json").read_text() == "{}"  # carried for generate
     return spec, root / "out"
 
 
@@ -75,7 +78,10 @@ def test_decoders_on_the_onnx_artifact_match_eager(
     ]
     runs = [
         decoding.decode(denoiser, prompt, 16, policy, mask_token=32, max_seq_len=40)
-        for denoiser in (load_for_generation(spec, None), load_onnx_denoiser(spec, out))
+        for denoiser in (
+            load_for_generation(spec, spec.parent / "run"),
+            load_onnx_denoiser(spec, out),
+        )
     ]
     eager, onnx_run = runs
     assert onnx_run.new_tokens == eager.new_tokens
