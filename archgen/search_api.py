@@ -17,12 +17,12 @@ from typing import Any
 from archgen.errors import ArchgenError
 from archgen.paths import cache_dir
 from archgen.search.budget import Budget
-from archgen.search.run import SearchOutcome, SearchPlan, run_search_plan
+from archgen.search.run import SearchOutcome, SearchPlan, export_folder, run_search_plan
 from archgen.spec.expand import spec_to_data
 from archgen.spec.loader import load_spec
 from archgen.spec.models import ArchSpec
 from archgen.spec.search_space import search_proposals
-from archgen.staging import output_folder, probe_writable
+from archgen.staging import OutputFolder, output_folder, probe_writable
 
 __all__ = ["SearchOptions", "SearchOutcome", "cache_dir", "plan_search", "run_search"]
 
@@ -130,6 +130,8 @@ def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> Se
     if out.exists() and not out.is_dir():
         raise ArchgenError(f"{out} exists and is not a folder", hint="choose another folder (-o)")
     probe_writable(out, inside=True)  # created by run_search, and removed if the search fails
+    if options.export is not None:  # refused now rather than after the whole search
+        OutputFolder(export_folder(out, options.export), "export", force=True).check()
     finalize = options.finalize_steps
     if finalize is None:
         from archgen.search.winner import default_finalize_steps

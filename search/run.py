@@ -361,6 +361,12 @@ def _winner(plan: SearchPlan, best: Certified, log: Log) -> Winner | None:
     )  # fmt: skip
 
 
+def export_folder(out: Path, fmt: str) -> Path:
+    """Where ``--export FMT`` writes the winner: the search owns OUT, so a rerun replaces its
+    own previous export there (never other files; archgen.search_api checks it up front)."""
+    return out / f"export-{fmt}"
+
+
 def _export_best(
     best_spec: Path | None, best_model: Path | None, out: Path, fmt: str, log: Log
 ) -> dict[str, Any]:
@@ -369,8 +375,7 @@ def _export_best(
     from archgen.search.winner import export_winner
 
     assert best_spec is not None
-    target = out / f"export-{fmt}"
-    # the search owns OUT: a rerun replaces its own previous export (never other files)
+    target = export_folder(out, fmt)
     if best_model is not None:
         log(f"exporting {best_model} (trained weights) as {fmt} and validating its numerics...")
         result = export_winner(best_model, target, fmt=fmt, force=True)

@@ -95,3 +95,22 @@ def test_validate_json_in_an_impossible_place_exits_2_before_the_work(tmp_path: 
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert "numerics" not in result.stdout  # refused before validating
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_search_refuses_an_export_folder_of_other_files_before_searching(tmp_path: Path) -> None:
+    # It searched, trained and wrote study.db and best.yaml, then refused OUT/export-onnx.
+    pytest.importorskip("optuna")
+    from archgen.search_api import SearchOptions, plan_search
+    from scripts.bad_input_cases import SEARCH
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SEARCH)
+    out = tmp_path / "out"
+    (out / "export-onnx").mkdir(parents=True)
+    (out / "export-onnx" / "notes.txt").write_text("mine")
+    options = SearchOptions(out=out, export="onnx")
+    with pytest.raises(ArchgenError, match=r"export-onnx is not empty .* holds notes\.txt"):
+        plan_search(spec, options)
+    (out / "export-onnx" / "notes.txt").unlink()  # empty, or a previous export: the search's
+    assert plan_search(spec, options).out == out
+    assert sorted(p.name for p in out.iterdir()) == ["export-onnx"]
