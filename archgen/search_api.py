@@ -169,10 +169,19 @@ def _fidelity(spec: ArchSpec, graph: Any, given: str | None) -> str:
         raise ArchgenError(
             f"unknown quality fidelity {fidelity!r}", hint=f"one of {', '.join(FIDELITIES)}"
         )
-    if graph.model.mask_token is None or fidelity != "blockwise":
+    diffusion = graph.model.mask_token is not None
+    if diffusion and given is None and "fidelity" not in q.model_fields_set:
+        fidelity = "capability"  # the default for a masked-diffusion LM (see above)
+    if fidelity == "capability":
+        from archgen.search.proxies import capability_problem
+
+        if (problem := capability_problem(graph)) is not None:
+            raise ArchgenError(
+                f"quality fidelity 'capability': {problem}",
+                hint="raise model.vocab_size, or use --quality analytic",
+            )
+    if not diffusion or fidelity != "blockwise":
         return fidelity
-    if given is None and "fidelity" not in q.model_fields_set:
-        return "capability"  # the default for a masked-diffusion LM (see above)
     raise ArchgenError(
         f"quality fidelity 'blockwise' does not support {graph.model.task} models yet: its "
         "teacher and block distillation are next-token models on unmasked text",

@@ -156,6 +156,21 @@ def unit_embeddings(model: Any) -> None:
     torch.nn.init.normal_(model.get_submodule("embedding").weight, std=1.0)
 
 
+def capability_problem(graph: Graph) -> str | None:
+    """Why the capability proxy's task cannot train ``graph`` (its vocabulary), or None."""
+    from archgen.train.tasks import AssociativeRecall
+
+    ids = AssociativeRecall().vocab_size
+    room = graph.model.vocab_size - (1 if graph.model.mask_token is not None else 0)
+    if room >= ids:
+        return None
+    mask = " besides its mask token" if graph.model.mask_token is not None else ""
+    return (
+        f"the capability proxy's task (associative recall) uses {ids} token ids; the model has "
+        f"{room}{mask}"
+    )
+
+
 def capability_quality(spec: ArchSpec, quick: bool) -> Quality:
     """Accuracy on in-context associative recall after a short training run.
 

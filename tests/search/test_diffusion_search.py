@@ -162,6 +162,17 @@ def test_bad_diffusion_search_inputs_are_refused_before_measuring(
     assert message in str(info.value)
 
 
+def test_capability_quality_needs_room_for_the_task_besides_the_mask_token(
+    tmp_path: Path,
+) -> None:
+    # associative recall uses 64 ids; with vocab 64 the last one (63) is the mask token
+    path = write(tmp_path, model={"vocab_size": 64})
+    with pytest.raises(ArchgenError) as info:
+        plan_search(path, SearchOptions(out=tmp_path / "o", quality="capability"))
+    assert "uses 64 token ids; the model has 63 besides its mask token" in str(info.value)
+    assert plan_search(path, SearchOptions(out=tmp_path / "o")).fidelity == "analytic"
+
+
 def test_diffusion_decode_on_a_causal_lm_exits_2(tmp_path: Path) -> None:
     path = write(tmp_path, model={"task": "causal-lm", "vocab_size": 64})
     doc = yaml.safe_load(path.read_text())
