@@ -65,7 +65,8 @@ class QualitySpec(_Section):
     fidelity: Literal["analytic", "capability", "blockwise"] = Field(
         "blockwise",
         description="analytic: memory/params proxy; capability: synthetic recall task; "
-        "blockwise: local distillation from the trained base model",
+        "blockwise: local distillation from the trained base model (a masked-diffusion LM: "
+        "capability by default, blockwise refused)",
     )
     teacher_steps: int = Field(300, ge=1, description="training steps of the teacher (cached)")
     distill_steps: int = Field(60, ge=1, description="steps per blockwise distillation job")
