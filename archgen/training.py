@@ -112,6 +112,35 @@ class Prepared:
     config: TrainConfig
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # where train and distill run
+
+
+def check_device(device: str) -> None:
+    """Refuse, before any work, a ``--device`` torch cannot parse (ArchgenError, exit 2) or
+    this machine lacks (UnavailableError, exit 3)."""
+    import torch
+
+    from archgen.errors import UnavailableError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise ArchgenError(
+            f"--device {device!r} is not a device archgen trains on",
+            hint="cpu, cuda, cuda:N or mps",
+        )
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UnavailableError(f"--device {device}: no CUDA GPU visible to torch here")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise UnavailableError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UnavailableError(f"--device {device}: no Apple GPU (MPS) here")
+
+
 def prepare(
     spec: SpecLike,
     data: Sequence[str] | None = None,
@@ -130,6 +159,7 @@ def prepare(
     from archgen.paths import cache_dir
     from archgen.train.data import load_data
 
+    check_device(device)
     arch = api.as_spec(spec)
     graph = api.compile_spec(arch)
     source = data_source(arch.data)

@@ -380,17 +380,20 @@ def resume_cases() -> Iterator[Case]:
                cut(f"{newest}/weights.safetensors", 100), **ok)  # fmt: skip
     yield case("--resume, config.json garbage", f"{args} --resume", *base,
                text("run/config.json", "{not json"))  # fmt: skip
-    yield case("--resume, meta.json garbage in both", f"{args} --resume", *base,
-               text(f"{newest}/meta.json", "[["), text(f"{oldest}/meta.json", "[["))  # fmt: skip
+    yield case("--resume, meta.json garbage in both (not needed)", f"{args} --resume", *base,
+               text(f"{newest}/meta.json", "[["), text(f"{oldest}/meta.json", "[["),
+               **ok)  # fmt: skip
     yield case("--resume, 'latest' names no checkpoint", f"{args} --resume", *base,
                text("run/checkpoints/latest", "step_0000099\n"), **ok)  # fmt: skip
-    yield case("--resume without a run folder",
-               "train spec.yaml --data data.txt -o nothing --resume", spec(), data())  # fmt: skip
+    yield case("--resume without a run folder (starts one, with a note)",
+               "train spec.yaml --data data.txt -o nothing --resume", spec(), data(), expect="ok",
+               may_create=("nothing",))  # fmt: skip
+    yield case("--resume, a trained run whose checkpoints are gone", f"{args} --resume", *base,
+               remove("run/checkpoints"))  # fmt: skip
     yield case("--resume a run of another spec", f"{args} --resume",
                spec(edit("d_model: 16", "d_model: 32")), data(), copy("run"))  # fmt: skip
     yield case("an existing run without --resume", args, *base)
-    yield case("--resume, no checkpoints left", f"{args} --resume", *base,
-               remove("run/checkpoints"))  # fmt: skip
+    yield case("a trained run whose checkpoints are gone", args, *base, remove("run/checkpoints"))
 
 
 # -- option values -----------------------------------------------------------------------------

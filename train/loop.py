@@ -248,8 +248,24 @@ def train(
             f"{out} already holds a run (checkpoint at step {ckpt.step})",
             hint="pass --resume to continue it, or choose another --out",
         )
+    if ckpt is None and (out / "weights.safetensors").is_file():
+        # a finished run whose checkpoints are gone: training again would replace its weights
+        raise ArchgenError(
+            f"{out} holds a trained model (weights.safetensors) but no checkpoint to "
+            f"{'resume' if resume else 'continue'} from",
+            hint="choose another --out (a new run there would replace those weights)",
+        )
     if ckpt is not None:
-        saved = json.loads((out / "config.json").read_text())
+        try:
+            saved = json.loads((out / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ArchgenError(
+                f"{out / 'config.json'}: cannot read what the run is ({exc})",
+                hint="it is needed to check that --resume continues the same run; choose "
+                "another --out",
+            ) from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
+            raise ArchgenError(f"{out / 'config.json'}: not a run's config.json")
         for note in _check_resumable(saved, identity, out):
             log(f"note: {note}")
     elif resume:

@@ -114,3 +114,52 @@ def test_search_refuses_an_export_folder_of_other_files_before_searching(tmp_pat
     (out / "export-onnx" / "notes.txt").unlink()  # empty, or a previous export: the search's
     assert plan_search(spec, options).out == out
     assert sorted(p.name for p in out.iterdir()) == ["export-onnx"]
+
+
+def test_a_device_torch_cannot_parse_or_this_machine_lacks_is_refused() -> None:
+    # torch.device("bogus") and CUDA's lazy init ended in tracebacks, after reading the data.
+    import torch
+
+    from archgen.errors import UnavailableError
+    from archgen.training import check_device
+
+    check_device("cpu")
+    for bad in ("bogus", "meta", "cuda:x"):
+        with pytest.raises(ArchgenError, match="not a device archgen trains on"):
+            check_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(UnavailableError, match="no CUDA GPU"):
+            check_device("cuda:1")
+
+
+def test_a_run_is_resumed_only_from_what_it_can_read(tmp_path: Path) -> None:
+    from archgen import api
+    from archgen.train.config import TextData, TrainConfig
+    from archgen.train.data import load_data
+    from archgen.train.loop import train
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_LM)
+    graph = api.compile_spec(spec)
+    (tmp_path / "t.txt").write_text("some text to learn from " * 200)
+    data = load_data(TextData(paths=(str(tmp_path / "t.txt"),)), vocab_size=256, seq_len=16)
+    config = TrainConfig(steps=1, batch_size=2, seq_len=16, eval_batches=1)
+    run = tmp_path / "run"
+    train(graph, data, config, run, progress=False, log=lambda m: None)
+    weights = (run / "weights.safetensors").read_bytes()
+
+    # config.json says what the run is: unreadable, --resume cannot check it (was a traceback)
+    good = (run / "config.json").read_text()
+    (run / "config.json").write_text("{not json")
+    with pytest.raises(ArchgenError, match=r"config\.json: cannot read what the run is"):
+        train(graph, data, config, run, resume=True, progress=False, log=lambda m: None)
+    (run / "config.json").write_text(good)
+
+    # a trained run whose checkpoints were deleted: both commands trained over its weights
+    for path in sorted((run / "checkpoints").rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    (run / "checkpoints").rmdir()
+    for resume in (False, True):
+        with pytest.raises(ArchgenError, match=r"holds a trained model .* but no checkpoint"):
+            train(graph, data, config, run, resume=resume, progress=False, log=lambda m: None)
+    assert (run / "weights.safetensors").read_bytes() == weights
