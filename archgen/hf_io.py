@@ -264,6 +264,7 @@ def import_hf(
     import torch
 
     from archgen.backends.torch_model import build_model
+    from archgen.spec.loader import name_problem
     from archgen.spec.models import ArchSpec
 
     folder = Path(hf_dir)
@@ -271,14 +272,16 @@ def import_hf(
     target.check()
     if not (folder / "config.json").is_file():
         raise ArchgenError(f"{folder}: no config.json", hint="give a folder from save_pretrained")
+    model_name = name or folder.resolve().name
+    problem = name_problem(model_name)
+    if problem is not None:  # the spec written would not load
+        raise ArchgenError(f"model name {model_name!r} {problem}", hint="pass --name NAME")
     transformers = _transformers()
     try:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     except (ValueError, KeyError, OSError, TypeError) as exc:
         raise ArchgenError(f"{folder}/config.json: transformers cannot read it: {exc}") from None
-    model_spec = spec_from_hf_config(
-        config.to_dict(), name=name or folder.resolve().name, max_seq_len=max_seq_len
-    )
+    model_spec = spec_from_hf_config(config.to_dict(), name=model_name, max_seq_len=max_seq_len)
     spec = ArchSpec.model_validate({"model": model_spec})
     graph = compile_spec(spec)
     layout = hf_layout(graph, reading=True)

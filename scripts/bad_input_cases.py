@@ -439,7 +439,7 @@ def option_cases() -> Iterator[Case]:
     yield case("--format hf, a model transformers lacks", f"{export} -f hf", spec(swa))
     yield case("--format hf, a masked-diffusion LM", f"{export} -f hf", diffusion)
     for opts, codes in (("--backend garbage", (2,)), ("--device garbage", (2,)),
-                        ("--dtype garbage", (2,)), ("--device cuda", (3,)),
+                        ("--dtype garbage", (2,)), ("-b eager --device cuda", (3,)),
                         ("--backend tensorrt", (3,)), ("--provider foo", (2,)),
                         ("--max-seq 0", (2,)), ("--max-seq 100000", (2,))):  # fmt: skip
         yield case(opts, f"validate spec.yaml {opts}", s, codes=codes)
@@ -474,7 +474,6 @@ def option_cases() -> Iterator[Case]:
                f"{search_cmd} --storage postgresql://me:{PASSWORD}@127.0.0.1:1/db", search,
                codes=(2, 3))  # fmt: skip
     yield case("a spec without a search: section", search_cmd, s)
-    yield case("a masked-diffusion LM", search_cmd, spec(DIFFUSION + SEARCH_SECTION))
     yield case("a slot naming layer 7 of 1", search_cmd,
                spec(edit("layers: [0]", "layers: [7]", SEARCH)))  # fmt: skip
     yield case("workload seq_len > max_seq_len", search_cmd,

@@ -163,3 +163,15 @@ def test_a_run_is_resumed_only_from_what_it_can_read(tmp_path: Path) -> None:
         with pytest.raises(ArchgenError, match=r"holds a trained model .* but no checkpoint"):
             train(graph, data, config, run, resume=resume, progress=False, log=lambda m: None)
     assert (run / "weights.safetensors").read_bytes() == weights
+
+
+def test_import_refuses_a_model_name_that_is_not_a_file_name(tmp_path: Path) -> None:
+    # It wrote a spec.yaml with model.name ../../x, which no command would load.
+    from archgen.hf_io import import_hf
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "llama"}')
+    for name in ("../../x", "a/b", ".."):
+        with pytest.raises(ArchgenError, match="must be a plain file name"):
+            import_hf(tmp_path / "hf", tmp_path / "out", name=name)
+    assert not (tmp_path / "out").exists()
