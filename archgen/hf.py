@@ -405,6 +405,8 @@ def _rope_theta(cfg: Mapping[str, Any]) -> float:
 
 
 def _int(cfg: Mapping[str, Any], key: str) -> int:
+    if key not in cfg:
+        raise _refuse_config(key, None, "missing: archgen needs it")
     value = cfg[key]
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -453,6 +455,10 @@ def spec_from_hf_config(
     map. ``max_seq_len`` defaults to ``max_position_embeddings`` (Mamba's configs have none:
     4096)."""
     kind = cfg.get("model_type")
+    if kind not in ("mamba", "mamba2", "llama", "bamba"):  # before any other field is read
+        raise _refuse_config(
+            "model_type", kind, "archgen imports mamba, mamba2, llama and bamba models"
+        )
     _check(cfg, "hidden_act", lambda v: v == "silu", "archgen's mixers use SiLU")
     n_layers = _int(cfg, "num_hidden_layers")
     mixers: list[tuple[dict[str, Any], dict[str, Any] | None]]
@@ -466,7 +472,7 @@ def spec_from_hf_config(
     elif kind == "mamba2":
         eps = cfg["layer_norm_epsilon"]
         mixers = [(_mamba2_spec(cfg, bamba=False), None)] * n_layers
-    elif kind in ("llama", "bamba"):
+    else:  # llama, bamba
         eps = cfg["rms_norm_eps"]
         _check(cfg, "pretraining_tp", lambda v: v in (None, 1), "tensor-parallel slicing")
         mlp = {"kind": "swiglu", "hidden": _int(cfg, "intermediate_size"),
@@ -479,10 +485,6 @@ def spec_from_hf_config(
             attn = _attention_spec(cfg) if attn_at else {}
             mamba = _mamba2_spec(cfg, bamba=True)
             mixers = [(attn if i in attn_at else mamba, mlp) for i in range(n_layers)]
-    else:
-        raise _refuse_config(
-            "model_type", kind, "archgen imports mamba, mamba2, llama and bamba models"
-        )
     if kind in ("mamba2", "bamba") and eps != MAMBA2_GATED_NORM_EPS:
         raise _refuse_config(
             "layer_norm_epsilon" if kind == "mamba2" else "rms_norm_eps",

@@ -204,11 +204,14 @@ def _metrics_json(metrics: Metrics) -> dict[str, Any]:
 
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a transformers folder: ``model.safetensors`` or its shards."""
-    from safetensors.torch import load_file
+    from archgen.backends.weights import load_tensors
 
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ArchgenError(f"{index}: not a safetensors shard index ({exc!r})") from None
         files = [folder / s for s in shards]
     else:
         files = [folder / "model.safetensors"]
@@ -220,7 +223,7 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
         )
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
-        tensors.update(load_file(str(file)))
+        tensors.update(load_tensors(file))  # a damaged file: an ArchgenError naming it
     return tensors
 
 

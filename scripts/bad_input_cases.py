@@ -500,7 +500,9 @@ def option_cases() -> Iterator[Case]:
                          ("an unsupported model_type", h, text("hf/config.json", gpt2)),
                          ("no weights", h, remove("hf/model.safetensors")),
                          ("model.safetensors truncated", h, cut("hf/model.safetensors", 100)),
-                         ("config.json missing", h, remove("hf/config.json"))):  # fmt: skip
+                         ("config.json missing", h, remove("hf/config.json")),
+                         ("a garbage shard index", h, text("hf/model.safetensors.index.json",
+                                                           "[1]"))):  # fmt: skip
         yield case(what, "import hf -o out", *setup)  # type: ignore[arg-type]
     for opts in ("--max-seq-len 0", "--name ../../escaped", "--name a/b"):
         yield case(opts, f"import hf -o out {opts}", h)

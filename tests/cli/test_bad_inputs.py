@@ -175,3 +175,21 @@ def test_import_refuses_a_model_name_that_is_not_a_file_name(tmp_path: Path) -> 
         with pytest.raises(ArchgenError, match="must be a plain file name"):
             import_hf(tmp_path / "hf", tmp_path / "out", name=name)
     assert not (tmp_path / "out").exists()
+
+
+def test_import_refuses_what_it_cannot_read_naming_it(tmp_path: Path) -> None:
+    # A gpt2 config ended in KeyError 'num_hidden_layers', a truncated checkpoint in
+    # SafetensorError: tracebacks both.
+    from archgen.hf import spec_from_hf_config
+    from archgen.hf_io import _read_tensors
+
+    with pytest.raises(ArchgenError, match="model_type = 'gpt2': archgen imports mamba"):
+        spec_from_hf_config({"model_type": "gpt2", "n_layer": 2}, name="m")
+    with pytest.raises(ArchgenError, match="num_hidden_layers = None: missing"):
+        spec_from_hf_config({"model_type": "llama", "hidden_act": "silu"}, name="m")
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(ArchgenError, match=r"model\.safetensors: not a readable safetensors"):
+        _read_tensors(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text("[1]")
+    with pytest.raises(ArchgenError, match="not a safetensors shard index"):
+        _read_tensors(tmp_path)
