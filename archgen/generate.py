@@ -203,6 +203,47 @@ def load_onnx_denoiser(spec: str | os.PathLike[str], folder: Path) -> Callable:
     return artifact.run  # type: ignore[attr-defined]
 
 
+def load_denoiser(
+    spec: str | os.PathLike[str], weights: Path | None, backend: str | None = None
+) -> tuple[Callable, str]:
+    """A masked-diffusion LM's denoiser (``tokens [1, L] -> logits [1, L, V]``) and what runs
+    it: an ``archgen export --format onnx`` folder as ``weights`` runs in onnxruntime, else
+    ``backend`` ``"eager"`` (the default) or ``"compile"`` runs the model with ``weights``."""
+    if is_onnx_export(weights):
+        assert weights is not None
+        if backend not in (None, "onnx"):
+            raise ArchgenError(
+                f"--backend {backend} with {weights}, an onnx export folder (run in onnxruntime)",
+                hint="pass the run folder it was exported from, or drop --backend",
+            )
+        return load_onnx_denoiser(spec, weights), "onnxruntime"
+    if backend == "compile":
+        return load_compiled_denoiser(spec, weights), "torch.compile"
+    if backend not in (None, "eager"):
+        raise ArchgenError(f"unknown denoiser backend {backend!r}; choose eager or compile")
+    return load_for_generation(spec, weights), "eager"
+
+
+def load_compiled_denoiser(spec: str | os.PathLike[str], weights: Path | None) -> Callable:
+    """The compile backend's artifact of ``spec`` (torch.compile / Inductor) with ``weights``, as
+    the denoiser of :func:`archgen.decoding.decode`: every call of a decoding has the same length
+    (prompt + generation), so one compiled graph serves them all."""
+    from archgen import api
+    from archgen.backends.base import LowerOptions, get_backend
+    from archgen.backends.weights import weights_file
+    from archgen.errors import UnavailableError
+
+    graph = api.compile_spec(spec)
+    path = weights_file(weights) if weights is not None else None
+    api.check_memory(graph, "generate")
+    backend = get_backend("compile")
+    ok, why = backend.is_available()
+    if not ok:
+        raise UnavailableError(f"cannot use the compile backend here: {why}")
+    options = LowerOptions(weights=str(path) if path is not None else None)
+    return backend.lower(graph, options).run
+
+
 def load_for_generation(spec: str | os.PathLike[str], weights: Path | None) -> torch.nn.Module:
     """The eager model of ``spec`` with ``weights`` (a file, or a folder written by build, train,
     distill or search: ``OUT/best``)."""

@@ -61,6 +61,11 @@ NewFolderOpt = Annotated[
 FORCE_HELP = "replace a previous `archgen {}` output in --output (never other files)"
 
 
+class DenoiserBackend(str, Enum):  # what runs a masked-diffusion LM's denoiser in generate
+    eager = "eager"
+    compile = "compile"
+
+
 class QualityChoice(str, Enum):  # archgen.search_api.FIDELITIES
     analytic = "analytic"
     capability = "capability"
@@ -259,6 +264,15 @@ def generate(
             "block=32} or localleap{tau=0.9,tau_relax=0.75,radius=4,block=32} (the default)"
         ),
     ] = None,
+    backend: Annotated[
+        DenoiserBackend | None,
+        typer.Option(
+            "--backend",
+            "-b",
+            help="masked-diffusion LMs: what runs the denoiser (eager, or compile: "
+            "torch.compile); an onnx export folder as --weights runs in onnxruntime",
+        ),
+    ] = None,
 ) -> None:
     """Generate text token by token with each mixer's incremental state (masked-diffusion LMs:
     by denoising the answer with a --decoder policy)."""
@@ -266,13 +280,18 @@ def generate(
     from archgen import generate as gen
 
     info = api.compile_spec(spec).model
+    if info.mask_token is None and backend is not None:
+        raise ArchgenError(
+            f"--backend applies to masked-diffusion-lm models; {spec} is a {info.task}",
+            hint="drop --backend (a causal LM decodes with each mixer's eager incremental state)",
+        )
     if info.mask_token is None and decoder is not None:
         raise ArchgenError(
             f"--decoder applies to masked-diffusion-lm models; {spec} is a {info.task}",
             hint="drop --decoder (a causal LM samples token by token)",
         )
     if info.mask_token is not None:
-        _generate_diffusion(spec, weights, prompt, max_new_tokens, temperature, decoder)
+        _generate_diffusion(spec, weights, prompt, max_new_tokens, temperature, decoder, backend)
         return
     if gen.is_onnx_export(weights):
         raise ArchgenError(
@@ -314,6 +333,7 @@ def _generate_diffusion(
     max_new_tokens: int,
     temperature: float | None,
     decoder: str | None,
+    backend: DenoiserBackend | None,
 ) -> None:
     from archgen import api, decoding
     from archgen import generate as gen
@@ -332,11 +352,7 @@ def _generate_diffusion(
     tokens = gen.encode_prompt(prompt, info.vocab_size - 1, tokenizer)
     if weights is None:
         err.print("note: no --weights given: generating from a randomly initialised model")
-    if gen.is_onnx_export(weights):
-        assert weights is not None
-        denoiser, backend = gen.load_onnx_denoiser(spec, weights), "onnxruntime"
-    else:
-        denoiser, backend = gen.load_for_generation(spec, weights), "eager"
+    denoiser, runs_on = gen.load_denoiser(spec, weights, backend.value if backend else None)
     result = decoding.decode(
         denoiser, tokens, max_new_tokens, policy,
         mask_token=info.mask_token, max_seq_len=info.max_seq_len,
@@ -344,7 +360,7 @@ def _generate_diffusion(
     typer.echo(prompt + gen.decode_text(result.new_tokens, tokenizer))
     per_call = " ".join(str(n) for n in result.committed_per_call)
     err.print(
-        f"{len(result.new_tokens)} tokens in {result.seconds:.2f} s with {policy} ({backend}): "
+        f"{len(result.new_tokens)} tokens in {result.seconds:.2f} s with {policy} ({runs_on}): "
         f"NFE {result.nfe} ({result.tokens_per_call:.2f} tokens per call; per call: {per_call})",
         markup=False,
         soft_wrap=True,

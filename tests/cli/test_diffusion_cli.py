@@ -6,6 +6,7 @@ traceback)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -49,14 +50,17 @@ def exported(trained: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 DECODERS = ["confidence{tokens=2,block=4}", "threshold{tau=0.9,block=8}", "localleap{block=4}"]
 
 
-def _generate(weights: str, decoder: str) -> tuple[str, str]:
+def _generate(weights: str, decoder: str, *more: str) -> tuple[str, str]:
     r = archgen(
         "generate", SPEC, "--weights", weights, "--prompt", "def ", "--max-new-tokens", "8",
-        "--decoder", decoder,
+        "--decoder", decoder, *more,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("def ")
     assert "8 tokens in" in r.stderr and "NFE " in r.stderr
+    export = (Path(weights) / "model.onnx").is_file()
+    runs_on = "torch.compile" if "compile" in more else "onnxruntime" if export else "eager"
+    assert f"({runs_on}):" in r.stderr
     return r.stdout, r.stderr.split("NFE ", 1)[1]
 
 
@@ -67,6 +71,40 @@ def test_generate_with_each_decoder_eager_and_onnx_alike(
     """The decoders drive the trained eager model and its ONNX export (--weights EXPORT):
     the same text and the same tokens committed per call at temperature 0."""
     assert _generate(exported, decoder) == _generate(trained, decoder)
+
+
+TINY = """
+model:
+  name: tiny-denoiser
+  task: masked-diffusion-lm
+  vocab_size: 37
+  d_model: 16
+  max_seq_len: 32
+  layers:
+    - token_mixer: {kind: attention, heads: 2}
+      channel_mixer: {kind: mlp}
+"""
+
+
+def test_the_compile_backend_denoises_as_eager(tmp_path: Path) -> None:
+    """`generate --backend compile`'s denoiser (torch.compile; one graph, every call has the
+    same length) commits what the eager model commits, call by call (a tiny model: Inductor's
+    C++ build of the example takes minutes here)."""
+    from archgen import api, decoding
+    from archgen import generate as gen
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    weights = tmp_path / "built"
+    api.build(spec, weights)
+    policy = decoding.parse_decoder("confidence{tokens=2,block=4}")
+    runs = {}
+    for backend in ("eager", "compile"):
+        denoiser, runs_on = gen.load_denoiser(spec, weights, backend)
+        runs[runs_on] = decoding.decode(denoiser, [3, 1, 4], 8, policy, mask_token=36)
+    eager, compiled = runs["eager"], runs["torch.compile"]
+    assert compiled.new_tokens == eager.new_tokens
+    assert compiled.committed_per_call == eager.committed_per_call
 
 
 def test_validate_the_onnx_backend(trained: str) -> None:
@@ -106,6 +144,18 @@ def test_a_causal_only_mixer_is_refused_with_the_reason(tmp_path) -> None:
     r = archgen("generate", str(ROOT / "examples" / "transformer.yaml"), "--prompt", "x",
                 "--decoder", "localleap")  # fmt: skip
     assert r.returncode == 2 and "--decoder applies to masked-diffusion-lm models" in r.stderr
+
+
+def test_backend_applies_to_diffusion_denoisers_only(tmp_path) -> None:
+    r = archgen("generate", str(ROOT / "examples" / "transformer.yaml"), "--prompt", "x",
+                "--backend", "compile")  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--backend applies to masked-diffusion-lm models" in r.stderr
+    (tmp_path / "model.onnx").write_bytes(b"")
+    r = archgen("generate", SPEC, "--prompt", "x", "--weights", str(tmp_path), "--backend",
+                "compile", "--max-new-tokens", "8", "--decoder", "localleap{block=8}")  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--backend compile with" in r.stderr and "an onnx export folder" in r.stderr
 
 
 def test_an_onnx_export_folder_drives_diffusion_decoding_only(tmp_path) -> None:
