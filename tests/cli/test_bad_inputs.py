@@ -18,20 +18,17 @@ from scripts.bad_input_cases import CASES, Case
 from scripts.bad_input_sweep import Outcome, run_cases
 from tests.conftest import TINY_LM, archgen
 
-# One or two per bug class of the issue; only the model and run fixtures (no transformers).
+# One per bug class of the issue (tests/spec and tests/cli/test_bad_input.py hold more of the
+# spec and option ones); only the model and run fixtures (no transformers).
 SUBSET = (
     "check: !!python tag on a list",
-    "check: spec is /dev/zero",
     "build: build -o a folder holding notes.txt",
-    "build: build -o a training run",
     "export: export --force over notes.txt",
     "convert: -o the input folder",
     "generate: generate model: weights.safetensors cut to 1000 bytes",
     "distill: distill --teacher model: weights.safetensors cut to 20 bytes",
     "train: --resume, both checkpoints' state.pt truncated",
     "train: --batch-size 1048576",
-    "train: model.name ../../x, default output",
-    "export: --provider foo",
     "search: --budget 1e400ms",
     "search: --storage: postgresql with a password, unreachable",
     "validate: --json names a folder",
