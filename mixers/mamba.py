@@ -34,8 +34,10 @@ Three implementations of the scan, picked by ``scan=``:
   once); on CUDA ``"triton"`` when triton is installed (float32 and bf16 modules; the scan runs
   in float32); otherwise, and while exporting, ``"chunked"`` -- except inside
   ``selective_scan.exported_as_custom_op()`` (the onnx backend's default), where a float32
-  scan exports as the kernel's custom op ``archgen::selective_scan``, one node that
-  onnxruntime runs with archgen's custom-op library (``archgen.backends.onnx_scan``).
+  scan exports as the kernel's custom op ``archgen::selective_scan_softplus`` (Δ's softplus and
+  dt bias folded in, mamba-ssm's ``delta_softplus``), one node that onnxruntime runs with
+  archgen's custom-op library (``archgen.backends.onnx_scan``). Under any export the causal
+  conv is written as one grouped ``conv1d`` (an ONNX ``Conv``), not eager's in-place taps.
 
 The implementation actually used by the last ``forward`` is recorded in ``last_scan_impl``.
 
@@ -331,6 +333,13 @@ class Mamba(TokenMixer):
         wants ``[B, Din, L]`` and the two transposing copies cost more than the conv itself."""
         conv = conv or self.conv1d
         k = self.d_conv
+        if exporting():
+            # One ONNX Conv (group = channels, left padding K-1): the in-place tap updates below
+            # export as ScatterND/Slice chains, 17 % of onnxruntime's time at L=512. Same sum.
+            out = F.conv1d(
+                F.pad(x.transpose(1, 2), (k - 1, 0)), conv.weight, conv.bias, groups=x.shape[-1]
+            )
+            return out.transpose(1, 2)
         weight = conv.weight[:, 0]  # [Din, K]; tap K-1 multiplies the current token
         bias = conv.bias
         out = x * weight[:, k - 1] if bias is None else torch.addcmul(bias, x, weight[:, k - 1])
@@ -394,11 +403,23 @@ class Mamba(TokenMixer):
         """Conv, SiLU and selective scan of pre-conv ``x [B, L, Din]`` with direction ``p``'s
         parameters, in time order: ``y [B, L, Din]`` in the scan dtype."""
         x = F.silu(self._causal_conv(x, p.conv1d))
+        if impl == "fused" and exporting():  # the custom op computes softplus(dt + bias) itself
+            return self._exported_fused_scan(x, p)
         dt, b, c, a_mat = self._ssm_inputs(x, p)
         xs, d_skip = x.to(dt.dtype), p.D.to(dt.dtype)
         compiling = torch.compiler.is_compiling() and not exporting()
         run = _run_scan_outside_graph if compiling and impl == "chunked" else _run_scan
         return run(impl, xs, dt, a_mat, b, c, d_skip, self.chunk_size)
+
+    def _exported_fused_scan(self, x: torch.Tensor, p: _Direction) -> torch.Tensor:
+        """The scan of post-conv ``x`` as ``archgen::selective_scan_softplus`` (export only, float32
+        scans): the raw dt projection and its bias go in separately, so onnxruntime's node folds
+        ``Δ = softplus(dt + bias)`` into the scan (mamba-ssm's ``delta_softplus``)."""
+        delta, b, c = p.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt_raw = F.linear(delta, p.dt_proj.weight).float()
+        a_mat = -torch.exp(p.A_log.float())
+        args = (x.float(), dt_raw, a_mat, b.float(), c.float(), p.D.float())
+        return fused_kernel.selective_scan_softplus(*args, p.dt_proj.bias.float())
 
     # -- reference -----------------------------------------------------------------------------
     def reference(self, u: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,10 @@
 // provider: inputs x, dt [B, L, D], A [D, N], B, C [B, L, N], D [D]; output
 // y = C_t . h_t + D x_t with h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t, the same contract as
 // the torch op archgen::selective_scan and the same math (selective_scan_core.h).
+// Attribute delta_softplus (int, default 0) and optional input 7, dt_bias [D]: with
+// delta_softplus = 1, dt is the raw dt projection and the scan uses softplus(dt + dt_bias) in
+// float32 (mamba-ssm's delta_softplus), which saves onnxruntime's slow Softplus and the Add;
+// graphs written before the attribute existed mean 0 and run unchanged.
 //
 // Written against the C API only (third_party/onnxruntime/onnxruntime_c_api.h, API 21): the C
 // API is append-only, so the library asks the runtime for the oldest version that has every
@@ -24,14 +28,20 @@ namespace {
 constexpr uint32_t kApiVersion = 17;
 constexpr const char* kDomain = "archgen";
 constexpr const char* kOpName = "SelectiveScan";
-constexpr size_t kInputs = 6;  // x, dt, A, B, C, D
+constexpr size_t kInputs = 7;     // x, dt, A, B, C, D, dt_bias (optional)
+constexpr size_t kRequired = 6;
 
 const OrtApi* g_api = nullptr;
 
 struct ScanArgs {
-  const float *x, *dt, *A, *Bm, *Cm, *Dk;
+  const float *x, *dt, *A, *Bm, *Cm, *Dk, *dt_bias;
   float* y;
   int64_t L, D, N, n_blk;
+  bool delta_softplus;
+};
+
+struct Kernel {
+  bool delta_softplus;
 };
 
 void run_block(void* data, size_t i) {
@@ -40,7 +50,7 @@ void run_block(void* data, size_t i) {
   const int64_t c0 = (static_cast<int64_t>(i) % a.n_blk) * archgen_scan::W;
   const int64_t bld = b * a.L * a.D, bln = b * a.L * a.N;
   archgen_scan::forward_block(a.x + bld, a.dt + bld, a.A, a.Bm + bln, a.Cm + bln, a.Dk,
-                              a.y + bld, a.L, a.D, a.N, c0);
+                              a.y + bld, a.L, a.D, a.N, c0, a.dt_bias, a.delta_softplus);
 }
 
 OrtStatus* fail(const std::string& message) {
@@ -73,20 +83,33 @@ OrtStatus* input_shape(OrtKernelContext* ctx, size_t i, const OrtValue** value,
   return status;
 }
 
-OrtStatus* ORT_API_CALL compute(void* /*kernel*/, OrtKernelContext* ctx) {
-  const OrtValue* in[kInputs];
+OrtStatus* ORT_API_CALL compute(void* kernel, OrtKernelContext* ctx) {
+  const OrtValue* in[kInputs] = {};
   std::vector<int64_t> s[kInputs];
-  for (size_t i = 0; i < kInputs; ++i) RETURN_IF_ERROR(input_shape(ctx, i, &in[i], &s[i]));
+  size_t given = 0;
+  RETURN_IF_ERROR(g_api->KernelContext_GetInputCount(ctx, &given));
+  for (size_t i = 0; i < kRequired; ++i) RETURN_IF_ERROR(input_shape(ctx, i, &in[i], &s[i]));
+  bool has_bias = false;
+  if (given > kRequired) {  // an optional input left empty ("") arrives as null
+    const OrtValue* v = nullptr;
+    RETURN_IF_ERROR(g_api->KernelContext_GetInput(ctx, kRequired, &v));
+    if (v != nullptr) {
+      RETURN_IF_ERROR(input_shape(ctx, kRequired, &in[kRequired], &s[kRequired]));
+      has_bias = true;
+    }
+  }
   const auto &xs = s[0], &as = s[2], &bs = s[3];
   if (xs.size() != 3 || s[1] != xs) return fail("x and dt must be [B, L, D] of one shape");
   if (as.size() != 2 || as[0] != xs[2]) return fail("A must be [D, N]");
   if (bs.size() != 3 || bs[0] != xs[0] || bs[1] != xs[1] || bs[2] != as[1] || s[4] != bs)
     return fail("B and C must be [B, L, N]");
   if (s[5].size() != 1 || s[5][0] != xs[2]) return fail("D must be [D]");
+  if (has_bias && (s[6].size() != 1 || s[6][0] != xs[2])) return fail("dt_bias must be [D]");
 
   ScanArgs args{};
-  const float** ptrs[kInputs] = {&args.x, &args.dt, &args.A, &args.Bm, &args.Cm, &args.Dk};
-  for (size_t i = 0; i < kInputs; ++i) {
+  const float** ptrs[kInputs] = {&args.x,  &args.dt, &args.A,      &args.Bm,
+                                 &args.Cm, &args.Dk, &args.dt_bias};
+  for (size_t i = 0; i < (has_bias ? kInputs : kRequired); ++i) {
     void* p = nullptr;
     RETURN_IF_ERROR(g_api->GetTensorMutableData(const_cast<OrtValue*>(in[i]), &p));
     *ptrs[i] = static_cast<const float*>(p);
@@ -100,21 +123,27 @@ OrtStatus* ORT_API_CALL compute(void* /*kernel*/, OrtKernelContext* ctx) {
   args.D = xs[2];
   args.N = as[1];
   args.n_blk = (args.D + archgen_scan::W - 1) / archgen_scan::W;
+  args.delta_softplus = static_cast<const Kernel*>(kernel)->delta_softplus;
   const size_t total = static_cast<size_t>(xs[0] * args.n_blk);
   if (total == 0 || args.L == 0) return nullptr;  // empty batch or sequence: nothing to do
   // One task per (batch, channel block); 0 = let the thread pool batch them.
   return g_api->KernelContext_ParallelFor(ctx, run_block, total, 0, &args);
 }
 
-int g_kernel = 0;  // the kernel is stateless: every node shares this (non-null) handle
-
-OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*,
+OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info,
                                       void** kernel) {
-  *kernel = &g_kernel;
+  int64_t flag = 0;
+  OrtStatus* status = g_api->KernelInfoGetAttribute_int64(info, "delta_softplus", &flag);
+  if (status != nullptr) {  // absent: a graph from before the attribute, plain dt
+    g_api->ReleaseStatus(status);
+    flag = 0;
+  }
+  if (flag != 0 && flag != 1) return fail("attribute delta_softplus must be 0 or 1");
+  *kernel = new Kernel{flag == 1};
   return nullptr;
 }
 
-void ORT_API_CALL destroy_kernel(void*) {}
+void ORT_API_CALL destroy_kernel(void* kernel) { delete static_cast<Kernel*>(kernel); }
 
 OrtCustomOp make_op() {
   OrtCustomOp op{};  // every callback not set here stays null: onnxruntime's defaults
@@ -127,8 +156,8 @@ OrtCustomOp make_op() {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   };
   op.GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
-  op.GetInputCharacteristic = [](const OrtCustomOp*, size_t) {
-    return INPUT_OUTPUT_REQUIRED;
+  op.GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
+    return i < kRequired ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
   };
   op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) {
     return INPUT_OUTPUT_REQUIRED;

@@ -215,3 +215,49 @@ def selective_scan(
     (float32 or float64), CPU. Differentiable in all inputs (C++ reverse scan).
     """
     return _scan_op(x, dt, a_mat, b, c, d_skip)
+
+
+# Export only (inside exported_as_custom_op): the scan with Δ = softplus(dt + dt_bias) folded in,
+# mamba-ssm's delta_softplus. backends/onnx_scan.py lowers it to archgen.SelectiveScan with
+# delta_softplus=1, whose kernel computes the softplus in float32 inside the scan; this eager
+# body (softplus in torch, then the plain scan) only serves tracing checks, and has no autograd:
+# exports are for inference.
+@torch.library.custom_op("archgen::selective_scan_softplus", mutates_args=())
+def _scan_softplus_op(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a_mat: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    d_skip: torch.Tensor,
+    dt_bias: torch.Tensor,
+) -> torch.Tensor:
+    delta = torch.nn.functional.softplus(dt + dt_bias)
+    return _ext().scan_fwd(*(t.contiguous() for t in (x, delta, a_mat, b, c, d_skip)))
+
+
+@_scan_softplus_op.register_fake
+def _(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a_mat: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    d_skip: torch.Tensor,
+    dt_bias: torch.Tensor,
+) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def selective_scan_softplus(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a_mat: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    d_skip: torch.Tensor,
+    dt_bias: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`selective_scan` with ``Δ = softplus(dt + dt_bias)`` (``dt_bias [D]``): the op a
+    Mamba export records (:func:`exported_as_custom_op`); no autograd."""
+    return _scan_softplus_op(x, dt, a_mat, b, c, d_skip, dt_bias)

@@ -54,9 +54,18 @@ inline float decay_exp(float x) {
 
 inline double decay_exp(double x) { return std::exp(x); }  // float64 is for tests, not speed
 
+// torch's F.softplus (beta 1, threshold 20): log(1 + e^v), and v itself above 20, where the two
+// agree to float64 resolution. Used for Δ = softplus(dt + bias) when the caller folds it into the
+// scan (mamba-ssm's delta_softplus): one log1p/exp per (t, channel), against N decays per step.
+template <typename T>
+inline T softplus(T v) {
+  return v > T(20) ? v : std::log1p(std::exp(v));
+}
+
 template <typename T>
 struct Block {
-  // Per-step inputs of one block, zero-padded past the last channel so padded lanes are inert.
+  // Per-step inputs of one block, zero-padded past the last channel so padded lanes are inert
+  // (a padded lane's dt is 0 even with softplus: it is set after the transform).
   T dt[W], x[W], dtx[W];
   void load(const T* dtp, const T* xp, int64_t w) {
     if (w == W) {  // full block: plain vector loads
@@ -72,6 +81,16 @@ struct Block {
         x[c] = c < w ? xp[c] : T(0);
         dtx[c] = dt[c] * x[c];
       }
+    }
+  }
+  // The same with dt = softplus(dtp + bias) (bias: the block's W values, zero-padded; may be
+  // null for no bias).
+  void load_softplus(const T* dtp, const T* bias, const T* xp, int64_t w) {
+    for (int64_t c = 0; c < W; ++c) {
+      const T raw = c < w ? dtp[c] + (bias ? bias[c] : T(0)) : T(0);
+      dt[c] = c < w ? softplus(raw) : T(0);
+      x[c] = c < w ? xp[c] : T(0);
+      dtx[c] = dt[c] * x[c];
     }
   }
 };
@@ -109,10 +128,15 @@ inline void advance(const Block<T>& s, const T* at, const T* bt, int64_t N, T* h
   }
 }
 
+// delta_softplus: dt holds the raw projection and the scan uses softplus(dt + dt_bias) (dt_bias
+// [D] or null), computed here in T; otherwise dt is Δ itself and dt_bias is ignored.
 template <typename T>
 void forward_block(const T* x, const T* dt, const T* A, const T* Bm, const T* Cm, const T* Dk,
-                   T* y, int64_t L, int64_t D, int64_t N, int64_t c0) {
+                   T* y, int64_t L, int64_t D, int64_t N, int64_t c0,
+                   const T* dt_bias = nullptr, bool delta_softplus = false) {
   const int64_t w = std::min(W, D - c0);
+  T bias[W];
+  for (int64_t c = 0; c < W; ++c) bias[c] = dt_bias && c < w ? dt_bias[c0 + c] : T(0);
   std::vector<T> at(N * W), h(N * W, T(0));
   T dk[W];
   for (int64_t c = 0; c < W; ++c) dk[c] = c < w ? Dk[c0 + c] : T(0);
@@ -120,7 +144,10 @@ void forward_block(const T* x, const T* dt, const T* A, const T* Bm, const T* Cm
   T* hp = h.data();
   Block<T> s;
   for (int64_t t = 0; t < L; ++t) {
-    s.load(dt + t * D + c0, x + t * D + c0, w);
+    if (delta_softplus)
+      s.load_softplus(dt + t * D + c0, bias, x + t * D + c0, w);
+    else
+      s.load(dt + t * D + c0, x + t * D + c0, w);
     const T* bt = Bm + t * N;
     const T* ct = Cm + t * N;
     alignas(64) T yv[W];

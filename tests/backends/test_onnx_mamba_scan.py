@@ -1,8 +1,9 @@
 """Mamba-1's selective scan as one onnxruntime custom-op node, ``archgen.SelectiveScan``
 (backends/onnx_scan.py, mixers/kernels/ort_selective_scan.*): the node alone against a float64
-loop on odd sizes, a fused export that validates block by block and records its scan form, the
-portable (``Scan``) form with no custom-domain node, and the errors and fallback where the
-library cannot be built.
+loop on odd sizes (also with Δ's softplus and dt bias folded in, ``delta_softplus=1``), the
+causal conv's export form (one Conv), a fused export that validates block by block and records
+its scan form, the portable (``Scan``) form with no custom-domain node, and the errors and
+fallback where the library cannot be built.
 
 The library is built once per cache folder (the suite's ``ARCHGEN_CACHE``) and reused."""
 
@@ -47,10 +48,14 @@ model:
 SCAN_INPUTS = ("x", "dt", "A", "B", "C", "D")
 
 
-def _scan_session() -> ort.InferenceSession:
+def _scan_session(
+    inputs_used: tuple[str, ...] = SCAN_INPUTS, **attributes: int
+) -> ort.InferenceSession:
     """A one-node graph: the custom op alone, with archgen's library."""
-    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in SCAN_INPUTS]
-    node = helper.make_node("SelectiveScan", list(SCAN_INPUTS), ["y"], domain="archgen")
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs_used]
+    node = helper.make_node(
+        "SelectiveScan", list(inputs_used), ["y"], domain="archgen", **attributes
+    )
     output = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     graph = helper.make_graph([node], "scan", inputs, [output])
     opsets = [helper.make_opsetid("", 20), helper.make_opsetid("archgen", 1)]
@@ -89,6 +94,55 @@ def test_scan_node_matches_the_float64_loop(batch, seq, dim, state, rng_seed) ->
     assert_close(torch.from_numpy(y), expected, dtype=torch.float32)
 
 
+@pytest.mark.parametrize(
+    ("batch", "seq", "dim", "state", "with_bias"),
+    [(3, 37, 21, 5, True), (1, 1, 7, 3, True), (2, 45, 33, 16, False)],
+)
+def test_scan_node_with_delta_softplus_matches_the_float64_loop(
+    batch, seq, dim, state, with_bias, rng_seed
+) -> None:
+    """delta_softplus=1: the node takes the raw dt (both signs, some past softplus's threshold
+    of 20) and the optional dt bias, and must equal softplus(dt + bias) then the loop."""
+    gen = torch.Generator().manual_seed(rng_seed)
+    x = torch.randn(batch, seq, dim, generator=gen)
+    dt_raw = torch.randn(batch, seq, dim, generator=gen) * 3 - 2
+    dt_raw[:, ::7, ::3] = 20.5  # the threshold branch (Δ = dt itself); a decay exp(20.5 A) ~ 0
+    a_mat = -torch.rand(dim, state, generator=gen) * 3
+    b, c = (torch.randn(batch, seq, state, generator=gen) for _ in range(2))
+    d_skip = torch.randn(dim, generator=gen)
+    bias = torch.randn(dim, generator=gen) if with_bias else torch.zeros(dim)
+    args = (x, dt_raw, a_mat, b, c, d_skip) + ((bias,) if with_bias else ())
+    names = SCAN_INPUTS + (("dt_bias",) if with_bias else ())
+    session = _scan_session(names, delta_softplus=1)
+    (y,) = session.run(None, {n: t.numpy() for n, t in zip(names, args, strict=True)})
+    delta = torch.nn.functional.softplus(dt_raw.double() + bias.double())
+    expected = _loop_reference(x.double(), delta, *(t.double() for t in (a_mat, b, c, d_skip)))
+    assert_close(torch.from_numpy(y), expected, dtype=torch.float32)
+
+
+def test_causal_conv_export_form_equals_the_eager_taps(monkeypatch, rng_seed) -> None:
+    """Under export the conv is one grouped Conv1d (an ONNX Conv); it must equal the in-place
+    taps eager runs, and the token loop of the reference, at an odd length and d_conv."""
+    from archgen.mixers import mamba as mamba_module
+
+    torch.manual_seed(rng_seed)
+    mixer = mamba_module.Mamba(d_model=13, d_state=3, d_conv=5, scan="chunked").double()
+    x = torch.randn(2, 19, mixer.d_inner, dtype=torch.float64)
+    eager = mixer._causal_conv(x)
+    monkeypatch.setattr(mamba_module, "exporting", lambda: True)
+    exported = mixer._causal_conv(x)
+    weight, bias = mixer.conv1d.weight[:, 0], mixer.conv1d.bias
+    loop = torch.stack(
+        [
+            bias + sum(weight[:, j] * x[:, t - 4 + j] for j in range(5) if t - 4 + j >= 0)
+            for t in range(19)
+        ],
+        dim=1,
+    )
+    assert_close(exported, loop, dtype=torch.float64)
+    assert_close(eager, loop, dtype=torch.float64)
+
+
 def test_scan_node_refuses_mismatched_shapes() -> None:
     feed = {
         n: np.zeros(s, np.float32)
@@ -116,6 +170,13 @@ def test_fused_export_has_one_scan_node_per_layer_and_says_so(fused: OnnxArtifac
     proto = onnx.load(str(fused.folder / FORWARD_FILE))
     ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["SelectiveScan"] == 2 and ops["Scan"] == 0
+    # Δ's softplus and dt bias live in the node; each causal conv is one Conv, not a ScatterND
+    # chain
+    assert ops["Softplus"] == 0 and ops["ScatterND"] == 0 and ops["Conv"] == 2
+    scans = [n for n in proto.graph.node if n.op_type == "SelectiveScan"]
+    for node in scans:
+        assert [(a.name, a.i) for a in node.attribute] == [("delta_softplus", 1)]
+        assert len(node.input) == 7 and node.input[6].endswith("dt_proj.bias")
     assert {p.key: p.value for p in proto.metadata_props}[SCAN_FORM_KEY] == FUSED_SCAN
     assert fused.meta.extra["forward"]["mamba_scan"] == FUSED_SCAN
     mixers = [n for n in fused.meta.nodes if n.endswith("token_mixer")]
