@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from archgen.errors import ArchgenError
-from archgen.ir.cost import NodeCost, node_cost, parameter_count
+from archgen.ir.cost import NodeCost, node_cost, node_tokens, parameter_count
 from archgen.ir.graph import Graph
 from archgen.ir.ops import Role
 from archgen.passes import Pass, full_pipeline, parse_pipeline, run_pipeline
 from archgen.passes.base import DumpHook, NoteHook
 from archgen.spec.expand import graph_from_spec, resolve_spec, spec_to_data
 from archgen.spec.loader import load_spec, load_spec_with_warnings, spec_warnings
-from archgen.spec.models import ArchSpec
+from archgen.spec.models import ArchSpec, ModelSpec
 
 __version__ = "0.1.0"
 
@@ -114,6 +114,12 @@ def check(
         notes = spec_warnings(spec.model)
     else:
         spec, notes = load_spec_with_warnings(spec)
+    if seq_len is not None and not isinstance(spec.model, ModelSpec):
+        raise ArchgenError(
+            "--seq-len does not apply to an image-classification model: it is costed at its "
+            f"image size, {spec.model.image_size}x{spec.model.image_size}",
+            hint="change model.image_size in the spec to cost other images",
+        )
     if seq_len is not None and seq_len > spec.model.max_seq_len:
         raise ArchgenError(
             f"--seq-len {seq_len} exceeds the model's max_seq_len {spec.model.max_seq_len}",
@@ -121,6 +127,7 @@ def check(
         )
     graph = compile_spec(spec, seq_len=seq_len, passes=passes, on_note=on_note)
     seq_len = seq_len or graph.model.max_seq_len
+    tokens = node_tokens(graph, seq_len)
     rows: dict[str, dict[str, Any]] = {}
     for node in graph.nodes:
         key = node.block or node.name
@@ -131,7 +138,7 @@ def check(
             row["channel"] = "+".join(filter(None, (row["channel"], node.op.kind)))
         elif node.block is None:
             row["token"] = node.op.kind
-        cost = node_cost(node, seq_len)
+        cost = node_cost(node, tokens[node.name])
         row["cost"] = cost if row["cost"] is None else row["cost"] + cost
     out = [LayerRow(k, r["token"], r["channel"], r["cost"]) for k, r in rows.items()]
     total = out[0].cost
@@ -245,9 +252,13 @@ def memory_estimate(
     per_param = TRAIN_BYTES_PER_PARAM if batch_size else WEIGHT_BYTES
     activations = 0
     if batch_size:
-        per_sequence = sum(n.op.activation_bytes(seq_len, WEIGHT_BYTES) for n in graph.nodes)
+        tokens = node_tokens(graph, seq_len)
+        per_sequence = sum(n.op.activation_bytes(tokens[n.name], WEIGHT_BYTES) for n in graph.nodes)
         activations = batch_size * per_sequence
     batch = f"{batch_size} x {seq_len} tokens" if batch_size else ""
+    if batch_size and graph.model.image is not None:
+        size = graph.model.image.image_size
+        batch = f"{batch_size} images of {size}x{size}"
     return MemoryEstimate(
         command, params, params * per_param, activations, available_memory(device), device, batch
     )

@@ -25,20 +25,34 @@ from archgen.ir.types import BATCH, SEQ, TensorType
 
 # causal-lm: next-token prediction, every node causal. masked-diffusion-lm: a bidirectional
 # denoiser that predicts masked tokens (LLaDA); its last vocabulary id is the mask token.
-Task = Literal["causal-lm", "masked-diffusion-lm"]
+# image-classification: images [B, H, W, C] in, class logits [B, num_classes] out (ImageInfo).
+Task = Literal["causal-lm", "masked-diffusion-lm", "image-classification"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
+class ImageInfo:
+    """The input of an image-classification model: ``f32[B, image_size, image_size,
+    in_channels]`` (channels last, like every 2-D token grid of the IR)."""
+
+    image_size: int
+    in_channels: int
+    num_classes: int
+
+
+@dataclass(frozen=True)
 class ModelInfo:
-    """Model-level facts every pass and backend may need."""
+    """Model-level facts every pass and backend may need. An image-classification model has
+    ``image`` set; its ``vocab_size`` is the number of classes (the width of its logits),
+    ``d_model`` its widest stage and ``max_seq_len`` the tokens of its largest grid."""
 
     name: str
     task: Task
     vocab_size: int
     d_model: int
     max_seq_len: int
+    image: ImageInfo | None = None
 
     @property
     def causal(self) -> bool:
@@ -83,6 +97,7 @@ class Node:
 
 
 TOKENS = "tokens"
+PIXELS = "pixels"  # the input of an image-classification graph
 
 
 class OutputRole(enum.Enum):

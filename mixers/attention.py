@@ -84,6 +84,8 @@ class Attention(TokenMixer):
 
     # -- production ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:  # a vision stage's grid [B, H, W, D]: attend over it flattened
+            return self.forward(x.flatten(1, 2)).view(x.shape)
         positions = torch.arange(x.shape[1], device=x.device)
         q, k, v = self.project(x, positions)
         # enable_gqa instead of repeat_kv: as fast in torch, and an exported graph keeps the
@@ -93,6 +95,8 @@ class Attention(TokenMixer):
 
     # -- reference -----------------------------------------------------------------------------
     def reference(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:  # row-major flattening of a grid, as forward
+            return self.reference(x.flatten(1, 2)).view(x.shape)
         positions = torch.arange(x.shape[1], device=x.device)
         q, k, v = self.project(x, positions)
         groups = self.heads // self.kv_heads

@@ -25,6 +25,11 @@ IMPLEMENTATIONS: dict[type[ops.Op], str] = {
     ops.Mamba2: "archgen.mixers.mamba2:Mamba2",
     ops.MLP: "archgen.mixers.channel:MLP",
     ops.SwiGLU: "archgen.mixers.channel:SwiGLU",
+    ops.PatchEmbed: "archgen.mixers.vision:PatchEmbed",
+    ops.PatchMerge: "archgen.mixers.vision:PatchMerge",
+    ops.ClassifierHead: "archgen.mixers.vision:ClassifierHead",
+    ops.ConvGLU: "archgen.mixers.vision:ConvGLU",
+    ops.RaftTokenMixer: "archgen.mixers.vision:RaftTokenMixer",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from archgen.ir.cost import node_cost
+from archgen.ir.cost import node_cost, node_tokens
 from archgen.ir.graph import Graph
 from archgen.passes.base import Pass, PassResult, option, register_pass
 
@@ -17,13 +17,18 @@ class AnnotateCost(Pass):
     requires: ClassVar[tuple[str, ...]] = ("shapes",)
     ensures: ClassVar[tuple[str, ...]] = ("cost",)
 
-    seq_len: int | None = option("sequence length to cost at (default: max_seq_len)", None)
+    seq_len: int | None = option(
+        "sequence length to cost at (default: max_seq_len; an image model: its image size)", None
+    )
     dtype_bytes: int = option("bytes per activation / state element", 4)
 
     def run(self, graph: Graph) -> PassResult:
         seq_len = self.seq_len or graph.model.max_seq_len
+        tokens = node_tokens(graph, seq_len)
         nodes = tuple(
-            n.annotated(cost=node_cost(n, seq_len, self.dtype_bytes), cost_seq_len=seq_len)
+            n.annotated(
+                cost=node_cost(n, tokens[n.name], self.dtype_bytes), cost_seq_len=tokens[n.name]
+            )
             for n in graph.nodes
         )
         changed = any(

@@ -12,6 +12,9 @@ from archgen.cli.format import human_bytes, human_count
 
 
 def print_check(console: Console, report: CheckReport, spec_path: Path) -> None:
+    if report.graph.model.image is not None:
+        print_image_check(console, report, spec_path)
+        return
     m = report.graph.model
     title = f"{m.name} ({m.task}, d_model={m.d_model}, vocab={m.vocab_size}) at L={report.seq_len}"
     table = Table(title=title, title_justify="left")
@@ -53,6 +56,47 @@ def print_check(console: Console, report: CheckReport, spec_path: Path) -> None:
         )
     console.print(
         f"{spec_path}: ok -- {human_count(t.params)} parameters, {tail}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def print_image_check(console: Console, report: CheckReport, spec_path: Path) -> None:
+    """An image-classification model, costed at its image size: parameters, FLOPs and the
+    activations a training step keeps per image (no decode state: nothing is decoded)."""
+    m = report.graph.model
+    assert m.image is not None
+    size = f"{m.image.image_size}x{m.image.image_size}x{m.image.in_channels}"
+    title = f"{m.name} ({m.task}, {m.image.num_classes} classes) at {size} images"
+    table = Table(title=title, title_justify="left")
+    for col, justify in (
+        ("layer", "left"),
+        ("token mixer", "left"),
+        ("channel mixer", "left"),
+        ("params", "right"),
+        ("GFLOPs", "right"),
+        ("activations", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in report.rows:
+        table.add_row(
+            row.name,
+            row.token_mixer,
+            row.channel_mixer,
+            f"{row.cost.params:,}",
+            f"{row.cost.flops / 1e9:.3f}",
+            human_bytes(row.cost.activation_bytes),
+        )
+    t = report.total
+    table.add_section()
+    table.add_row(
+        "total", "", "", f"{t.params:,}", f"{t.flops / 1e9:.3f}", human_bytes(t.activation_bytes)
+    )
+    console.print(table)
+    console.print(
+        f"{spec_path}: ok -- {human_count(t.params)} parameters, {t.flops / 1e9:.3f} GFLOPs "
+        f"({t.flops / 2e9:.3f} G multiply-adds) per {size} image, "
+        f"{human_bytes(t.activation_bytes)} of training activations per image (float32)",
         markup=False,
         soft_wrap=True,
     )

@@ -27,6 +27,10 @@ NORMS: dict[str, type[RMSNorm] | type[LayerNorm]] = {"rmsnorm": RMSNorm, "layern
 
 def graph_from_spec(spec: ArchSpec) -> Graph:
     m = spec.model
+    if not isinstance(m, ModelSpec):  # image-classification: stages over 2-D grids
+        from archgen.spec.vision import graph_from_vision_spec
+
+        return graph_from_vision_spec(spec)
     info = ModelInfo(m.name, m.task, m.vocab_size, m.d_model, m.max_seq_len)
     norm_cls = NORMS[m.norm]
     g = GraphBuilder(info)
@@ -79,6 +83,10 @@ def spec_from_graph(graph: Graph) -> ArchSpec:
 def resolve_spec(spec: ArchSpec) -> ArchSpec:
     """``spec`` with every ``auto`` attribute filled in, keeping its repeat groups."""
     m = spec.model
+    if not isinstance(m, ModelSpec):
+        from archgen.spec.vision import resolve_vision_spec
+
+        return resolve_vision_spec(spec)
 
     def resolve_mixer(mixer: Any, table: dict[str, Any]) -> Any:
         if mixer is None:

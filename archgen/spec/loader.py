@@ -13,10 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from archgen.ir.ops import BIDIRECTIONAL_FORMS, Op, causality_problem
+from archgen.ir.ops import BIDIRECTIONAL_FORMS, IMAGE_TASK, Op, causality_problem, layout_problem
 from archgen.spec.errors import SpecError, SpecIssue, closest, did_you_mean, format_path
 from archgen.spec.models import (
     CHANNEL_MIXER_SPECS,
+    DOWNSAMPLE_SPECS,
     MAX_LAYERS,
     TOKEN_MIXER_SPECS,
     ArchSpec,
@@ -26,6 +27,7 @@ from archgen.spec.models import (
     expand_layers,
 )
 from archgen.spec.training import DATA_SPECS, TrainSpec
+from archgen.spec.vision_models import StageSpec, VisionModelSpec
 from archgen.spec.yaml_source import Path, SourceMap, load_yaml
 
 MAX_SPEC_BYTES = 1 << 20  # hand-written specs are a few KiB; repeat groups keep them small
@@ -128,8 +130,8 @@ def _strip_tags(loc: tuple[Any, ...], data: Any) -> tuple[Path, Any, Any]:
         path.append(part)
         i += 1
         tagged = (
-            part in ("token_mixer", "channel_mixer")
-            or path == ["data"]
+            part in ("token_mixer", "channel_mixer", "downsample")
+            or path in (["data"], ["model"])
             or (isinstance(part, int) and len(path) >= 2 and path[-2] == "layers")
         )
         if tagged and isinstance(node, dict) and i < len(parts) and isinstance(parts[i], str):
@@ -142,7 +144,13 @@ def _model_at(path: Path, parent: Any) -> type[BaseModel] | None:
     if not path:
         return ArchSpec
     if path == ("model",):
-        return ModelSpec
+        task = parent.get("task") if isinstance(parent, dict) else None
+        return VisionModelSpec if task == IMAGE_TASK else ModelSpec
+    if len(path) == 3 and path[1] == "stages" and isinstance(path[2], int):
+        return StageSpec
+    if path[-1] == "downsample" and isinstance(parent, dict) and "kind" in parent:
+        kind = parent["kind"]
+        return DOWNSAMPLE_SPECS.get(kind) if isinstance(kind, str) else None
     if path == ("train",):
         return TrainSpec
     if path == ("data",):
@@ -237,9 +245,12 @@ def _translate(err: dict[str, Any], data: Any, source: SourceMap) -> SpecIssue:
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         if path == ("data",):
             return _data_kind_issue(kind, value, source)
+        if path and path[-1] == "downsample":
+            return _downsample_kind_issue(kind, value, path, source)
         role = "token mixer" if path and path[-1] == "token_mixer" else "channel mixer"
         specs = TOKEN_MIXER_SPECS if role == "token mixer" else CHANNEL_MIXER_SPECS
         others = CHANNEL_MIXER_SPECS if role == "token mixer" else TOKEN_MIXER_SPECS
+        specs = _kinds_for_task(specs, data)
         if kind == "union_tag_not_found":
             msg = f"missing 'kind'; a {role} is one of: {', '.join(specs)}"
             return SpecIssue(fname, source.locate(path), path, msg)
@@ -304,6 +315,37 @@ def _data_kind_issue(kind: str, value: Any, source: SourceMap) -> SpecIssue:
     hint = did_you_mean(written, DATA_SPECS) if isinstance(written, str) else ""
     msg = f"unknown data kind {_describe(written)}{hint}; known: {known}"
     return SpecIssue(source.filename, source.locate(("data", "kind")), ("data", "kind"), msg)
+
+
+def _kinds_for_task(specs: dict[str, Any], data: Any) -> dict[str, Any]:
+    """The mixer kinds that run on the tokens of the spec's task (1-D sequences or 2-D grids),
+    the ones an error message lists."""
+    model = data.get("model") if isinstance(data, dict) else None
+    task = model.get("task") if isinstance(model, dict) else None
+    task = task if isinstance(task, str) else "causal-lm"
+    context = {
+        **{k: 8 for k in ("d_model", "max_seq_len", "vocab_size", "in_channels", "num_classes")},
+        **{"causal": task == "causal-lm", "height": 2, "width": 2, "norm_eps": 1e-6},
+    }
+    return {
+        kind: spec
+        for kind, spec in specs.items()
+        if layout_problem(
+            spec.op_class(**{k: context[k] for k in spec.op_class.context_fields}), task
+        )
+        is None
+    }
+
+
+def _downsample_kind_issue(kind: str, value: Any, path: Path, source: SourceMap) -> SpecIssue:
+    known = ", ".join(DOWNSAMPLE_SPECS)
+    if kind == "union_tag_not_found":
+        msg = f"missing 'kind'; a downsampling is one of: {known}"
+        return SpecIssue(source.filename, source.locate(path), path, msg)
+    written = value.get("kind") if isinstance(value, dict) else None
+    hint = did_you_mean(written, DOWNSAMPLE_SPECS) if isinstance(written, str) else ""
+    msg = f"unknown downsampling kind {_describe(written)}{hint}; known: {known}"
+    return SpecIssue(source.filename, source.locate((*path, "kind")), (*path, "kind"), msg)
 
 
 def _sorted_unique(issues: list[SpecIssue]) -> list[SpecIssue]:
@@ -376,14 +418,21 @@ def op_context(model: ModelSpec) -> dict[str, int | bool]:
     }
 
 
-def build_op(spec: Any, model: ModelSpec) -> Op:
-    """Instantiate a mixer's node from its spec, passing only the context fields it declares."""
-    ctx = op_context(model)
+def build_op(spec: Any, model: ModelSpec, context: dict[str, Any] | None = None) -> Op:
+    """Instantiate a mixer's node from its spec, passing only the context fields it declares
+    (``context``: the model's facts, :func:`op_context` by default; a vision stage's own)."""
+    ctx = op_context(model) if context is None else context
     return spec.to_op(**{k: ctx[k] for k in spec.op_class.context_fields})
 
 
-def semantic_issues(model: ModelSpec, source: SourceMap | None = None) -> list[SpecIssue]:
+def semantic_issues(
+    model: ModelSpec | VisionModelSpec, source: SourceMap | None = None
+) -> list[SpecIssue]:
     fname = source.filename if source else "<spec>"
+    if isinstance(model, VisionModelSpec):
+        from archgen.spec.vision import vision_issues
+
+        return vision_issues(model, fname, source)
 
     def issue(path: Path, msg: str, *, key: bool = False) -> SpecIssue:
         return SpecIssue(fname, source.locate(path, key=key) if source else None, path, msg)
@@ -407,11 +456,31 @@ def semantic_issues(model: ModelSpec, source: SourceMap | None = None) -> list[S
             if causality_problem(op, model.task) is not None:
                 field = "causal" if "causal" in mixer.model_fields_set else "kind"
                 found.append(issue((*path, slot, field), _causality_message(op, model.task)))
+            elif layout_problem(op, model.task) is not None:
+                found.append(issue((*path, slot, "kind"), _layout_message(op, model.task)))
     return found
+
+
+def _layout_message(op: Op, task: str) -> str:
+    """The spec-level wording of :func:`layout_problem`."""
+    if task == IMAGE_TASK:
+        return (
+            f"{op.kind!r} runs on 1-D sequences only: it has no form over a stage's 2-D token "
+            "grid yet (vision stages take attention, raft, and position-wise channel mixers)"
+        )
+    return (
+        f"{op.kind!r} mixes a 2-D token grid (task {IMAGE_TASK} only), but task {task!r} has "
+        "1-D token sequences"
+    )
 
 
 def _causality_message(op: Op, task: str) -> str:
     """The spec-level wording of :func:`causality_problem`: what to write instead."""
+    if task == "causal-lm" and "causal" not in op.attributes():
+        return (
+            f"{op.kind!r} is not causal (each output mixes positions before and after it), but "
+            "task 'causal-lm' needs causal token mixers"
+        )
     if task == "causal-lm":
         return (
             f"{op.kind!r} is not causal here, but task 'causal-lm' needs causal token mixers "
@@ -428,12 +497,16 @@ def _causality_message(op: Op, task: str) -> str:
     )
 
 
-def spec_warnings(model: ModelSpec, source: SourceMap | None = None) -> list[SpecIssue]:
+def spec_warnings(
+    model: ModelSpec | VisionModelSpec, source: SourceMap | None = None
+) -> list[SpecIssue]:
     """What loads but is probably not what the author meant (errors would refuse specs that
     were valid so far): a sliding window longer than ``max_seq_len``, where every query sees
     every key, as in full attention."""
     fname = source.filename if source else "<spec>"
     found: list[SpecIssue] = []
+    if isinstance(model, VisionModelSpec):
+        return found
     checked: set[Path] = set()
     for path, layer in expand_layers(model.layers, ("model", "layers")):
         if path in checked:

@@ -122,6 +122,13 @@ ChannelMixerSpec = Annotated[
     Union[tuple(CHANNEL_MIXER_SPECS.values())],  # type: ignore[valid-type]  # noqa: UP007
     Field(discriminator="kind"),
 ]
+DOWNSAMPLE_SPECS: dict[str, type[MixerSpec]] = {
+    kind: mixer_spec_model(cls) for kind, cls in ops_with_role(Role.DOWNSAMPLE).items()
+}
+DownsampleSpec = Annotated[
+    Union[tuple(DOWNSAMPLE_SPECS.values())],  # type: ignore[valid-type]  # noqa: UP007
+    Field(discriminator="kind"),
+]
 
 
 class LayerSpec(StrictModel):
@@ -155,11 +162,14 @@ MAX_LAYERS = 4096
 
 class ModelSpec(StrictModel):
     name: str = Field("model", description="model name (used in reports and file names)")
-    task: Literal["causal-lm", "masked-diffusion-lm"] = Field(
+    # image-classification is listed so a typo's message names it; such a spec is a
+    # VisionModelSpec (archgen.spec.vision), chosen by _model_tag before this model validates.
+    task: Literal["causal-lm", "masked-diffusion-lm", "image-classification"] = Field(
         "causal-lm",
-        description="what the model computes: causal-lm (next token; causal mixers) or "
+        description="what the model computes: causal-lm (next token; causal mixers), "
         "masked-diffusion-lm (LLaDA-style denoiser of masked tokens; bidirectional mixers; the "
-        "last vocabulary id is the mask token)",
+        "last vocabulary id is the mask token) or image-classification (stages over 2-D token "
+        "grids; see the image-classification form of model)",
     )
     vocab_size: Int = Field(ge=2, le=1 << 24, description="vocabulary size (256 for bytes)")
     d_model: Int = Field(ge=1, le=1 << 16, description="width of the residual stream")
@@ -184,10 +194,19 @@ class ModelSpec(StrictModel):
         return out
 
 
+def _model_tag(value: Any) -> str:
+    if isinstance(value, dict):
+        return "image" if value.get("task") == "image-classification" else "lm"
+    return "lm" if isinstance(value, ModelSpec) else "image"
+
+
 class ArchSpec(StrictModel):
     """A whole spec file."""
 
-    model: ModelSpec
+    model: Annotated[
+        Annotated[ModelSpec, Tag("lm")] | Annotated[VisionModelSpec, Tag("image")],
+        Discriminator(_model_tag),
+    ]
     search: SearchSpec | None = Field(None, description="architecture search (archgen search)")
     data: DataSpec | None = Field(  # type: ignore[valid-type]
         None, description="training data (archgen train; default: the built-in text corpus)"
@@ -203,6 +222,8 @@ class ArchSpec(StrictModel):
                 out.pop(key, None)
         return out
 
+
+from archgen.spec.vision_models import VisionModelSpec  # noqa: E402 (needs LayerSpec)
 
 RepeatSpec.model_rebuild()
 ModelSpec.model_rebuild()

@@ -8,26 +8,32 @@ from archgen.ir.ops.attention import (
 )
 from archgen.ir.ops.base import (
     BIDIRECTIONAL_FORMS,
+    IMAGE_TASK,
     OP_REGISTRY,
     Constraint,
     Op,
     Role,
     Trait,
     causality_problem,
+    layout_problem,
     ops_with_role,
 )
 from archgen.ir.ops.channel import MLP, SwiGLU
 from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
 from archgen.ir.ops.norms import LayerNorm, RMSNorm
 from archgen.ir.ops.ssm import Mamba, Mamba2
+from archgen.ir.ops.vision import ClassifierHead, ConvGLU, PatchEmbed, PatchMerge, RaftTokenMixer
 
 __all__ = [
     "BIDIRECTIONAL_FORMS",
+    "IMAGE_TASK",
     "MLP",
     "OP_REGISTRY",
     "Attention",
     "CheckpointAttention",
+    "ClassifierHead",
     "Constraint",
+    "ConvGLU",
     "DenseMixer",
     "Embedding",
     "LMHead",
@@ -35,12 +41,16 @@ __all__ = [
     "Mamba",
     "Mamba2",
     "Op",
+    "PatchEmbed",
+    "PatchMerge",
     "RMSNorm",
+    "RaftTokenMixer",
     "ResidualAdd",
     "Role",
     "SlidingWindowAttention",
     "SwiGLU",
     "Trait",
     "causality_problem",
+    "layout_problem",
     "ops_with_role",
 ]

@@ -107,17 +107,21 @@ class Attention(_SoftmaxAttentionBase):
 
     kind: ClassVar[str] = "attention"
     summary: ClassVar[str] = "causal multi-head attention (GQA, RoPE)"
-    # decode state: a KV cache that grows by concatenation (dynamic dim 'past' in ONNX)
+    # decode state: a KV cache that grows by concatenation (dynamic dim 'past' in ONNX). On a
+    # vision stage's grid it attends over the flattened grid (row-major), without a mask.
     traits: ClassVar[frozenset[Trait]] = frozenset(
-        {Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE}
+        {Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE, Trait.GRID}
     )
     context_fields: ClassVar[tuple[str, ...]] = ("d_model", "causal")
 
-    causal: bool = attr("causal mask (from the task: false in a masked-diffusion-lm)", default=True)
+    causal: bool = attr(
+        "causal mask (from the task: false in a masked-diffusion-lm or image-classification)",
+        default=True,
+    )
 
     def has(self, trait: Trait) -> bool:
         # without the mask every output depends on every token: no causality, no decoding
-        if not self.causal and trait in self.traits:
+        if not self.causal and trait in (Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE):
             return False
         return super().has(trait)
 

@@ -28,6 +28,7 @@ class Role(enum.Enum):
     EMBEDDING = "embedding"
     HEAD = "head"
     RESIDUAL = "residual"
+    DOWNSAMPLE = "downsample"  # between vision stages: patch embedding, patch merging
 
 
 class Trait(enum.Enum):
@@ -38,10 +39,18 @@ class Trait(enum.Enum):
     # ... and that step traces to one ONNX graph valid at every position (its state has a fixed
     # size or grows along one dynamic dim), so the onnx backend can export a decode graph
     DECODE_EXPORTABLE = "decode-exportable"
+    # runs on a 2-D token grid ``[B, H, W, C]`` (a stage of an image-classification model)
+    GRID = "grid"
+    # mixes positions of a 2-D grid with their neighbours in both directions (a convolution, a
+    # raft of rows): it needs a grid, has no 1-D sequence form, and is never causal
+    SPATIAL = "spatial"
 
 
-# Ops that act on each position independently: causal, and their step is their forward.
-POSITIONWISE: frozenset[Trait] = frozenset({Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE})
+# Ops that act on each position independently: causal, their step is their forward, and they
+# run on any layout of positions (a 1-D sequence or a 2-D grid).
+POSITIONWISE: frozenset[Trait] = frozenset(
+    {Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE, Trait.GRID}
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,21 @@ def causality_problem(op: Op, task: str) -> str | None:
     return None
 
 
+IMAGE_TASK = "image-classification"
+
+
+def layout_problem(op: Op, task: str) -> str | None:
+    """Why ``op`` cannot run on the tokens a model with ``task`` gives it, or None: a vision
+    stage gives its mixers a 2-D grid ``[B, H, W, C]``, a language model a 1-D sequence. The
+    rule behind the spec loader and ``verify`` (with :func:`causality_problem`)."""
+    mixes = op.role in (Role.TOKEN_MIXER, Role.CHANNEL_MIXER)
+    if task == IMAGE_TASK and mixes and not op.has(Trait.GRID):
+        return "a 1-D sequence mixer: it has no form over an image stage's 2-D token grid yet"
+    if task != IMAGE_TASK and op.has(Trait.SPATIAL):
+        return f"a 2-D grid op (task {IMAGE_TASK} only): a {task} has 1-D token sequences"
+    return None
+
+
 OpT = TypeVar("OpT", bound=type[Op])
 
 OP_REGISTRY: dict[str, type[Op]] = {}
@@ -213,6 +237,7 @@ def ceil_div(a: int, b: int) -> int:
 
 __all__ = [
     "BIDIRECTIONAL_FORMS",
+    "IMAGE_TASK",
     "OP_REGISTRY",
     "POSITIONWISE",
     "Constraint",
@@ -223,6 +248,7 @@ __all__ = [
     "causal_pairs",
     "causality_problem",
     "ceil_div",
+    "layout_problem",
     "linear_flops",
     "linear_params",
     "ops_with_role",

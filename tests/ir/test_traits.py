@@ -29,7 +29,8 @@ def _graph() -> Graph:
 
 
 def _instance(cls: type[Op], **attrs: object) -> Op:
-    context = {"d_model": D_MODEL, "max_seq_len": MAX_LEN, "vocab_size": 1000, "causal": True}
+    context = {"d_model": D_MODEL, "max_seq_len": MAX_LEN, "vocab_size": 1000, "causal": True,
+               "height": 4, "width": 4}  # fmt: skip
     return cls(**{k: context[k] for k in cls.context_fields}, **attrs)  # type: ignore[arg-type]
 
 
@@ -57,9 +58,12 @@ def test_every_op_declares_traits_and_arity(kind: str) -> None:
     assert any("arity" in vars(k) for k in below_op), f"{kind} inherits no declared arity"
     assert isinstance(cls.traits, frozenset) and all(isinstance(t, Trait) for t in cls.traits)
     assert cls.arity == (2 if cls.role is Role.RESIDUAL else 1)
-    if cls.role is not Role.TOKEN_MIXER:
+    if cls.role is not Role.TOKEN_MIXER and Trait.SPATIAL not in cls.traits:
         # position-wise ops can never break causality or decoding
         assert cls.traits == ops.base.POSITIONWISE
+    if Trait.SPATIAL in cls.traits:
+        # a 2-D grid op (vision) mixes neighbours on both sides: never causal nor decodable
+        assert cls.traits == frozenset({Trait.GRID, Trait.SPATIAL})
 
 
 def test_dense_mixer_causality_follows_its_attribute() -> None:
@@ -75,7 +79,8 @@ def test_dense_mixer_causality_follows_its_attribute() -> None:
 def test_masked_diffusion_needs_bidirectional_token_mixers() -> None:
     task = "masked-diffusion-lm"
     full = ops.Attention(d_model=D_MODEL, causal=False)
-    assert not any(full.has(t) for t in Trait)
+    assert not any(full.has(t) for t in ops.base.POSITIONWISE - {Trait.GRID})
+    assert full.has(Trait.GRID)  # it attends over a vision stage's flattened grid
     assert causality_problem(full, task) is None
     assert causality_problem(full, "causal-lm") == "not causal in a causal-lm"
     dense = ops.DenseMixer(d_model=D_MODEL, max_seq_len=MAX_LEN, causal=True)

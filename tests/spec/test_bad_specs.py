@@ -648,8 +648,8 @@ CASES: list[tuple[str, str, str]] = [
           max_seq_len: 128
           layers: [{token_mixer: {kind: mamba}}]
         """,
-        "bad.yaml:2:9: model.task: must be one of causal-lm, masked-diffusion-lm; got "
-        "'causal_lm' (did you mean 'causal-lm'?)",
+        "bad.yaml:2:9: model.task: must be one of causal-lm, masked-diffusion-lm, "
+        "image-classification; got 'causal_lm' (did you mean 'causal-lm'?)",
     ),
     (
         "diffusion-causal-only-mixer",

@@ -1,0 +1,97 @@
+"""The ``model:`` section of an image-classification spec: stages over 2-D token grids.
+
+>>> # model: {task: image-classification, image_size: 32, num_classes: 8, stages: [...]}
+>>> # each stage: {width, depth, downsample: {kind: patch_embed, stride: 4}, block: [layers]}
+
+A stage downsamples the grid it receives (the image for the first stage), then runs ``depth``
+copies of ``block`` (a list of layers, each ``x += token_mixer(norm(x)); x += channel_mixer(...)``
+as in a language model). A final norm and the classifier head (global mean pool + linear) follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from archgen.spec.models import (
+    MAX_LAYERS,
+    DownsampleSpec,
+    Int,
+    LayerSpec,
+    Number,
+    StrictModel,
+)
+
+
+class StageSpec(StrictModel):
+    """One resolution level: downsampling to ``width``, then ``depth`` blocks."""
+
+    width: Int = Field(ge=1, le=1 << 16, description="channels of the stage's token grid")
+    depth: Int = Field(ge=1, le=MAX_LAYERS, description="copies of block (weights not shared)")
+    downsample: DownsampleSpec = Field(  # type: ignore[valid-type]
+        description="the patch embedding or patch merging that starts the stage"
+    )
+    block: list[LayerSpec] = Field(
+        min_length=1,
+        description="the layers of one block (RaftMLP: a vertical raft layer, then a horizontal "
+        "one with the channel MLP)",
+    )
+
+
+class VisionModelSpec(StrictModel):
+    name: str = Field("model", description="model name (used in reports and file names)")
+    task: Literal["image-classification"] = Field(
+        description="image-classification: images [B, H, W, C] in, class logits out"
+    )
+    image_size: Int = Field(ge=1, le=8192, description="height and width of the input images")
+    in_channels: Int = Field(3, ge=1, le=64, description="channels of the input images")
+    num_classes: Int = Field(ge=2, le=1 << 20, description="classes (width of the logits)")
+    norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="pre-norm kind")
+    norm_eps: Number = Field(1e-6, gt=0, le=1, description="epsilon of every norm")
+    stages: list[StageSpec] = Field(min_length=1, description="stages, input to head")
+
+    @property
+    def passes(self) -> None:
+        """Graph rewrites: none exist for vision graphs yet (the LM field's stand-in)."""
+        return None
+
+
+@dataclass(frozen=True)
+class StageGrid:
+    """What a stage sees: the width coming in and the grid after its downsampling."""
+
+    in_channels: int
+    height: int
+    width: int
+
+
+def stage_grids(model: VisionModelSpec) -> tuple[list[StageGrid], str | None]:
+    """The grid of every stage, and why the image size cannot be divided (or None): each
+    stage's stride must divide the grid it receives."""
+    size, channels = model.image_size, model.in_channels
+    grids: list[StageGrid] = []
+    for i, stage in enumerate(model.stages):
+        stride = _stride(stage.downsample)
+        if size % stride:
+            total = 1
+            for s in model.stages:
+                total *= _stride(s.downsample)
+            return grids, (
+                f"{model.image_size} cannot be divided by the stages' downsampling: stage {i} "
+                f"gets a {size}x{size} grid, not divisible by its stride {stride} (use a "
+                f"multiple of {total}, the product of the strides)"
+            )
+        size //= stride
+        grids.append(StageGrid(channels, size, size))
+        channels = stage.width
+    return grids, None
+
+
+def _stride(downsample: Any) -> int:
+    return int(getattr(downsample, "stride", None) or getattr(downsample, "factor", 1))
+
+
+def stage_blocks(model: VisionModelSpec) -> int:
+    return sum(s.depth * len(s.block) for s in model.stages)
