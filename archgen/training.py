@@ -31,6 +31,7 @@ from archgen.train.config import (
     TrainConfig,
     as_plain,
 )
+from archgen.train.images import IMAGE_SOURCES, ImageData, ImageFolderData, ShapesData
 from archgen.train.tasks import TASKS, Task
 
 if TYPE_CHECKING:
@@ -98,6 +99,8 @@ def _relative_to(source: DataSource, folder: Path) -> DataSource:
         return replace(source, paths=tuple(fix(p) for p in source.paths), tokenizer=tokenizer)
     if isinstance(source, TokenData):
         return replace(source, train=fix(source.train), val=fix(source.val) if source.val else None)
+    if isinstance(source, ImageFolderData):
+        return replace(source, path=fix(source.path))
     return source
 
 
@@ -173,9 +176,11 @@ def prepare(
     if tokenizer is not None and isinstance(source, TextData) and source.tokenizer is not None:
         file = TokenizerConfig(kind="file", path=str(tokenizer.resolve()))
         source = replace(source, tokenizer=file)
+    m = graph.model
+    if m.image is not None or isinstance(source, ImageData):
+        return _prepare_images(spec, arch, graph, source, options, device)
     _check_vocab(spec, graph, source)
     config = train_config(arch.train, **(options or TrainOptions()).as_overrides())
-    m = graph.model
     is_task = isinstance(source, Task)
     seq_len = source.seq_len if isinstance(source, Task) else config.seq_len
     if seq_len > m.max_seq_len:
@@ -192,6 +197,61 @@ def prepare(
         from archgen.train.diffusion import check_diffusion_data
 
         check_diffusion_data(loaded, m.mask_token)
+    return Prepared(arch, graph, source, loaded, config)
+
+
+def _prepare_images(
+    spec: SpecLike,
+    arch: Any,
+    graph: Any,
+    source: DataSource,
+    options: TrainOptions | None,
+    device: str,
+) -> Prepared:
+    """:func:`prepare` for an image classifier: image data of the model's size and classes
+    (no ``data:`` section: the generated shapes)."""
+    from archgen import api
+    from archgen.train.data import load_data
+
+    m = graph.model
+    if m.image is None:
+        raise _spec_error(
+            spec, ("data", "kind"),
+            f"{source.kind} gives images, but task {m.task!r} trains on token sequences",
+            hint="use text, tokens or a task for a language model",
+        )  # fmt: skip
+    if arch.data is None:
+        source = ShapesData()
+    if not isinstance(source, ImageData):
+        raise _spec_error(
+            spec, ("data", "kind") if arch.data is not None else ("model", "task"),
+            f"an image-classification model trains on images, not {source.kind}",
+            hint=f"data: {{kind: shapes}} (generated) or {{kind: image_folder, path: DIR}}; "
+            f"known image kinds: {', '.join(IMAGE_SOURCES)}",
+        )  # fmt: skip
+    if source.image_size is None:
+        source = replace(source, image_size=m.image.image_size)
+    if source.image_size != m.image.image_size:
+        raise _spec_error(
+            spec, ("data", "image_size"),
+            f"{source.image_size} differs from model.image_size {m.image.image_size}",
+            hint="leave data.image_size out to use the model's",
+        )  # fmt: skip
+    if source.channels != m.image.in_channels:
+        raise _spec_error(
+            spec, ("model", "in_channels"),
+            f"{m.image.in_channels}, but data ({source.kind}) gives {source.channels}-channel "
+            "images", hint=f"set model.in_channels: {source.channels}",
+        )  # fmt: skip
+    if source.num_classes != m.image.num_classes:
+        raise _spec_error(
+            spec, ("model", "num_classes"),
+            f"{m.image.num_classes}, but data ({source.kind}) has {source.num_classes} classes",
+            hint=f"set model.num_classes: {source.num_classes}",
+        )  # fmt: skip
+    config = train_config(arch.train, **(options or TrainOptions()).as_overrides())
+    api.check_memory(graph, "train", batch_size=config.batch_size, seq_len=1, device=device)
+    loaded = load_data(source, vocab_size=m.vocab_size, seq_len=0)
     return Prepared(arch, graph, source, loaded, config)
 
 

@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 
 from archgen.ir.edit import replace_op
 from archgen.ir.graph import Graph, Node
-from archgen.ir.ops import OP_REGISTRY, Op, Role
+from archgen.ir.ops import OP_REGISTRY, Op, Role, Trait
 from archgen.passes.base import option, register_pass
 from archgen.passes.pipeline import PassOptionError, convert_value, suggest
 from archgen.passes.rewrite import Reject, Rewrite, RewritePass, Rule
@@ -59,6 +59,12 @@ class ReplaceMixer(RewritePass):
             raise PassOptionError(
                 f"{where}: {self.kind!r} is a {cls.role.value}, not a {self.slot} mixer",
                 hint="slot=channel swaps channel mixers",
+            )
+        if Trait.SPATIAL in cls.traits or graph.model.image is not None:
+            raise PassOptionError(
+                f"{where}: replacing mixers of image-classification models (2-D grid ops) is not "
+                "built yet (issue 13)",
+                hint="edit the spec's stages instead",
             )
         fields = {f.name: f for f in cls.attribute_fields()}
         hints = typing.get_type_hints(cls)

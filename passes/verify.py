@@ -1,5 +1,6 @@
 """``verify``: the graph is a well-formed DAG, every node has its op's number of operands and
-its attributes obey its rules, and (in a causal LM) every node is causal."""
+its attributes obey its rules, (in a causal LM) every node is causal, and every mixer runs on
+the model's tokens (2-D grids in an image classifier, 1-D sequences in an LM)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from archgen.ir.graph import Graph
-from archgen.ir.ops import causality_problem
+from archgen.ir.ops import causality_problem, layout_problem
 from archgen.passes.base import GraphInvalid, Pass, PassResult, register_pass
 
 
@@ -34,6 +35,9 @@ class Verify(Pass):
             causality = causality_problem(node.op, graph.model.task)
             if causality is not None:
                 raise GraphInvalid(f"%{node.name} ({node.op.kind}) is {causality}")
+            layout = layout_problem(node.op, graph.model.task)
+            if layout is not None:
+                raise GraphInvalid(f"%{node.name} ({node.op.kind}) is {layout}")
             defined.add(node.name)
         for out in graph.outputs:
             if out not in defined:

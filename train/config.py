@@ -197,10 +197,11 @@ class TokenData(DataSource):
 
 
 def data_source_classes() -> dict[str, type[DataSource]]:
-    """Every data-source kind: text, tokens and the synthetic capability tasks."""
+    """Every data-source kind: text, tokens, the synthetic capability tasks and images."""
+    from archgen.train.images import IMAGE_SOURCES
     from archgen.train.tasks import TASKS
 
-    return {TextData.kind: TextData, TokenData.kind: TokenData, **TASKS}
+    return {TextData.kind: TextData, TokenData.kind: TokenData, **TASKS, **IMAGE_SOURCES}
 
 
 def as_plain(obj: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from archgen.errors import ArchgenError
 from archgen.train.config import DataSource, TextData, TokenData, as_plain
+from archgen.train.images import ImageData
 from archgen.train.tasks import Task, TaskBatch
 from archgen.train.tokenizer import TextTokenizer, tokenize
 
@@ -44,12 +45,20 @@ class TrainingData:
     bytes_per_token: float | None = None  # set when bits per byte are meaningful
     files: tuple[str, ...] = ()
     tokenizer: TextTokenizer | None = None  # text through a BPE; None = bytes are the tokens
+    images: ImageData | None = None  # image classification (train/images.py)
 
     @property
     def is_task(self) -> bool:
-        return self.task is not None
+        """Whether validation reports accuracy (tasks' answers, images' classes)."""
+        return self.task is not None or self.images is not None
 
     def describe(self) -> str:
+        if self.images is not None:
+            im = self.images
+            return (
+                f"images {im.kind} ({im.image_size}x{im.image_size}, {im.num_classes} classes, "
+                f"chance {im.chance():.3f})"
+            )
         if self.task is not None:
             return f"task {self.task.kind} (seq_len {self.task.seq_len}, seed {self.task.seed})"
         assert self.train is not None and self.val is not None
@@ -73,6 +82,10 @@ class TrainingData:
 
     def train_batch(self, *, seed: int, step: int, batch_size: int, seq_len: int) -> TaskBatch:
         """Batch number ``step`` of a run seeded ``seed`` (random windows; a task's examples)."""
+        if self.images is not None:
+            return self.images.sample(
+                np.random.default_rng([_TRAIN_STREAM, seed, step]), batch_size
+            )
         if self.task is not None:
             rng = np.random.default_rng([self.task.seed, _TRAIN_STREAM, seed, step])
             return self.task.sample(rng, batch_size)
@@ -83,6 +96,8 @@ class TrainingData:
 
     def val_batches(self, *, batches: int, batch_size: int, seq_len: int) -> list[TaskBatch]:
         """The fixed validation set: evenly spaced windows (text, tokens) or seeded examples."""
+        if self.images is not None:
+            return self.images.validation(batches, batch_size)
         if self.task is not None:
             return [
                 self.task.sample(
@@ -130,6 +145,8 @@ def load_data(
 
     Text with a tokenizer is encoded (and a ``kind: bpe`` tokenizer trained on the training
     split); ``cache`` is the folder that keeps both for the next run (None: not kept)."""
+    if isinstance(source, ImageData):
+        return TrainingData(source, images=source)
     if isinstance(source, Task):
         if source.vocab_size > vocab_size:
             raise ArchgenError(

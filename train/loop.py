@@ -234,7 +234,7 @@ def train(
     out = Path(out_dir)
     dev = torch.device(device)
     seq_len = data.seq_len_for(config.seq_len)
-    if seq_len > graph.model.max_seq_len:
+    if data.images is None and seq_len > graph.model.max_seq_len:
         raise ArchgenError(
             f"training sequences of {seq_len} tokens exceed the model's max_seq_len "
             f"{graph.model.max_seq_len}",
@@ -332,7 +332,7 @@ def train(
                     f"the loss became {loss_value} at step {done}",
                     hint="lower train.lr or enable train.grad_clip",
                 )
-            window_tokens += raw.inputs.size
+            window_tokens += raw.targets.size if data.images is not None else raw.inputs.size
             if done % config.log_interval == 0 or done == config.steps:
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_start, 1e-9)
@@ -342,7 +342,8 @@ def train(
                      "grad_norm": grad_norm, "tokens_per_s": tps,
                      "elapsed_s": now - began, **parts}
                 )  # fmt: skip
-                info = f"loss {loss_value:.3f}  {tps:,.0f} tok/s"
+                unit = "img/s" if data.images is not None else "tok/s"
+                info = f"loss {loss_value:.3f}  {tps:,.0f} {unit}"
             if done % config.eval_interval == 0 or done == config.steps:
                 last_val = validate(done)
             if last_val:

@@ -30,12 +30,13 @@ PAD = 0
 
 @dataclass(frozen=True)
 class TaskBatch:
-    inputs: np.ndarray  # [N, L] int64
-    targets: np.ndarray  # [N, L] int64: what position t should predict
-    mask: np.ndarray  # [N, L] bool: answer positions
+    inputs: np.ndarray  # [N, L] int64 (images: float32 [N, H, W, C], train/images.py)
+    targets: np.ndarray  # [N, L] int64: what position t should predict (images: [N] classes)
+    mask: np.ndarray  # [N, L] bool: answer positions (images: [N], all true)
 
     def __post_init__(self) -> None:
-        assert self.inputs.shape == self.targets.shape == self.mask.shape
+        assert self.targets.shape == self.mask.shape
+        assert self.inputs.shape[: self.targets.ndim] == self.targets.shape
 
 
 def answer_accuracy(predictions: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> float:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from archgen.ir.ops import Op
+from archgen.ir.ops import Op, Trait
 from archgen.spec.errors import SpecIssue, did_you_mean
 from archgen.spec.models import CHANNEL_MIXER_SPECS, TOKEN_MIXER_SPECS, ArchSpec, expand_layers
 from archgen.spec.yaml_source import Path, SourceMap
@@ -40,7 +40,7 @@ def _expand(raw: dict[str, Any]) -> list[dict[str, Any]]:
 def search_proposals(
     spec: ArchSpec, source: SourceMap | None = None
 ) -> tuple[Proposals, list[SpecIssue]]:
-    from archgen.spec.loader import build_op
+    from archgen.spec.loader import build_op, grid_op_message
 
     fname = source.filename if source else "<spec>"
     issues: list[SpecIssue] = []
@@ -87,6 +87,9 @@ def search_proposals(
                     for err in exc.errors():
                         field = (*path, *err["loc"])
                         issue(field, f"{err['msg']}, got {err.get('input')!r}")
+                    continue
+                if Trait.SPATIAL in mixer.op_class.traits:
+                    issue((*path, "kind"), grid_op_message(kind, spec.model.task))
                     continue
                 op = build_op(mixer, spec.model)
                 for problem in op.problems():

@@ -1,0 +1,95 @@
+"""Vision modules: production forward vs the plainly written float64 reference, forward and
+backward (inputs and every parameter), on odd grid sizes; IR parameter counts equal torch's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from archgen.ir import ops
+from archgen.mixers.attention import Attention
+from archgen.mixers.registry import build_module
+from archgen.mixers.vision import ClassifierHead, ConvGLU, PatchEmbed, PatchMerge, RaftTokenMixer
+from tests.tolerances import assert_close
+
+# name -> (module factory, input shape [B, H, W, C]); odd sizes everywhere a module allows them
+MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "convglu": (lambda: ConvGLU(11, hidden=9), (2, 5, 7, 11)),
+    "convglu-k5": (lambda: ConvGLU(11, hidden=7, kernel=5), (2, 3, 7, 11)),
+    "raft-vertical": (lambda: RaftTokenMixer(12, height=5, width=3, raft_size=3), (2, 5, 3, 12)),
+    "raft-horizontal": (
+        lambda: RaftTokenMixer(12, height=5, width=7, axis="horizontal", raft_size=2),
+        (2, 5, 7, 12),
+    ),
+    "raft-r1": (
+        lambda: RaftTokenMixer(7, height=3, width=5, raft_size=1, expansion=3),
+        (1, 3, 5, 7),
+    ),
+    "patch-embed": (lambda: PatchEmbed(9, in_channels=3, stride=3), (2, 9, 6, 3)),
+    "conv-stem": (lambda: PatchEmbed(9, in_channels=5, stride=2, kernel=3), (2, 6, 10, 5)),
+    "conv-stem-7s4": (lambda: PatchEmbed(5, in_channels=3, stride=4, kernel=7), (1, 12, 8, 3)),
+    "patch-merge": (lambda: PatchMerge(13, in_channels=7, factor=2), (2, 6, 10, 7)),
+    "patch-merge-3": (lambda: PatchMerge(5, in_channels=3, factor=3), (2, 9, 3, 3)),
+    "classifier": (lambda: ClassifierHead(11, num_classes=5), (2, 5, 3, 11)),
+    "attention-grid": (
+        lambda: Attention(12, heads=3, causal=False, rope_theta=None),
+        (2, 5, 3, 12),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_matches_reference_forward_and_backward(name: str) -> None:
+    make, shape = MODULES[name]
+    torch.manual_seed(hash(name) % 1000)
+    module = make().double()
+    with torch.no_grad():  # non-trivial biases / norm scales (and a non-zero head)
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(*shape, dtype=torch.float64)
+    results = []
+    for fn in (module, module.reference):
+        xi = x.clone().requires_grad_(True)
+        out = fn(xi)
+        w = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        (out * w).sum().backward()
+        results.append([out.detach(), xi.grad] + [p.grad.clone() for p in module.parameters()])
+        module.zero_grad()
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b)
+
+
+def test_raft_mixes_its_raft_members_along_the_axis_only() -> None:
+    """Vertical raft mixing: output at (y, x, c) depends on inputs of the same column x and the
+    same raft b = c mod C/r only (all of its r members, every row)."""
+    m = RaftTokenMixer(6, height=4, width=3, raft_size=2).double()
+    x = torch.randn(1, 4, 3, 6, dtype=torch.float64, requires_grad=True)
+    m(x)[0, 1, 2, 4].backward()  # c = 4: member a = 1 of raft b = 1 (C/r = 3)
+    touched = (x.grad[0] != 0).nonzero().tolist()
+    assert touched and all(col == 2 and c % 3 == 1 for _, col, c in touched)
+    assert {c for *_, c in touched} == {1, 4} and {y for y, *_ in touched} == {0, 1, 2, 3}
+
+
+OPS = [
+    ops.ConvGLU(d_model=24, mlp_ratio=8.0),
+    ops.ConvGLU(d_model=10, hidden=7, kernel=5),
+    ops.RaftTokenMixer(d_model=12, height=5, width=7, axis="horizontal", raft_size=3),
+    ops.PatchEmbed(d_model=16, in_channels=3, stride=4, kernel=7),
+    ops.PatchEmbed(d_model=16, in_channels=3, stride=2),
+    ops.PatchMerge(d_model=32, in_channels=16, factor=2),
+    ops.ClassifierHead(d_model=32, num_classes=10),
+]
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda o: o.kind)
+def test_ir_parameter_count_is_torch_count(op: ops.Op) -> None:
+    module = build_module(op)
+    assert op.params() == sum(p.numel() for p in module.parameters())
+
+
+def test_convglu_hidden_follows_transnext() -> None:
+    # TransNeXt-Micro stage 1: dim 48, mlp_ratio 8 -> hidden int(2 * 384 / 3) = 256
+    assert ops.ConvGLU(d_model=48, mlp_ratio=8.0).resolved().hidden == 256
