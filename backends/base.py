@@ -333,3 +333,24 @@ def boundary_names(graph: Graph) -> list[str]:
 def write_meta(meta: ArtifactMeta, folder: Path) -> str:
     (folder / "artifact.json").write_text(json.dumps(meta.to_json(), indent=2) + "\n")
     return "artifact.json"
+
+
+def example_input(graph: Graph, batch: int, seq_len: int, generator: Any) -> Any:
+    """Random input of ``graph``: token ids ``[batch, seq_len]`` of a language model, or
+    float32 images ``[batch, S, S, C]`` of an image classifier (whose size is fixed, so
+    ``seq_len`` is not used)."""
+    import torch
+
+    image = graph.model.image
+    if image is not None:
+        shape = (batch, image.image_size, image.image_size, image.in_channels)
+        return torch.randn(shape, generator=generator)
+    return torch.randint(0, graph.model.vocab_size, (batch, seq_len), generator=generator)
+
+
+def input_lengths(graph: Graph, options: LowerOptions) -> tuple[int, ...]:
+    """The lengths a validation runs at: the profile's, or the one image size of an image
+    classifier."""
+    if graph.model.image is not None:
+        return (graph.model.image.image_size,)
+    return options.profile(graph).lengths()

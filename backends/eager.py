@@ -171,13 +171,20 @@ class EagerArtifact(Artifact):
 
     def run(self, tokens: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            out = self.model(tokens.to(self.meta.options.device))
+            out = self.model(self._input(tokens))
         self._refresh_meta()
         return out
 
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the model's device; images (float) also in its dtype."""
+        if x.is_floating_point():
+            dtype = next((p.dtype for p in self.model.parameters()), x.dtype)
+            return x.to(self.meta.options.device, dtype)
+        return x.to(self.meta.options.device)
+
     def boundaries(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
-            outs = self._boundary(tokens.to(self.meta.options.device))
+            outs = self._boundary(self._input(tokens))
         self._refresh_meta()
         return as_boundaries(self.graph, outs)
 

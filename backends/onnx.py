@@ -71,7 +71,7 @@ from archgen.backends.onnx_export import (
     with_outputs,
 )
 from archgen.errors import ArchgenError, UnavailableError
-from archgen.ir.graph import Graph, Node
+from archgen.ir.graph import PIXELS, Graph, Node
 from archgen.ir.ops import Role
 from archgen.mixers.kernels import ort_selective_scan
 from archgen.mixers.kernels.ort_selective_scan import DOMAIN as SCAN_DOMAIN
@@ -171,6 +171,8 @@ class OnnxArtifact(Artifact):
         meta.extra["providers"] = self.session.get_providers()
 
     def _feed(self, tokens: torch.Tensor) -> dict[str, np.ndarray]:
+        if self.graph.model.image is not None:  # images, in the exported weights' dtype
+            return {PIXELS: tokens.to(self._dtype).numpy()}
         return {"input_ids": tokens.numpy().astype(np.int64)}
 
     def run(self, tokens: torch.Tensor) -> torch.Tensor:

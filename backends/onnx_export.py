@@ -34,7 +34,7 @@ from archgen.backends.onnx_attention import gqa_translation
 from archgen.backends.onnx_scan import scan_translation
 from archgen.backends.torch_model import ArchModel
 from archgen.errors import ArchgenError
-from archgen.ir.graph import Graph
+from archgen.ir.graph import PIXELS, Graph
 from archgen.ir.ops import Role, Trait
 from archgen.mixers.kernels import selective_scan
 from archgen.mixers.kernels.ort_selective_scan import DOMAIN, OP_TYPE
@@ -358,6 +358,8 @@ def export_forward(
     inp = "input_ids" if deploy else "tokens"
     assert options.max_seq is not None, "options must be resolved"
     batch = torch.export.Dim("batch", min=1, max=options.max_batch)
+    if graph.model.image is not None:
+        return _export_image_forward(model, path, options, batch, deploy=deploy)
     # DYNAMIC rather than a named Dim: chunked scans pad L to whole chunks, and torch.export
     # cannot prove facts such as ceil(L / Q) * Q >= L that hold for every L; with a named Dim it
     # then refuses, with DYNAMIC it keeps L symbolic and records them as guards (checked by the
@@ -422,6 +424,32 @@ def mamba_scan_form(graph: Graph, options: LowerOptions) -> str | None:
     if not any(node.op.kind == "mamba" for node in graph.nodes):
         return None
     return FUSED_SCAN if options.fused_scan else PORTABLE_SCAN
+
+
+def _export_image_forward(
+    model: ArchModel, path: Path, options: LowerOptions, batch: Any, *, deploy: bool
+) -> dict[str, Any]:
+    """An image classifier: ``pixels [batch, S, S, C] -> logits``; only the batch is dynamic
+    (the image size is fixed: RaftMLP's weights, for one, are tied to the grid)."""
+    graph = model.graph
+    image = graph.model.image
+    assert image is not None
+    shape = (2, image.image_size, image.image_size, image.in_channels)
+    example = torch.randn(shape, dtype=_param_dtype(model))
+    return _export(
+        BoundaryModule(model).eval(),
+        (example,),
+        path,
+        dynamic_shapes=({0: batch},),
+        expect_dynamic={PIXELS: (0,)},
+        dim_names={(PIXELS, 0): "batch"},
+        input_names=[PIXELS],
+        output_names=[*graph.outputs, *graph.blocks()],
+        opset=options.opset,
+        translations=gqa_translation() if options.fused_attention else None,
+        keep_outputs=list(graph.outputs) if deploy else None,
+        metadata=model_metadata(graph, "forward") if deploy else None,
+    )
 
 
 def decode_support(graph: Graph) -> tuple[bool, str]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from archgen.backends.base import Artifact
+from archgen.backends.base import Artifact, example_input, input_lengths
 from archgen.backends.eager import EagerArtifact, reference_artifact
 from archgen.errors import ArchgenError
 from archgen.ir.graph import OutputRole
@@ -286,13 +286,13 @@ def validate(
     graph, options = artifact.graph, artifact.meta.options
     reference = reference or reference_artifact(graph, options)
     seed = random.randrange(2**31) if seed is None else seed
-    lens = seq_lens or options.profile(graph).lengths()
+    lens = seq_lens or input_lengths(graph, options)
     tol = tolerance or tolerance_for(artifact.meta.backend, options.dtype)
     names = (*graph.blocks(), *graph.outputs)
     report = NumericsReport(artifact.meta.backend, options.dtype, tol, seed, batch, lens, names)
     gen = torch.Generator().manual_seed(seed)
     for seq_len in lens:
-        tokens = torch.randint(0, graph.model.vocab_size, (batch, seq_len), generator=gen)
+        tokens = example_input(graph, batch, seq_len, gen)
         ref, test = reference.boundaries(tokens), artifact.boundaries(tokens)
         for name in names:
             is_logits = name in graph.outputs and graph.output_role(name) is OutputRole.LOGITS

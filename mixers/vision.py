@@ -126,9 +126,9 @@ class ClassifierHead(nn.Module):
     ) -> None:
         super().__init__()
         self.fc = nn.Linear(d_model, num_classes, device=device, dtype=dtype)
-        nn.init.zeros_(
-            self.fc.weight
-        )  # every class equally likely at init (timm's heads: std 0.02)
+        # timm's init of transformer heads: small weights, zero bias (near-uniform classes at
+        # first; not all zero, so an untrained model's logits still depend on its input)
+        nn.init.normal_(self.fc.weight, std=0.02)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, H, W, D] -> [B, classes]
