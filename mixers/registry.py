@@ -30,6 +30,7 @@ IMPLEMENTATIONS: dict[type[ops.Op], str] = {
     ops.ClassifierHead: "archgen.mixers.vision:ClassifierHead",
     ops.ConvGLU: "archgen.mixers.vision:ConvGLU",
     ops.RaftTokenMixer: "archgen.mixers.vision:RaftTokenMixer",
+    ops.DynamicSpectrumMixer: "archgen.mixers.spectrum:DynamicSpectrumMixer",
 }
 
 

@@ -22,7 +22,14 @@ from archgen.ir.ops.channel import MLP, SwiGLU
 from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
 from archgen.ir.ops.norms import LayerNorm, RMSNorm
 from archgen.ir.ops.ssm import Mamba, Mamba2
-from archgen.ir.ops.vision import ClassifierHead, ConvGLU, PatchEmbed, PatchMerge, RaftTokenMixer
+from archgen.ir.ops.vision import (
+    ClassifierHead,
+    ConvGLU,
+    DynamicSpectrumMixer,
+    PatchEmbed,
+    PatchMerge,
+    RaftTokenMixer,
+)
 
 __all__ = [
     "BIDIRECTIONAL_FORMS",
@@ -35,6 +42,7 @@ __all__ = [
     "Constraint",
     "ConvGLU",
     "DenseMixer",
+    "DynamicSpectrumMixer",
     "Embedding",
     "LMHead",
     "LayerNorm",

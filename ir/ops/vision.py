@@ -314,3 +314,73 @@ class RaftTokenMixer(Op):
 
     def activation_bytes(self, seq_len: int, dtype_bytes: int = 4) -> int:
         return seq_len * self.d_model * (2 + 2 * self.expansion) * dtype_bytes
+
+
+@register_op
+@dataclass(frozen=True)
+class DynamicSpectrumMixer(Op):
+    """The Dynamic Spectrum Mixer (Hu & Yu 2023), *reconstructed*: the paper's code is
+    unpublished and only its abstract was read (research/mixers.md §3). It follows the
+    code-verified DFFormer dynamic filter with the FFT replaced by an orthonormal 2-D DCT, computed
+    as two matmuls (no DFT op: exportable to ONNX and TensorRT)::
+
+        a = softmax_K(route(mean_HW x))        [B, K, C'], C' = expansion * C
+        x' = gelu(x W1)                        [B, H, W, C']
+        y = DCT^-1( DCT(x') * sum_k a_k bases_k ) W2
+
+    Where it may differ from the paper: GELU instead of DFFormer's StarReLU, the routing MLP's
+    shape (C -> C/4 -> K C'), the bases' initialisation (identity filter plus noise) and the
+    block it sits in. The bases are tied to the stage's grid (fixed image size)."""
+
+    kind: ClassVar[str] = "spectrum"
+    role: ClassVar[Role] = Role.TOKEN_MIXER
+    arity: ClassVar[int] = 1
+    traits: ClassVar[frozenset[Trait]] = GRID_OP
+    context_fields: ClassVar[tuple[str, ...]] = ("d_model", "height", "width")
+    summary: ClassVar[str] = "dynamic spectrum mixer (DCT band weights; reconstruction)"
+
+    d_model: int = attr("model width", ge=1)
+    height: int = attr("grid height (from the stage)", ge=1)
+    width: int = attr("grid width (from the stage)", ge=1)
+    expansion: int = attr("inner width, times d_model", default=2, ge=1, le=16)
+    filters: int = attr("spectral weight bases mixed per image (K)", default=4, ge=1, le=64)
+    reweight: float = attr("hidden width of the routing MLP, times d_model", default=0.25, gt=0)
+
+    def _dims(self) -> tuple[int, int, int]:
+        inner = self.expansion * self.d_model
+        return inner, max(1, int(self.d_model * self.reweight)), self.height * self.width
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        (x,) = _expect_arity(self, inputs)
+        h, w = expect_grid(self, x, self.d_model)
+        if (h, w) != (self.height, self.width):
+            raise TypeRuleError(
+                f"spectrum: weights are for a {self.height}x{self.width} grid, got {h}x{w}"
+            )
+        return x
+
+    def params(self) -> int:
+        inner, hidden, grid = self._dims()
+        return (
+            2 * self.d_model * inner  # W1, W2 (no biases, as DFFormer)
+            + linear_params(self.d_model, hidden, True)
+            + linear_params(hidden, self.filters * inner, True)
+            + self.filters * grid
+        )
+
+    def flops(self, seq_len: int) -> int:
+        inner, hidden, _ = self._dims()
+        dct = 2 * 2 * (self.height + self.width) * seq_len * inner  # forward and inverse
+        route = linear_flops(self.d_model, hidden, 1) + linear_flops(
+            hidden, self.filters * inner, 1
+        )
+        return (
+            2 * linear_flops(self.d_model, inner, seq_len)
+            + dct
+            + (2 * self.filters + 1) * seq_len * inner
+            + route
+        )
+
+    def activation_bytes(self, seq_len: int, dtype_bytes: int = 4) -> int:
+        inner, _, _ = self._dims()
+        return seq_len * (4 * inner + self.d_model) * dtype_bytes

@@ -12,6 +12,7 @@ from torch import nn
 from archgen.ir import ops
 from archgen.mixers.attention import Attention
 from archgen.mixers.registry import build_module
+from archgen.mixers.spectrum import DynamicSpectrumMixer, dct_matrix
 from archgen.mixers.vision import ClassifierHead, ConvGLU, PatchEmbed, PatchMerge, RaftTokenMixer
 from tests.tolerances import assert_close
 
@@ -34,6 +35,11 @@ MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "patch-merge": (lambda: PatchMerge(13, in_channels=7, factor=2), (2, 6, 10, 7)),
     "patch-merge-3": (lambda: PatchMerge(5, in_channels=3, factor=3), (2, 9, 3, 3)),
     "classifier": (lambda: ClassifierHead(11, num_classes=5), (2, 5, 3, 11)),
+    "spectrum": (lambda: DynamicSpectrumMixer(6, height=5, width=3, filters=3), (2, 5, 3, 6)),
+    "spectrum-wide": (
+        lambda: DynamicSpectrumMixer(5, height=3, width=7, expansion=1, reweight=0.5),
+        (1, 3, 7, 5),
+    ),
     "attention-grid": (
         lambda: Attention(12, heads=3, causal=False, rope_theta=None),
         (2, 5, 3, 12),
@@ -81,6 +87,7 @@ OPS = [
     ops.PatchEmbed(d_model=16, in_channels=3, stride=2),
     ops.PatchMerge(d_model=32, in_channels=16, factor=2),
     ops.ClassifierHead(d_model=32, num_classes=10),
+    ops.DynamicSpectrumMixer(d_model=12, height=5, width=7, filters=3),
 ]
 
 
@@ -93,3 +100,13 @@ def test_ir_parameter_count_is_torch_count(op: ops.Op) -> None:
 def test_convglu_hidden_follows_transnext() -> None:
     # TransNeXt-Micro stage 1: dim 48, mlp_ratio 8 -> hidden int(2 * 384 / 3) = 256
     assert ops.ConvGLU(d_model=48, mlp_ratio=8.0).resolved().hidden == 256
+
+
+def test_dct_is_orthonormal_dct_ii() -> None:
+    d = dct_matrix(7, torch.float64)
+    assert torch.allclose(d @ d.T, torch.eye(7, dtype=torch.float64), atol=1e-12)
+    x = torch.randn(7, dtype=torch.float64)
+    n = torch.arange(7, dtype=torch.float64)
+    k = 3  # DCT-II of x at frequency k, written out
+    want = (2 / 7) ** 0.5 * (x * torch.cos(torch.pi * (2 * n + 1) * k / 14)).sum()
+    assert torch.allclose((d @ x)[k], want)
