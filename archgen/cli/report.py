@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -9,6 +10,7 @@ from rich.table import Table
 
 from archgen.api import CheckReport
 from archgen.cli.format import human_bytes, human_count
+from archgen.ir.cost import NodeCost
 
 
 def print_check(console: Console, report: CheckReport, spec_path: Path) -> None:
@@ -17,31 +19,16 @@ def print_check(console: Console, report: CheckReport, spec_path: Path) -> None:
         return
     m = report.graph.model
     title = f"{m.name} ({m.task}, d_model={m.d_model}, vocab={m.vocab_size}) at L={report.seq_len}"
-    table = Table(title=title, title_justify="left")
-    for col, justify in (
-        ("layer", "left"),
-        ("token mixer", "left"),
-        ("channel mixer", "left"),
-        ("params", "right"),
-        ("GFLOPs", "right"),
-        ("state/KV", "right"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for row in report.rows:
-        table.add_row(
-            row.name,
-            row.token_mixer,
-            row.channel_mixer,
-            f"{row.cost.params:,}",
-            f"{row.cost.flops / 1e9:.3f}",
-            human_bytes(row.cost.state_bytes) if row.cost.state_bytes else "-",
-        )
     t = report.total
-    table.add_section()
-    table.add_row(
-        "total", "", "", f"{t.params:,}", f"{t.flops / 1e9:.3f}", human_bytes(t.state_bytes)
+    console.print(
+        _cost_table(
+            title,
+            report,
+            "state/KV",
+            lambda c: human_bytes(c.state_bytes) if c.state_bytes else "-",
+            human_bytes(t.state_bytes),
+        )
     )
-    console.print(table)
     if m.mask_token is not None:
         # a bidirectional denoiser re-reads the whole sequence on every decoding step
         tail = (
@@ -68,31 +55,16 @@ def print_image_check(console: Console, report: CheckReport, spec_path: Path) ->
     assert m.image is not None
     size = f"{m.image.image_size}x{m.image.image_size}x{m.image.in_channels}"
     title = f"{m.name} ({m.task}, {m.image.num_classes} classes) at {size} images"
-    table = Table(title=title, title_justify="left")
-    for col, justify in (
-        ("layer", "left"),
-        ("token mixer", "left"),
-        ("channel mixer", "left"),
-        ("params", "right"),
-        ("GFLOPs", "right"),
-        ("activations", "right"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for row in report.rows:
-        table.add_row(
-            row.name,
-            row.token_mixer,
-            row.channel_mixer,
-            f"{row.cost.params:,}",
-            f"{row.cost.flops / 1e9:.3f}",
-            human_bytes(row.cost.activation_bytes),
-        )
     t = report.total
-    table.add_section()
-    table.add_row(
-        "total", "", "", f"{t.params:,}", f"{t.flops / 1e9:.3f}", human_bytes(t.activation_bytes)
+    console.print(
+        _cost_table(
+            title,
+            report,
+            "activations",
+            lambda c: human_bytes(c.activation_bytes),
+            human_bytes(t.activation_bytes),
+        )
     )
-    console.print(table)
     console.print(
         f"{spec_path}: ok -- {human_count(t.params)} parameters, {t.flops / 1e9:.3f} GFLOPs "
         f"({t.flops / 2e9:.3f} G multiply-adds) per {size} image, "
@@ -152,3 +124,37 @@ def _type_text(hint: object) -> str:
     if origin in (tuple, list):
         return "[int,...]"
     return getattr(hint, "__name__", str(hint))
+
+
+def _cost_table(
+    title: str,
+    report: CheckReport,
+    last_column: str,
+    last_cell: Callable[[NodeCost], str],
+    last_total: str,
+) -> Table:
+    """One row per layer (or stage block): its mixers, parameters, GFLOPs and ``last_column``
+    (an LM's decode state, an image model's activations), then the total."""
+    table = Table(title=title, title_justify="left")
+    for col, justify in (
+        ("layer", "left"),
+        ("token mixer", "left"),
+        ("channel mixer", "left"),
+        ("params", "right"),
+        ("GFLOPs", "right"),
+        (last_column, "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in report.rows:
+        table.add_row(
+            row.name,
+            row.token_mixer,
+            row.channel_mixer,
+            f"{row.cost.params:,}",
+            f"{row.cost.flops / 1e9:.3f}",
+            last_cell(row.cost),
+        )
+    t = report.total
+    table.add_section()
+    table.add_row("total", "", "", f"{t.params:,}", f"{t.flops / 1e9:.3f}", last_total)
+    return table
