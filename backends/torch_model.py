@@ -109,7 +109,9 @@ class ArchModel(nn.Module):
         return self.get_submodule(self.graph.node(node).weight_path)
 
     # Not `_apply`: that name is nn.Module's hook behind .to()/.double(), which it would shadow.
-    def _apply_node(self, node: Node, args: list[torch.Tensor], path: str | None) -> torch.Tensor:
+    def _apply_node(
+        self, node: Node, args: list[torch.Tensor], path: str | None
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if isinstance(node.op, ResidualAdd):
             return args[0] + args[1]
         if isinstance(node.op, LMHead) and path is None:
@@ -124,7 +126,7 @@ class ArchModel(nn.Module):
         values named in ``capture`` (e.g. block outputs, for validation)."""
         env: dict[str, torch.Tensor] = {self._input: x}
         for node, path in self._program:
-            env[node.output] = self._apply_node(node, [env[i] for i in node.inputs], path)
+            _bind(env, node, self._apply_node(node, [env[i] for i in node.inputs], path))
         return env[self._output], {name: env[name] for name in capture}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # LM: [B, L] int64 -> [B, L, V]
@@ -165,8 +167,18 @@ class ArchModel(nn.Module):
                 )
                 env[node.output] = y[:, None]
             else:
-                env[node.output] = self._apply_node(node, args, path)
+                _bind(env, node, self._apply_node(node, args, path))
         return env[self._output][:, 0], new_state
+
+
+def _bind(
+    env: dict[str, torch.Tensor], node: Node, result: torch.Tensor | tuple[torch.Tensor, ...]
+) -> None:
+    """Name ``node``'s result(s): a fused node (``add_norm``) returns one tensor per output."""
+    if len(node.outputs) == 1:
+        env[node.output] = result  # type: ignore[assignment]
+    else:
+        env.update(zip(node.outputs, result, strict=True))
 
 
 def build_model(

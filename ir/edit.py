@@ -8,6 +8,7 @@ node still in use) raises :class:`EditError` naming the node, before anything is
 
 >>> g = replace_op(g, "layers.0.token_mixer", Mamba(d_model=256))  # doctest: +SKIP
 >>> g = insert_before(g, "layers.0.token_norm", [new_norm])  # doctest: +SKIP
+>>> g = replace_nodes(g, ["layers.0.residual", "layers.1.norm"], [fused])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def rename(graph: Graph, old: str, new: str) -> Graph:
     node = graph.node(old)
     if new in graph or new in graph.inputs:
         raise EditError(f"cannot rename %{old} to %{new}: the name is already defined")
-    renamed = replace(node, name=new, weights=node.weight_path)
+    outputs = tuple(new if v == old else v for v in node.outputs)
+    renamed = replace(node, name=new, weights=node.weight_path, outputs=outputs)
     nodes = []
     for n in graph.nodes:
         if n.name == old:
@@ -89,18 +91,59 @@ def remove(graph: Graph, names: Iterable[str]) -> Graph:
     """Remove the named nodes; none of their values may still be read by a remaining node or be
     a graph output (redirect readers first with :func:`replace_all_uses`)."""
     gone = set(names)
-    for name in gone:
-        graph.node(name)  # KeyError names an unknown node
+    values = {v for name in gone for v in graph.node(name).outputs}  # KeyError: unknown node
     for node in graph.nodes:
         if node.name in gone:
             continue
-        used = [v for v in node.inputs if v in gone]
+        used = [v for v in node.inputs if v in values]
         if used:
             raise EditError(f"cannot remove %{used[0]}: %{node.name} still reads it")
     for out in graph.outputs:
-        if out in gone:
+        if out in values:
             raise EditError(f"cannot remove %{out}: it is a graph output")
     return graph.with_nodes(tuple(n for n in graph.nodes if n.name not in gone))
+
+
+def replace_nodes(graph: Graph, names: Sequence[str], new: Sequence[Node]) -> Graph:
+    """Replace the nodes ``names`` by ``new`` (in order), placed where the first of them was:
+    the edit of a fusion (several nodes -> one node with several outputs) and of its undoing.
+    Every value of the old nodes that is still read (or is a graph output) must be produced by
+    a new node under the same name, and the new nodes may only read values defined before that
+    place (or by new nodes before them)."""
+    if not names:
+        raise EditError("replace_nodes needs at least one node to replace")
+    old = [graph.node(n) for n in names]  # KeyError names an unknown node
+    gone = {n.name for n in old}
+    at = min(graph.index(n) for n in gone)
+    made = {v for n in new for v in n.outputs}
+    lost = {v for n in old for v in n.outputs} - made
+    for node in graph.nodes:
+        read = [v for v in node.inputs if v in lost]
+        if node.name not in gone and read:
+            raise EditError(f"%{node.name} reads %{read[0]}, which no replacing node produces")
+    for out in graph.outputs:
+        if out in lost:
+            raise EditError(f"graph output %{out} is produced by no replacing node")
+    kept = [n for n in graph.nodes if n.name not in gone]
+    before = [n for n in kept if graph.index(n.name) < at]
+    after = [n for n in kept if graph.index(n.name) > at]
+    defined = set(graph.inputs) | {v for n in before for v in n.outputs}
+    taken = {n.name for n in kept} | {v for n in kept for v in n.outputs}
+    for node in new:
+        clash = [v for v in (node.name, *node.outputs) if v in taken]
+        if clash:
+            raise EditError(f"cannot insert %{node.name}: %{clash[0]} is already defined")
+        missing = [v for v in node.inputs if v not in defined]
+        if missing:
+            raise EditError(f"%{node.name} would read %{missing[0]} before it is defined")
+        defined.update(node.outputs)
+        taken.update((node.name, *node.outputs))
+    for node in after:  # readers between the old nodes must still see their inputs first
+        missing = [v for v in node.inputs if v not in defined]
+        if missing:
+            raise EditError(f"%{node.name} would read %{missing[0]} before it is defined")
+        defined.update(node.outputs)
+    return graph.with_nodes((*before, *new, *after))
 
 
 def _set(graph: Graph, node: Node) -> Graph:
@@ -110,7 +153,7 @@ def _set(graph: Graph, node: Node) -> Graph:
 
 
 def _insert(graph: Graph, at: int, new: Sequence[Node]) -> Graph:
-    taken = [n.name for n in new if n.name in graph or n.name in graph.inputs]
+    taken = [v for n in new for v in (n.name, *n.outputs) if v in graph or v in graph.inputs]
     if taken:
         raise EditError(f"cannot insert %{taken[0]}: the name is already defined")
     nodes = [*graph.nodes[:at], *new, *graph.nodes[at:]]
@@ -120,12 +163,12 @@ def _insert(graph: Graph, at: int, new: Sequence[Node]) -> Graph:
             missing = [v for v in node.inputs if v not in defined]
             if missing:
                 raise EditError(f"inserted %{node.name} reads %{missing[0]}, not defined before it")
-        defined.add(node.name)
+        defined.update(node.outputs)
     return graph.with_nodes(tuple(nodes))
 
 
 def _check_defined_before(graph: Graph, node: Node, position: int) -> None:
-    defined = set(graph.inputs) | {n.name for n in graph.nodes[:position]}
+    defined = set(graph.inputs) | {v for n in graph.nodes[:position] for v in n.outputs}
     missing = [v for v in node.inputs if v not in defined]
     if missing:
         raise EditError(f"%{node.name} would read %{missing[0]} before it is defined")
@@ -138,6 +181,7 @@ __all__ = [
     "remove",
     "rename",
     "replace_all_uses",
+    "replace_nodes",
     "replace_op",
     "set_inputs",
     "users",

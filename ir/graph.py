@@ -1,9 +1,11 @@
 """The IR graph: a DAG of named values produced by nodes, in topological order.
 
-A :class:`Node` applies one :class:`~archgen.ir.ops.Op` to named input values and produces one
-value named like the node. Nodes are grouped into *blocks* (``layers.3``): the unit that
-numerics validation reports and that search swaps. Graphs are immutable; passes return new ones,
-changing them through :mod:`archgen.ir.edit`.
+A :class:`Node` applies one :class:`~archgen.ir.ops.Op` to named input values and produces the
+values named in its ``outputs``: one, named like the node, for every op but the fused ones
+(``%a, %b = add_norm(...)`` makes two; the first is always named like the node). Nodes are
+grouped into *blocks* (``layers.3``): the unit that numerics validation reports and that search
+swaps. A block's output is its last node's first value. Graphs are immutable; passes return new
+ones, changing them through :mod:`archgen.ir.edit`.
 
 Derived facts -- a node's ``annotations`` (its cost) and the graph's ``value_types`` -- are not
 part of a graph's identity. :meth:`Graph.with_nodes` drops the facts of every node that changed
@@ -79,10 +81,17 @@ class Node:
     block: str | None = None
     annotations: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
     weights: str | None = None
+    # the values it produces, in the op's order; () means the one value ``(name,)``
+    outputs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.outputs:
+            object.__setattr__(self, "outputs", (self.name,))
 
     @property
     def output(self) -> str:
-        return self.name
+        """The node's first (for most ops: only) value, named like the node."""
+        return self.outputs[0]
 
     @property
     def weight_path(self) -> str:
@@ -115,33 +124,49 @@ class Graph:
     outputs: tuple[str, ...]
     value_types: Mapping[str, TensorType] = field(default_factory=lambda: _EMPTY, compare=False)
     _index: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    _producers: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "_index", MappingProxyType({n.name: i for i, n in enumerate(self.nodes)})
+        )
+        object.__setattr__(
+            self,
+            "_producers",
+            MappingProxyType({v: i for i, n in enumerate(self.nodes) for v in n.outputs}),
         )
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._index
+        """Whether ``name`` is a node or a value some node produces."""
+        return name in self._index or name in self._producers
 
     def node(self, name: str) -> Node:
+        """Node ``name``, or the node producing the value ``name``."""
         return self.nodes[self.index(name)]
 
-    def index(self, name: str) -> int:
-        """Position of node ``name`` in topological order."""
+    def producer(self, value: str) -> Node:
+        """The node whose outputs include ``value``."""
         try:
-            return self._index[name]
+            return self.nodes[self._producers[value]]
         except KeyError:
-            raise KeyError(f"no node named {name!r}") from None
+            raise KeyError(f"no node produces %{value}") from None
+
+    def index(self, name: str) -> int:
+        """Position of node ``name`` (or of the node producing value ``name``) in topological
+        order. For single-output nodes the two are the same name."""
+        found = self._index.get(name, self._producers.get(name))
+        if found is None:
+            raise KeyError(f"no node named {name!r}")
+        return found
 
     def output_role(self, value: str) -> OutputRole:
         """The role of graph output ``value``: logits where a head produces it."""
         if value not in self.outputs:
             raise KeyError(f"%{value} is not a graph output")
-        producer = self.nodes[self._index[value]] if value in self._index else None
+        producer = self.nodes[self._producers[value]] if value in self._producers else None
         return (
             OutputRole.LOGITS
             if producer is not None and producer.op.role is Role.HEAD
@@ -197,7 +222,7 @@ class Graph:
             if before is not None and before == node:
                 fresh.append(node)
                 continue
-            stale.add(node.name)
+            stale.update(node.outputs)
             # facts carried over from the node it replaces describe that node, not this one
             carried = before is not None and node.annotations == before.annotations
             fresh.append(node.without_facts() if carried else node)
@@ -205,9 +230,9 @@ class Graph:
         known = {**self.value_types, **self.inputs}
         stale |= {v for v in new_inputs if known.get(v) != new_inputs[v]}
         for node in fresh:  # topological order: downstream of a stale value is stale
-            if node.name not in stale and any(v in stale for v in node.inputs):
-                stale.add(node.name)
-        defined = set(new_inputs) | {n.name for n in fresh}
+            if node.output not in stale and any(v in stale for v in node.inputs):
+                stale.update(node.outputs)
+        defined = set(new_inputs) | {v for n in fresh for v in n.outputs}
         types = {v: t for v, t in self.value_types.items() if v in defined and v not in stale}
         return replace(
             self,

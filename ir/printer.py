@@ -23,14 +23,15 @@ def _format_attr(value: Any) -> str:
 def format_node(node: Node, graph: Graph) -> str:
     attrs = ", ".join(f"{k}={_format_attr(v)}" for k, v in node.op.attributes().items())
     args = ", ".join(f"%{i}" for i in node.inputs)
-    line = f"  %{node.name} = {node.op.kind}({args})"
+    results = ", ".join(f"%{o}" for o in node.outputs)  # the first is named like the node
+    line = f"  {results} = {node.op.kind}({args})"
     if attrs:
         line += f" {{{attrs}}}"
     if node.weights is not None and node.weights != node.name:
         line += f" [weights {node.weights}]"
-    vtype = graph.value_types.get(node.output)
-    if vtype is not None:
-        line += f" : {vtype}"
+    vtypes = [graph.value_types.get(o) for o in node.outputs]
+    if all(t is not None for t in vtypes):
+        line += " : " + ", ".join(map(str, vtypes))
     cost = node.annotations.get("cost")
     if cost is not None:
         line += f"  # params={cost.params:,} flops={cost.flops:,}"

@@ -30,14 +30,14 @@ def block_io(graph: Graph, block: str) -> BlockIO:
     nodes = tuple(n for n in graph.nodes if n.block == block)
     if not nodes:
         raise EditError(f"the graph has no block {block!r}")
-    produced = {n.name for n in nodes}
+    produced = {v for n in nodes for v in n.outputs}
     entering = sorted({v for n in nodes for v in n.inputs if v not in produced})
     if len(entering) != 1:
         raise EditError(
             f"block {block!r} reads {len(entering)} values from outside ({', '.join(entering)}); "
             "only a block with one entering value can be cut out"
         )
-    return BlockIO(block, nodes, entering[0], nodes[-1].name)
+    return BlockIO(block, nodes, entering[0], nodes[-1].output)
 
 
 def without_blocks(graph: Graph, blocks: Iterable[str]) -> Graph:

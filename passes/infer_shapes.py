@@ -21,8 +21,14 @@ class InferShapes(Pass):
         types: dict[str, TensorType] = dict(graph.inputs)
         for node in graph.nodes:
             try:
-                types[node.output] = node.op.infer([types[v] for v in node.inputs])
+                found = node.op.infer_outputs([types[v] for v in node.inputs])
             except TypeRuleError as exc:
                 raise GraphInvalid(f"%{node.name}: {exc}") from None
+            if len(found) != len(node.outputs):
+                raise GraphInvalid(
+                    f"%{node.name} ({node.op.kind}) names {len(node.outputs)} output(s), "
+                    f"its type rule gives {len(found)}"
+                )
+            types.update(zip(node.outputs, found, strict=True))
         changed = types != dict(graph.value_types)
         return PassResult(replace(graph, value_types=MappingProxyType(types)), changed)

@@ -1,6 +1,7 @@
 """``verify``: the graph is a well-formed DAG, every node has its op's number of operands and
-its attributes obey its rules, (in a causal LM) every node is causal, and every mixer runs on
-the model's tokens (2-D grids in an image classifier, 1-D sequences in an LM)."""
+of outputs (the first named like the node), its attributes obey its rules, (in a causal LM)
+every node is causal, and every mixer runs on the model's tokens (2-D grids in an image
+classifier, 1-D sequences in an LM)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,19 @@ class Verify(Pass):
     def run(self, graph: Graph) -> PassResult:
         defined = set(graph.inputs)
         for node in graph.nodes:
-            if node.name in defined:
-                raise GraphInvalid(f"value %{node.name} is defined twice")
+            twice = [v for v in node.outputs if v in defined]
+            if twice:
+                raise GraphInvalid(f"value %{twice[0]} is defined twice")
+            if len(node.outputs) != node.op.num_outputs:
+                raise GraphInvalid(
+                    f"%{node.name} ({node.op.kind}) produces {node.op.num_outputs} value(s), "
+                    f"names {len(node.outputs)}"
+                )
+            if node.outputs[0] != node.name or len(set(node.outputs)) < len(node.outputs):
+                raise GraphInvalid(
+                    f"%{node.name}: outputs {node.outputs} must be distinct, the first named "
+                    "like the node"
+                )
             if len(node.inputs) != node.op.arity:
                 raise GraphInvalid(
                     f"%{node.name} ({node.op.kind}) takes {node.op.arity} operand(s), "
@@ -38,7 +50,7 @@ class Verify(Pass):
             layout = layout_problem(node.op, graph.model.task)
             if layout is not None:
                 raise GraphInvalid(f"%{node.name} ({node.op.kind}) is {layout}")
-            defined.add(node.name)
+            defined.update(node.outputs)
         for out in graph.outputs:
             if out not in defined:
                 raise GraphInvalid(f"graph output %{out} is not defined")

@@ -19,6 +19,7 @@ from archgen.ir.ops.base import (
     ops_with_role,
 )
 from archgen.ir.ops.channel import MLP, SwiGLU
+from archgen.ir.ops.fused import AddNorm
 from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
 from archgen.ir.ops.norms import LayerNorm, RMSNorm
 from archgen.ir.ops.ssm import Mamba, Mamba2
@@ -36,6 +37,7 @@ __all__ = [
     "IMAGE_TASK",
     "MLP",
     "OP_REGISTRY",
+    "AddNorm",
     "Attention",
     "CheckpointAttention",
     "ClassifierHead",

@@ -5,7 +5,8 @@ attributes; the fields named in ``context_fields`` come from the model (``d_mode
 ``vocab_size``, ...) and every other field is user-facing: the spec layer generates its schema
 from them (field ``metadata``: ``doc``, bounds ``ge``/``le``/``gt``, ``auto=True`` for a field whose
 ``None`` default is resolved by :meth:`Op.resolved`). A class declares its type rule
-(:meth:`infer`), its static properties as data (``role``, ``arity``, ``traits``) and its cost as
+(:meth:`infer`, or :meth:`infer_outputs` for a kind with several outputs), its static properties
+as data (``role``, ``arity``, ``num_outputs``, ``traits``) and its cost as
 closed-form functions of the shapes. A property that depends on an attribute (the dense mixer is
 causal only with ``causal=True``) is answered by :meth:`Op.has`, which every reader asks.
 """
@@ -68,6 +69,7 @@ class Op:
     kind: ClassVar[str]
     role: ClassVar[Role]
     arity: ClassVar[int]  # number of operands
+    num_outputs: ClassVar[int] = 1  # number of values a node of this kind produces
     traits: ClassVar[frozenset[Trait]]
     context_fields: ClassVar[tuple[str, ...]] = ("d_model",)
     summary: ClassVar[str] = ""
@@ -111,6 +113,11 @@ class Op:
         return []
 
     # -- type rule -----------------------------------------------------------------------------
+    def infer_outputs(self, inputs: Sequence[TensorType]) -> tuple[TensorType, ...]:
+        """The type of each output, in order (``num_outputs`` of them). Single-output kinds
+        define :meth:`infer`; kinds with several outputs override this."""
+        return (self.infer(inputs),)
+
     def infer(self, inputs: Sequence[TensorType]) -> TensorType:
         """Default rule of shape-preserving mixers: one input ``[B, L, d_model]``, same output."""
         (x,) = _expect_arity(self, inputs)

@@ -32,6 +32,7 @@ PASS_CASES: dict[str, tuple[str, ...]] = {
         "compress_segments{s=8,local=mamba}",
     ),
     "replace_mixer": ("replace_mixer{layers=[1],kind=swa,window=32}",),
+    "fuse_kernels": ("fuse_kernels",),
 }
 
 
