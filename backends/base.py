@@ -33,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from archgen.errors import ArchgenError, UnavailableError
 from archgen.ir.graph import Graph, Node
@@ -223,6 +223,9 @@ class Artifact(ABC):
         """Write the artifact into folder ``path``; returns the file names written."""
 
 
+ArtifactT = TypeVar("ArtifactT", bound=Artifact)
+
+
 class Backend(ABC):
     name: ClassVar[str]
     dtypes: ClassVar[frozenset[str]]
@@ -250,15 +253,38 @@ class Backend(ABC):
         return False, f"{self.name} supports dtypes {', '.join(sorted(self.dtypes))}, not {dtype}"
 
 
-def check_lowerable(backend: Backend, graph: Graph, options: LowerOptions) -> None:
+@dataclass(frozen=True)
+class Lowerable:
+    """What a backend lowers: the graph, with each fused node it cannot lower split back into
+    the nodes it replaced, and one note per such node (for the artifact's ``notes``)."""
+
+    graph: Graph
+    notes: tuple[str, ...] = ()
+
+
+def check_lowerable(backend: Backend, graph: Graph, options: LowerOptions) -> Lowerable:
     """Raise before any work if ``backend`` cannot lower ``graph`` here: unavailable backend
-    (exit code 3), unsupported dtype or nodes (all of them listed, each with its reason)."""
+    (exit code 3), unsupported dtype or nodes (all of them listed, each with its reason). A
+    fused node (``fuse_kernels``) it cannot lower is not an error: it falls back to the unfused
+    nodes -- the same function -- with a note saying so, never silently."""
     ok, reason = backend.is_available()
     if not ok:
         raise UnavailableError(f"backend {backend.name!r} is not available here: {reason}")
     ok, reason = backend.supports_dtype(options.dtype)
     if not ok:
         raise UnsupportedError(reason)
+    from archgen.passes.fuse_kernels import FUSED_KINDS, unfuse
+
+    refused = [(n, r) for n in graph.nodes for ok, r in [backend.supports(n)] if not ok]
+    fused = [(n, r) for n, r in refused if n.op.kind in FUSED_KINDS]
+    notes = tuple(
+        f"{n.op.kind} %{n.name} falls back to the unfused nodes ({', '.join(n.outputs)}): "
+        f"{backend.name} cannot lower it ({r})"
+        for n, r in fused
+    )
+    if fused:
+        graph = unfuse(graph, [n.name for n, _ in fused])
+    # after the fallback: every node left (the unfused ones too) must be lowerable
     bad = [(n.name, r) for n in graph.nodes for ok, r in [backend.supports(n)] if not ok]
     if bad:
         lines = "; ".join(f"{name}: {reason}" for name, reason in bad)
@@ -266,6 +292,13 @@ def check_lowerable(backend: Backend, graph: Graph, options: LowerOptions) -> No
             f"backend {backend.name!r} cannot lower {len(bad)} node(s): {lines}",
             hint="`archgen doctor SPEC` lists what each backend supports",
         )
+    return Lowerable(graph, notes)
+
+
+def with_notes(artifact: ArtifactT, notes: tuple[str, ...]) -> ArtifactT:
+    """``artifact`` with ``notes`` (e.g. :class:`Lowerable`'s fallbacks) added to its meta."""
+    artifact.meta.notes.extend(notes)
+    return artifact
 
 
 # -- registry ----------------------------------------------------------------------------------

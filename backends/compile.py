@@ -28,6 +28,7 @@ from archgen.backends.base import (
     UnsupportedError,
     check_lowerable,
     library_versions,
+    with_notes,
 )
 from archgen.backends.eager import (
     TORCH_DTYPES,
@@ -132,11 +133,12 @@ class CompileBackend(Backend):
 
     def lower(self, graph: Graph, options: LowerOptions) -> CompileArtifact:
         options = options.resolve(graph)
-        check_lowerable(self, graph, options)
-        model = source_model(graph, options, TORCH_DTYPES[options.dtype])
-        return self._artifact(graph, options, model)
+        ready = check_lowerable(self, graph, options)
+        model = source_model(ready.graph, options, TORCH_DTYPES[options.dtype])
+        return with_notes(self._artifact(ready.graph, options, model), ready.notes)
 
     def load(self, path: str | Path, graph: Graph, options: LowerOptions) -> CompileArtifact:
         options = options.resolve(graph)
-        check_lowerable(self, graph, options)
-        return self._artifact(graph, options, loaded_model(graph, options, Path(path)))
+        ready = check_lowerable(self, graph, options)
+        model = loaded_model(ready.graph, options, Path(path))
+        return with_notes(self._artifact(ready.graph, options, model), ready.notes)

@@ -26,6 +26,7 @@ from archgen.backends.base import (
     check_lowerable,
     device_name,
     library_versions,
+    with_notes,
     write_meta,
 )
 from archgen.backends.torch_model import ArchModel, build_model
@@ -249,15 +250,15 @@ class EagerBackend(Backend):
 
     def lower(self, graph: Graph, options: LowerOptions) -> EagerArtifact:
         options = options.resolve(graph)
-        check_lowerable(self, graph, options)
-        return self._artifact(
-            graph, options, source_model(graph, options, TORCH_DTYPES[options.dtype])
-        )
+        ready = check_lowerable(self, graph, options)
+        model = source_model(ready.graph, options, TORCH_DTYPES[options.dtype])
+        return with_notes(self._artifact(ready.graph, options, model), ready.notes)
 
     def load(self, path: str | Path, graph: Graph, options: LowerOptions) -> EagerArtifact:
         options = options.resolve(graph)
-        check_lowerable(self, graph, options)
-        return self._artifact(graph, options, loaded_model(graph, options, Path(path)))
+        ready = check_lowerable(self, graph, options)
+        model = loaded_model(ready.graph, options, Path(path))
+        return with_notes(self._artifact(ready.graph, options, model), ready.notes)
 
 
 def reference_artifact(graph: Graph, options: LowerOptions) -> EagerArtifact:

@@ -112,8 +112,10 @@ class NullBackend(Backend):
 
     def lower(self, graph: Graph, options: LowerOptions) -> NullArtifact:
         options = options.resolve(graph)
-        check_lowerable(self, graph, options)
+        ready = check_lowerable(self, graph, options)
+        graph = ready.graph
         meta = ArtifactMeta(self.name, options, extra={"roofline": asdict(self.roofline)})
+        meta.notes.extend(ready.notes)
         for node in graph.nodes:
             meta.nodes[node.name] = NodeImpl("roofline cost model (not executed)")
         meta.notes.append(

@@ -388,12 +388,14 @@ class OnnxBackend(Backend):
 
     def lower(self, graph: Graph, options: LowerOptions) -> OnnxArtifact:
         options = options.resolve(graph)
-        check_lowerable(self, graph, options)
+        ready = check_lowerable(self, graph, options)
+        graph = ready.graph
         self.check_provider(options)
         model = source_model(graph, options, TORCH_DTYPES[options.dtype], torch.device("cpu"))
         owned = tempfile.TemporaryDirectory(prefix="archgen-onnx-")
         folder = Path(owned.name)
         meta = self._meta(graph, options)
+        meta.notes.extend(ready.notes)
         if mamba_scan_form(graph, options) == FUSED_SCAN:
             built, why = ort_selective_scan.available()
             if not built:  # fall back to the portable scan, visibly: the model still runs
@@ -434,12 +436,14 @@ class OnnxBackend(Backend):
 
     def load(self, path: str | Path, graph: Graph, options: LowerOptions) -> OnnxArtifact:
         options = options.resolve(graph)
-        check_lowerable(self, graph, options)
+        ready = check_lowerable(self, graph, options)
+        graph = ready.graph
         self.check_provider(options)
         folder = Path(path)
         if not (folder / FORWARD_FILE).is_file():
             raise ArchgenError(f"{folder}: no {FORWARD_FILE} (not an onnx artifact folder)")
         meta = self._meta(graph, options)
+        meta.notes.extend(ready.notes)
         has_decode = (folder / DECODE_FILE).is_file()
         meta.extra["decode"] = {"file": DECODE_FILE} if has_decode else "no decode graph saved"
         return OnnxArtifact(graph, meta, folder, has_decode)

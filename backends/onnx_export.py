@@ -31,6 +31,7 @@ from archgen.atomic import write_atomic
 from archgen.backends.base import LowerOptions, UnsupportedError, library_versions
 from archgen.backends.eager import BoundaryModule
 from archgen.backends.onnx_attention import gqa_translation
+from archgen.backends.onnx_fused import add_norm_translation
 from archgen.backends.onnx_scan import scan_translation
 from archgen.backends.torch_model import ArchModel
 from archgen.errors import ArchgenError
@@ -375,6 +376,8 @@ def export_forward(
     translations = {
         **(gqa_translation() if options.fused_attention else {}),
         **(scan_translation() if options.fused_scan else {}),
+        # fused nodes (fuse_kernels): onnxruntime's contrib ops, or standard ops (--portable)
+        **add_norm_translation(contrib_ops=options.fused_attention),
     }
     scan_as_op = (
         selective_scan.exported_as_custom_op() if options.fused_scan else contextlib.nullcontext()
@@ -643,6 +646,7 @@ def export_decode(model: ArchModel, path: Path, options: LowerOptions) -> dict[s
         input_names=["input_ids", "position_ids", "attention_mask", *layout.input_names()],
         output_names=["logits", *layout.output_names()],
         opset=options.opset,
+        translations=add_norm_translation(contrib_ops=options.fused_attention),
         metadata=metadata,
     )
     return {**facts, "dynamic_state_dims": growing}

@@ -292,18 +292,23 @@ class TensorRTBackend(Backend):
     def lower(self, graph: Graph, options: LowerOptions) -> TensorRTArtifact:
         # TensorRT's ONNX parser knows standard ops only: no onnxruntime contrib ops.
         options = replace(options.resolve(graph), fused_attention=False, fused_scan=False)
-        check_lowerable(self, graph, options)  # UnavailableError (exit 3) without tensorrt
+        ready = check_lowerable(self, graph, options)  # UnavailableError (exit 3) without tensorrt
+        graph = ready.graph
         owned = tempfile.TemporaryDirectory(prefix="archgen-trt-")
         folder = Path(owned.name)
         meta = self._meta(graph, options)
+        meta.notes.extend(ready.notes)
         meta.extra["onnx"] = write_onnx(graph, options, folder)
         _, meta.extra["engine"] = build_engine(folder / ONNX_FILE, options, folder / ENGINE_FILE)
         return TensorRTArtifact(graph, meta, folder, owned)
 
     def load(self, path: str | Path, graph: Graph, options: LowerOptions) -> TensorRTArtifact:
         options = options.resolve(graph)
-        check_lowerable(self, graph, options)
+        ready = check_lowerable(self, graph, options)
+        graph = ready.graph
         folder = Path(path)
         if not (folder / ENGINE_FILE).is_file():
             raise ArchgenError(f"{folder}: no {ENGINE_FILE} (not a tensorrt artifact folder)")
-        return TensorRTArtifact(graph, self._meta(graph, options), folder)
+        meta = self._meta(graph, options)
+        meta.notes.extend(ready.notes)
+        return TensorRTArtifact(graph, meta, folder)
