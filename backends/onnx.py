@@ -12,7 +12,7 @@ Two graphs are exported, with Optimum's names and the model config in ``metadata
 * ``decode_step.onnx`` (causal LMs whose token mixers all have a traceable ``step``) --
   ``input_ids i64[batch, 1], position_ids i64[batch, 1], attention_mask i64[batch, past + 1],
   <state...> -> logits f32[batch, 1, V], <new state...>``: a position per sequence and a
-  padding mask, so left-padded batches decode (:data:`~archgen.backends.onnx_export.PADDING`).
+  padding mask, so left-padded batches decode (:data:`~archgen.backends.onnx_decode.PADDING`).
   Attention's KV cache is ``past_key_values.N.key|value`` -> ``present.N.key|value`` and grows
   by one slot per step (the dynamic dim ``past``, 0 at the first step); fixed-size caches and
   recurrent states are ``window_cache.N.*``, ``checkpoint_cache.N.*``, ``conv_state.N``,
@@ -60,10 +60,9 @@ from archgen.backends.eager import (
     time_calls,
     torch_supports,
 )
+from archgen.backends.onnx_decode import decode_support, export_decode
 from archgen.backends.onnx_export import (
     FUSED_SCAN,
-    decode_support,
-    export_decode,
     export_forward,
     mamba_scan_form,
     set_metadata,

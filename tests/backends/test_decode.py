@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from archgen import api
-from archgen.backends.onnx_export import DecodeStepModule, decode_support, probe_state
+from archgen.backends.onnx_decode import DecodeStepModule, decode_support, probe_state
 from archgen.backends.torch_model import build_model
 from archgen.generate import encode_prompt, generate
 from tests.conftest import EXAMPLES

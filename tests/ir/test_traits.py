@@ -129,7 +129,7 @@ def test_type_rule_uses_arity() -> None:
 
 
 def test_decode_exportable_trait_is_what_decode_support_reports() -> None:
-    from archgen.backends.onnx_export import decode_support
+    from archgen.backends.onnx_decode import decode_support
 
     graph = _graph()
     exportable = set()
