@@ -41,9 +41,13 @@ CFLAGS = (
     "-fopenmp-simd",
     "-std=c++17",
     "-fPIC",
-    "-shared",
     "-fvisibility=hidden",
 )
+# Linked in a second step, without -ffast-math: a -ffast-math link adds gcc's crtfastmath.o,
+# whose constructor turns on flush-to-zero / denormals-are-zero for the whole process when the
+# library is loaded (every later float op in the user's program, numpy's and torch's included,
+# would flush subnormals; hypothesis refuses to run under it).
+LDFLAGS = ("-shared", "-fPIC")
 LIBRARY_NAME = "libarchgen_ort_scan.so"
 
 _path: Path | None = None
@@ -64,7 +68,8 @@ def compiler() -> str | None:
 
 
 def _build_dir(cxx: str) -> Path:
-    parts = [SOURCE_PATH.read_text(), CORE_PATH.read_text(), " ".join(CFLAGS), cxx, cpu_tag()]
+    parts = [SOURCE_PATH.read_text(), CORE_PATH.read_text(), " ".join(CFLAGS + LDFLAGS), cxx]
+    parts.append(cpu_tag())
     parts.append((ORT_INCLUDE / "onnxruntime_c_api.h").read_text())
     digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
     return cache_dir() / "ort_extensions" / f"archgen_ort_scan_{digest}"
@@ -86,18 +91,29 @@ def _build() -> Path:
         if target.is_file():
             return target
         partial = folder / f".{LIBRARY_NAME}.{os.getpid()}"
-        command = [cxx, *CFLAGS, "-I", str(CORE_PATH.parent), "-I", str(ORT_INCLUDE)]
-        command += [str(SOURCE_PATH), "-o", str(partial)]
+        obj = folder / f".{SOURCE_PATH.stem}.{os.getpid()}.o"
+        compile_ = [cxx, *CFLAGS, "-I", str(CORE_PATH.parent), "-I", str(ORT_INCLUDE), "-c"]
+        compile_ += [str(SOURCE_PATH), "-o", str(obj)]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        except OSError as exc:  # the compiler named by $CXX does not exist or cannot run
-            raise LibraryBuildError(f"cannot run the C++ compiler {cxx!r}: {exc}") from exc
-        if done.returncode != 0:
+            for command in (compile_, [cxx, *LDFLAGS, str(obj), "-o", str(partial)]):
+                _run_compiler(cxx, command)
+        except LibraryBuildError:
             partial.unlink(missing_ok=True)
-            log = (done.stderr or done.stdout).strip()
-            raise LibraryBuildError(f"{cxx} failed (exit {done.returncode}): {log[-1500:]}")
+            raise
+        finally:
+            obj.unlink(missing_ok=True)
         partial.replace(target)  # atomic: a reader never sees half a library
     return target
+
+
+def _run_compiler(cxx: str, command: list[str]) -> None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except OSError as exc:  # the compiler named by $CXX does not exist or cannot run
+        raise LibraryBuildError(f"cannot run the C++ compiler {cxx!r}: {exc}") from exc
+    if done.returncode != 0:
+        log = (done.stderr or done.stdout).strip()
+        raise LibraryBuildError(f"{cxx} failed (exit {done.returncode}): {log[-1500:]}")
 
 
 def library_path() -> Path:

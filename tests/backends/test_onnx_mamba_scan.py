@@ -9,6 +9,8 @@ The library is built once per cache folder (the suite's ``ARCHGEN_CACHE``) and r
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -141,6 +143,24 @@ def test_causal_conv_export_form_equals_the_eager_taps(monkeypatch, rng_seed) ->
     )
     assert_close(exported, loop, dtype=torch.float64)
     assert_close(eager, loop, dtype=torch.float64)
+
+
+def test_loading_the_library_keeps_subnormal_floats() -> None:
+    """A library linked with -ffast-math turns on flush-to-zero for the whole process when it
+    is loaded (gcc's crtfastmath.o): every later float op of the user's program would flush
+    subnormals. Loaded in a child process, so a regression cannot spread to other tests."""
+    path = ort_selective_scan.library_path()
+    code = (
+        "import ctypes, sys; tiny = float(sys.argv[2]); assert tiny / 4 > 0;"
+        "ctypes.CDLL(sys.argv[1]); print(tiny / 4 > 0)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), "2.2250738585072014e-308"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True", "loading the library flushed subnormals to zero"
 
 
 def test_scan_node_refuses_mismatched_shapes() -> None:
