@@ -63,6 +63,18 @@ def count_steps(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return calls
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist (`-n 2`, the default) two workers share the machine's cores: one torch
+    # thread each, or their OpenMP pools oversubscribe the cores and spin against each other.
+    # Subprocesses (`archgen(...)`) keep torch's own default.
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-goldens",
