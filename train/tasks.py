@@ -127,7 +127,11 @@ class AssociativeRecall(Task):
         prefix[:, 0::2], prefix[:, 1::2] = keys, values
         return prefix
 
-    def sample(self, rng: np.random.Generator, n: int) -> TaskBatch:
+    def _queried(
+        self, rng: np.random.Generator, n: int
+    ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        """The pairs written out, then room for the queries: ``(seq, start, keys, values)``
+        with ``seq`` padded after ``start`` and the queried pairs ``[n, queries]`` each."""
         keys, values = self._pairs(rng, n)
         prefix = self._prefix(rng, keys, values)
         queries = (self.seq_len - prefix.shape[1]) // 2
@@ -135,11 +139,14 @@ class AssociativeRecall(Task):
         rows = np.arange(n)[:, None]
         seq = np.full((n, self.seq_len), PAD, dtype=np.int64)
         seq[:, : prefix.shape[1]] = prefix
-        start = prefix.shape[1]
-        seq[:, start : start + 2 * queries : 2] = keys[rows, pick]
-        seq[:, start + 1 : start + 2 * queries : 2] = values[rows, pick]
+        return seq, prefix.shape[1], keys[rows, pick], values[rows, pick]
+
+    def sample(self, rng: np.random.Generator, n: int) -> TaskBatch:
+        seq, start, keys, values = self._queried(rng, n)
+        end = start + 2 * keys.shape[1]
+        seq[:, start:end:2], seq[:, start + 1 : end : 2] = keys, values
         mask = np.zeros_like(seq, dtype=bool)
-        mask[:, start : start + 2 * queries : 2] = True
+        mask[:, start:end:2] = True
         return TaskBatch(seq, _shifted(seq), mask)
 
     def chance(self) -> float:
@@ -158,16 +165,10 @@ class QueryRecall(AssociativeRecall):
     summary: ClassVar[str] = "associative recall, queries first and all their answers after them"
 
     def sample(self, rng: np.random.Generator, n: int) -> TaskBatch:
-        keys, values = self._pairs(rng, n)
-        prefix = self._prefix(rng, keys, values)
-        queries = (self.seq_len - prefix.shape[1]) // 2
-        pick = rng.integers(0, self.num_pairs, (n, queries))
-        rows = np.arange(n)[:, None]
-        seq = np.full((n, self.seq_len), PAD, dtype=np.int64)
-        seq[:, : prefix.shape[1]] = prefix
-        start = prefix.shape[1]
-        seq[:, start : start + queries] = keys[rows, pick]
-        seq[:, start + queries : start + 2 * queries] = values[rows, pick]
+        seq, start, keys, values = self._queried(rng, n)
+        queries = keys.shape[1]
+        seq[:, start : start + queries] = keys
+        seq[:, start + queries : start + 2 * queries] = values
         mask = np.zeros_like(seq, dtype=bool)
         mask[:, start + queries - 1 : start + 2 * queries - 1] = True  # each predicts the next
         return TaskBatch(seq, _shifted(seq), mask)
