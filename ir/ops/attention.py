@@ -119,12 +119,6 @@ class Attention(_SoftmaxAttentionBase):
         default=True,
     )
 
-    def has(self, trait: Trait) -> bool:
-        # without the mask every output depends on every token: no causality, no decoding
-        if not self.causal and trait in (Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE):
-            return False
-        return super().has(trait)
-
     def key_pairs(self, seq_len: int) -> int:
         return causal_pairs(seq_len) if self.causal else seq_len * seq_len
 
@@ -152,12 +146,6 @@ class SlidingWindowAttention(_SoftmaxAttentionBase):
         "keys on the left only (from the task: a masked-diffusion-lm's window is symmetric)",
         default=True,
     )
-
-    def has(self, trait: Trait) -> bool:
-        # a symmetric window reads future tokens: neither causal nor decodable
-        if not self.causal and trait in self.traits:
-            return False
-        return super().has(trait)
 
     def key_pairs(self, seq_len: int) -> int:
         w = min(self.window, seq_len)
@@ -215,12 +203,6 @@ class DenseMixer(Op):
     max_seq_len: int = attr("longest sequence (size of the mixing matrix)", ge=1)
     heads: int = attr("independent mixing matrices", default=1, ge=1)
     causal: bool = attr("lower-triangular mask (required in a causal LM)", default=True)
-
-    def has(self, trait: Trait) -> bool:
-        # the unmasked matrix mixes in future tokens, so it has neither property
-        if trait in (Trait.CAUSAL, Trait.DECODABLE) and not self.causal:
-            return False
-        return super().has(trait)
 
     def extra_problems(self) -> list[Constraint]:
         if self.d_model % self.heads:

@@ -47,6 +47,10 @@ class Trait(enum.Enum):
     SPATIAL = "spatial"
 
 
+# What a mixer without its causal mask or scan direction loses: every output reads future
+# tokens, so it is not causal and has no incremental decode step.
+CAUSAL_ONLY: frozenset[Trait] = frozenset({Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE})
+
 # Ops that act on each position independently: causal, their step is their forward, and they
 # run on any layout of positions (a 1-D sequence or a 2-D grid).
 POSITIONWISE: frozenset[Trait] = frozenset(
@@ -88,7 +92,11 @@ class Op:
         return self
 
     def has(self, trait: Trait) -> bool:
-        """Whether this op has ``trait``; subclasses narrow it by their attributes."""
+        """Whether this op has ``trait``. An op whose ``causal`` attribute is false (its
+        bidirectional form, set from the task) lacks the causal-only traits; subclasses narrow
+        further by their own attributes."""
+        if trait in CAUSAL_ONLY and getattr(self, "causal", True) is False:
+            return False
         return trait in self.traits
 
     def problems(self) -> list[Constraint]:

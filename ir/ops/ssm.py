@@ -28,7 +28,6 @@ from archgen.ir.ops.base import (
 )
 
 # traits a bidirectional (causal=False) SSM lacks: every output depends on every token
-_CAUSAL_ONLY = frozenset({Trait.CAUSAL, Trait.DECODABLE, Trait.DECODE_EXPORTABLE})
 _CAUSAL_DOC = "causal scan (from the task: false in a masked-diffusion-lm adds a flipped scan)"
 
 
@@ -55,11 +54,6 @@ class Mamba(Op):
     conv_bias: bool = attr("bias on the conv", default=True)
     bias: bool = attr("biases on in_proj/out_proj", default=False)
     causal: bool = attr(_CAUSAL_DOC, default=True)
-
-    def has(self, trait: Trait) -> bool:
-        if not self.causal and trait in _CAUSAL_ONLY:
-            return False
-        return super().has(trait)
 
     @property
     def directions(self) -> int:
@@ -140,11 +134,6 @@ class Mamba2(Op):
     conv_bias: bool = attr("bias on the conv", default=True)
     bias: bool = attr("biases on in_proj/out_proj", default=False)
     causal: bool = attr(_CAUSAL_DOC, default=True)
-
-    def has(self, trait: Trait) -> bool:
-        if not self.causal and trait in _CAUSAL_ONLY:
-            return False
-        return super().has(trait)
 
     @property
     def directions(self) -> int:
