@@ -7,11 +7,19 @@ third pass at one thread fewer than the workload's, against the first: how well 
 while the cores are contended (the fallback of search/measure.py) stands for the workload's.
 
     python -m benchmarks.bench_paired [--candidates 30] [--seed 0] [--fewer-threads]
+        [--raw CALLS.json]
+    python -m benchmarks.bench_paired --estimators CALLS.json
+
+``--raw`` also records every timed call of both passes (which model, seconds, in order);
+``--estimators`` replays such a record through other ways of turning the calls into a ratio
+(ratio of medians, of lower quartiles, of minima, ...) and prints each one's pass-to-pass
+agreement, so that an estimator is chosen on measured calls rather than on guesses.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import tempfile
@@ -21,15 +29,45 @@ from pathlib import Path
 
 from scipy.stats import kendalltau, spearmanr
 
+import archgen.search.measure as measure_module
 from archgen.search.measure import Measurer
-from archgen.search.paired import PairedResult
+from archgen.search.paired import Call, PairedResult, PairingPolicy, robust_ratio
 from archgen.search_api import SearchOptions, plan_search
 from benchmarks.common import machine
+
+
+class CallRecorder:
+    """Wraps measure_paired's callables: every call's model ("ref" or the candidate's index) and
+    seconds, in the order they ran, one list per measurement."""
+
+    def __init__(self) -> None:
+        self.measurements: list[list[tuple[str, float]]] = []
+        self.current = 0
+        self._inner = measure_module.measure_paired
+
+    def _wrap(self, who: str, call: Call, calls: list[tuple[str, float]]) -> Call:
+        def timed() -> float:
+            t = call()
+            calls.append((who, t))
+            return t
+
+        return timed
+
+    def __call__(self, reference: Call, models, **kwargs):  # type: ignore[no-untyped-def]
+        calls: list[tuple[str, float]] = []
+        self.measurements.append(calls)
+        (model,) = models  # bench_paired measures one candidate at a time
+        return self._inner(
+            self._wrap("ref", reference, calls), [self._wrap(str(self.current), model, calls)],
+            **kwargs,
+        )  # fmt: skip
 
 
 def one_pass(measurer: Measurer, graphs: list, order: list[int]) -> list[PairedResult]:
     out: dict[int, PairedResult] = {}
     for i in order:
+        if isinstance(measure_module.measure_paired, CallRecorder):
+            measure_module.measure_paired.current = i
         (out[i],) = measurer.measure_against_reference([graphs[i]])
     return [out[i] for i in range(len(graphs))]
 
@@ -51,7 +89,15 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fewer-threads", action="store_true")
+    parser.add_argument("--raw", type=Path, help="also write every timed call here (JSON)")
+    parser.add_argument("--estimators", type=Path, help="replay a --raw record; measure nothing")
     args = parser.parse_args()
+    if args.estimators:
+        compare_estimators(json.loads(args.estimators.read_text()))
+        return
+    recorder = CallRecorder() if args.raw else None
+    if recorder is not None:
+        measure_module.measure_paired = recorder  # type: ignore[assignment]
     plan = plan_search(args.spec, SearchOptions(quick=True, out=Path(tempfile.mkdtemp())))
     space = plan.space
     rng = random.Random(args.seed)
@@ -72,6 +118,10 @@ def main() -> None:
         rows.append((f"{plan.workload.threads} vs {fewer.workload.threads} threads", first,
                      one_pass(fewer, graphs, list(range(len(graphs))))))  # fmt: skip
     elapsed = time.perf_counter() - start
+    if recorder is not None:
+        args.raw.write_text(json.dumps({"machine": machine(), "passes": 2,
+                                        "candidates": len(graphs),
+                                        "measurements": recorder.measurements}))  # fmt: skip
     print("| comparison | n | Spearman | Kendall | median |diff| | max |diff| |")
     print("|---|---|---|---|---|---|")
     for name, a, b in rows:
@@ -87,6 +137,81 @@ def main() -> None:
         f"reference {1e3 * statistics.median(r.reference_s for r in first):.1f} ms; "
         f"{elapsed:.0f} s"
     )
+
+
+# -- replaying recorded calls through other estimators ------------------------------------------
+
+
+def _rounds(calls: list[list]) -> list[tuple[float, float, float]]:
+    """(reference before, model, reference after) per round of one measurement: the calls run
+    R M R M R ... within an attempt, and each attempt starts with its own reference call."""
+    out, before, model = [], None, None
+    for who, t in calls:
+        if who == "ref":
+            if model is not None and before is not None:
+                out.append((before, model, t))
+            before, model = t, None
+        else:
+            model = t
+    return out
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    ys = sorted(xs)
+    pos = q * (len(ys) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ys) - 1)
+    return ys[lo] + (ys[hi] - ys[lo]) * (pos - lo)
+
+
+ESTIMATORS = {
+    "robust median of round ratios (search/paired.py)": lambda r: (
+        robust_ratio([m / ((a + b) / 2) for a, m, b in r], PairingPolicy()).value
+    ),
+    "median of round ratios, no rejection": lambda r: statistics.median(
+        m / ((a + b) / 2) for a, m, b in r
+    ),
+    "ratio of medians": lambda r: (
+        statistics.median(m for _, m, _ in r)
+        / statistics.median(x for a, _, b in r for x in (a, b))
+    ),
+    "ratio of lower quartiles": lambda r: (
+        _quantile([m for _, m, _ in r], 0.25)
+        / _quantile([x for a, _, b in r for x in (a, b)], 0.25)
+    ),
+    "ratio of 10th percentiles": lambda r: (
+        _quantile([m for _, m, _ in r], 0.1) / _quantile([x for a, _, b in r for x in (a, b)], 0.1)
+    ),
+    "ratio of minima": lambda r: min(m for _, m, _ in r) / min(x for a, _, b in r for x in (a, b)),
+    "lower quartile of round ratios": lambda r: _quantile(
+        [m / ((a + b) / 2) for a, m, b in r], 0.25
+    ),
+    "median of ratios to the faster neighbour": lambda r: statistics.median(
+        m / min(a, b) for a, m, b in r
+    ),
+}
+
+
+def compare_estimators(record: dict) -> None:
+    n = record["candidates"]
+    measurements = record["measurements"]
+    # measurement k of pass 1 is candidate k; pass 2 ran in reverse order (fewer-thread
+    # retakes would add measurements: only records without them are replayed)
+    if len(measurements) != 2 * n:
+        raise SystemExit(f"expected {2 * n} measurements, found {len(measurements)}")
+    first = [_rounds(measurements[i]) for i in range(n)]
+    second = [_rounds(measurements[2 * n - 1 - i]) for i in range(n)]
+    print(f"# replay of {n} candidates x 2 passes; recorded on {record['machine']}")
+    print("| estimator | rounds | Spearman | Kendall | median |diff| |")
+    print("|---|---|---|---|---|")
+    for cap in (24, None):
+        for name, estimate in ESTIMATORS.items():
+            a = [estimate(r[:cap]) for r in first]
+            b = [estimate(r[:cap]) for r in second]
+            diffs = [abs(p / q - 1) for p, q in zip(a, b, strict=True)]
+            rho, tau = spearmanr(a, b).statistic, kendalltau(a, b).statistic
+            print(f"| {name} | {cap or 'all'} | {rho:.3f} | {tau:.3f} | "
+                  f"{100 * statistics.median(diffs):.2f} % |")  # fmt: skip
 
 
 if __name__ == "__main__":
