@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import tempfile
@@ -27,7 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from scipy.stats import kendalltau, spearmanr
+from scipy.stats import kendalltau, linregress, spearmanr
 
 import archgen.search.measure as measure_module
 from archgen.search.measure import Measurer
@@ -204,7 +205,8 @@ def compare_estimators(record: dict) -> None:
     print(f"# replay of {n} candidates x 2 passes; recorded on {record['machine']}")
     print("| estimator | rounds | Spearman | Kendall | median |diff| |")
     print("|---|---|---|---|---|")
-    for cap in (24, None):
+    longest = max(len(r) for r in first + second)
+    for cap in (24, None) if longest > 24 else (None,):
         for name, estimate in ESTIMATORS.items():
             a = [estimate(r[:cap]) for r in first]
             b = [estimate(r[:cap]) for r in second]
@@ -212,6 +214,34 @@ def compare_estimators(record: dict) -> None:
             rho, tau = spearmanr(a, b).statistic, kendalltau(a, b).statistic
             print(f"| {name} | {cap or 'all'} | {rho:.3f} | {tau:.3f} | "
                   f"{100 * statistics.median(diffs):.2f} % |")  # fmt: skip
+    machine_state(first, second)
+
+
+def machine_state(first: list[list[tuple[float, float, float]]], second: list) -> None:
+    """Does a candidate's ratio move with the machine's state? The reference's median call in
+    a measurement says how fast the machine was then; if ratios were immune to it, the change
+    of a candidate's ratio between passes would not follow the change of its reference time.
+
+    The last line re-ranks both passes with ratios scaled to one reference speed by the slope
+    fitted on these same pairs: an in-sample figure, an upper bound of what such a correction
+    could give, not a measurement of it."""
+    estimate = ESTIMATORS["robust median of round ratios (search/paired.py)"]
+    ratio_a, ratio_b = [estimate(r) for r in first], [estimate(r) for r in second]
+    ref_a = [statistics.median(a for a, _, _ in r) for r in first]
+    ref_b = [statistics.median(a for a, _, _ in r) for r in second]
+    d_ratio = [math.log(q / p) for p, q in zip(ratio_a, ratio_b, strict=True)]
+    d_ref = [math.log(q / p) for p, q in zip(ref_a, ref_b, strict=True)]
+    fit = linregress(d_ref, d_ratio)
+    print(
+        f"\nreference call {1e3 * min(ref_a + ref_b):.1f}-{1e3 * max(ref_a + ref_b):.1f} ms "
+        f"across measurements; pass-to-pass log change of a ratio against that of its "
+        f"reference: Pearson {fit.rvalue:.2f} (p = {fit.pvalue:.1g}), slope {fit.slope:.2f}"
+    )
+    center = statistics.median(ref_a + ref_b)
+    a = [r * (center / f) ** fit.slope for r, f in zip(ratio_a, ref_a, strict=True)]
+    b = [r * (center / f) ** fit.slope for r, f in zip(ratio_b, ref_b, strict=True)]
+    print(f"ratios scaled to one reference speed (in-sample slope): Spearman "
+          f"{spearmanr(a, b).statistic:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
