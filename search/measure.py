@@ -123,6 +123,19 @@ class Measurer:
             self._reference_artifacts[threads] = self._lower(self.reference, threads)
         return self._reference_artifacts[threads]
 
+    def training_threads(self, *, calls: int = 8) -> int | None:
+        """The intra-op threads to train with now: None (leave torch's setting) when the
+        reference, timed alone for a few calls, had the cores to itself; else the cores this
+        process actually got. Torch's threads spin while they wait for each other, so on shared
+        cores fewer threads train faster: on the AMD VM beside one busy loop, 1 thread trained
+        the hybrid example at 1.4-1.9x the tokens/s of 2 (quiet, 2 threads: 1.6-1.8x 1;
+        benchmarks/results/search_load.md, session 9)."""
+        if not self.cpu_meaningful or self.reference is None:
+            return None
+        threads = self.workload.threads
+        timing = self.time_group([self.reference], repeats=calls, threads=threads)
+        return self.fewer_threads(timing.utilisation, threads) if timing.contended else None
+
     # -- whole models, relative to the reference -------------------------------------------
     def measure_against_reference(
         self, graphs: Sequence[Graph], *, rounds: int | None = None

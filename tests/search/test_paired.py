@@ -291,3 +291,11 @@ def test_the_refit_is_robust_to_a_few_wild_measurements() -> None:
         predicted = offset + sum(weights.get(k, 1.0) * v for k, v in f.items())
         assert math.isclose(predicted, m, rel_tol=0.05), (predicted, m)
     assert clean[1] == pytest.approx(0.05, abs=0.01)
+
+
+def test_training_takes_the_cores_the_process_gets(graph: Graph) -> None:
+    # one busy process on 2 cores: 2 threads get 62 % of their CPU time -> train with 1
+    busy = fake_measurer(graph, FakeMachine(utilisation={2: 0.62, 1: 0.99}))
+    assert busy.training_threads() == 1
+    quiet = fake_measurer(graph, FakeMachine(utilisation={2: 0.98}))
+    assert quiet.training_threads() is None  # torch's own setting stands
