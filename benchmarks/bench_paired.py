@@ -28,6 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy
 from scipy.stats import kendalltau, linregress, spearmanr
 
 import archgen.search.measure as measure_module
@@ -38,12 +39,12 @@ from benchmarks.common import machine
 
 
 class CallRecorder:
-    """Wraps measure_paired's callables: every call's model ("ref" or the candidate's index) and
-    seconds, in the order they ran, one list per measurement."""
+    """Wraps measure_paired's callables: every call's model ("ref" or "model") and seconds, in
+    the order they ran, one list per measurement (which candidate a measurement is follows from
+    the passes' order: compare_estimators)."""
 
     def __init__(self) -> None:
         self.measurements: list[list[tuple[str, float]]] = []
-        self.current = 0
         self._inner = measure_module.measure_paired
 
     def _wrap(self, who: str, call: Call, calls: list[tuple[str, float]]) -> Call:
@@ -59,7 +60,7 @@ class CallRecorder:
         self.measurements.append(calls)
         (model,) = models  # bench_paired measures one candidate at a time
         return self._inner(
-            self._wrap("ref", reference, calls), [self._wrap(str(self.current), model, calls)],
+            self._wrap("ref", reference, calls), [self._wrap("model", model, calls)],
             **kwargs,
         )  # fmt: skip
 
@@ -67,8 +68,6 @@ class CallRecorder:
 def one_pass(measurer: Measurer, graphs: list, order: list[int]) -> list[PairedResult]:
     out: dict[int, PairedResult] = {}
     for i in order:
-        if isinstance(measure_module.measure_paired, CallRecorder):
-            measure_module.measure_paired.current = i
         (out[i],) = measurer.measure_against_reference([graphs[i]])
     return [out[i] for i in range(len(graphs))]
 
@@ -158,11 +157,7 @@ def _rounds(calls: list[list]) -> list[tuple[float, float, float]]:
 
 
 def _quantile(xs: list[float], q: float) -> float:
-    ys = sorted(xs)
-    pos = q * (len(ys) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(ys) - 1)
-    return ys[lo] + (ys[hi] - ys[lo]) * (pos - lo)
+    return float(numpy.quantile(xs, q))  # linear interpolation between order statistics
 
 
 ESTIMATORS = {

@@ -132,8 +132,8 @@ class Measurer:
         benchmarks/results/search_load.md, session 9)."""
         if not self.cpu_meaningful or self.reference is None:
             return None
-        threads = self.workload.threads
-        timing = self.time_group([self.reference], repeats=calls, threads=threads)
+        threads = self.workload.threads  # the reference's warm artifact: nothing to lower
+        timing = self._time_calls([self._reference_call(threads)], calls, threads)
         return self.fewer_threads(timing.utilisation, threads) if timing.contended else None
 
     # -- whole models, relative to the reference -------------------------------------------
@@ -239,8 +239,12 @@ class Measurer:
         (research/perf-anchors.md §0): timed one after the other, graphs measured in a slow
         spell would rank behind equal ones. A round lasts a few seconds, so a slow spell hits
         every graph in the rounds it covers."""
-        calls = [self._lower(g, threads) for g in graphs]
-        times: list[list[float]] = [[] for _ in graphs]
+        return self._time_calls([self._lower(g, threads) for g in graphs], repeats, threads)
+
+    def _time_calls(
+        self, calls: Sequence[Callable[[], float]], repeats: int, threads: int
+    ) -> GroupTiming:
+        times: list[list[float]] = [[] for _ in calls]
         wall0, cpu0 = self.clock.wall(), self.clock.cpu()
         for _ in range(repeats):
             for i, call in enumerate(calls):
