@@ -21,7 +21,7 @@ from archgen.search.run import SearchOutcome, SearchPlan, export_folder, run_sea
 from archgen.spec.expand import spec_to_data
 from archgen.spec.loader import load_spec
 from archgen.spec.models import ArchSpec
-from archgen.spec.search_space import search_proposals
+from archgen.spec.search_space import search_groups, search_proposals
 from archgen.staging import OutputFolder, output_folder, probe_writable
 
 __all__ = ["SearchOptions", "SearchOutcome", "cache_dir", "plan_search", "run_search"]
@@ -94,6 +94,7 @@ def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> Se
     fidelity = _fidelity(spec, graph, options.quality)
     _check_export(options.export)
     proposals, _ = search_proposals(spec)
+    groups = search_groups(spec)  # an image model's per-stage slots: the nodes of each
     backend = get_backend(s.workload.backend)
     ok, why = backend.is_available()
     if not ok:
@@ -108,17 +109,21 @@ def plan_search(spec_path: str | os.PathLike[str], options: SearchOptions) -> Se
         graph,
         {node: [Choice(label, op) for label, op in choices] for node, choices in proposals.items()},
         supports,
+        groups,
     )
-    seq_len = s.workload.seq_len or spec.model.max_seq_len
-    if seq_len > spec.model.max_seq_len:
+    image = graph.model.image  # an image classifier reads batch images of its size
+    seq_len = graph.model.max_seq_len if image is not None else s.workload.seq_len
+    seq_len = seq_len or graph.model.max_seq_len
+    if seq_len > graph.model.max_seq_len:
         raise ArchgenError(
-            f"search.workload.seq_len {seq_len} exceeds model.max_seq_len {spec.model.max_seq_len}"
+            f"search.workload.seq_len {seq_len} exceeds model.max_seq_len {graph.model.max_seq_len}"
         )
     trials = min(options.trials or s.trials, 24) if options.quick else options.trials or s.trials
     w = s.workload
     workload = Workload(
         batch=w.batch, seq_len=seq_len, phase=w.phase, dtype=w.dtype, backend=w.backend,
         device=w.device, threads=w.threads, repeats=5 if options.quick else w.repeats,
+        image_size=image.image_size if image is not None else None,
     )  # fmt: skip
     workload = _task_workload(workload, w, graph.model.task)
     if options.out is not None:
@@ -168,6 +173,14 @@ def _fidelity(spec: ArchSpec, graph: Any, given: str | None) -> str:
     if fidelity not in FIDELITIES:
         raise ArchgenError(
             f"unknown quality fidelity {fidelity!r}", hint=f"one of {', '.join(FIDELITIES)}"
+        )
+    if graph.model.image is not None and fidelity != "blockwise":
+        raise ArchgenError(
+            f"quality fidelity {fidelity!r} does not apply to image classifiers: analytic ranks "
+            "sequence mixers by the past tokens they remember, capability trains on a token "
+            "recall task",
+            hint="use --quality blockwise (the default): each (layer, choice) block distilled "
+            "from the trained base model on its stage's grid",
         )
     diffusion = graph.model.mask_token is not None
     if diffusion and given is None and "fidelity" not in q.model_fields_set:

@@ -18,7 +18,13 @@ from typing import Any
 
 import torch
 
-from archgen.backends.base import LowerOptions, device_name, get_backend, library_versions
+from archgen.backends.base import (
+    LowerOptions,
+    device_name,
+    example_input,
+    get_backend,
+    library_versions,
+)
 from archgen.errors import ArchgenError, UnavailableError
 from archgen.ir.graph import Graph
 from archgen.ir.slicing import only_block, stem
@@ -102,9 +108,10 @@ class Measurer:
         return max(1, min(threads - 1, math.floor(utilisation * threads + 0.1)))
 
     def _tokens(self, graph: Graph) -> torch.Tensor:
-        w = self.workload
+        """The timed input, by the model's task (:func:`example_input`): ``batch`` token
+        sequences of ``seq_len``, or ``batch`` images of an image classifier's size."""
         generator = torch.Generator().manual_seed(0)
-        return torch.randint(0, graph.model.vocab_size, (w.batch, w.seq_len), generator=generator)
+        return example_input(graph, self.workload.batch, self.workload.seq_len, generator)
 
     def _lower(self, graph: Graph, threads: int) -> Callable[[], float]:
         """A warm artifact of ``graph`` as one timed call: seconds of one run of the workload

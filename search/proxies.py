@@ -103,8 +103,9 @@ class BlockwiseSetup:
 
 
 def alternatives(space: SearchSpace) -> dict[str, dict[str, Op]]:
-    """``{slot node: {choice label: op}}``: every (layer, choice) block the table scores."""
-    return {s.node: {c.label: c.op for c in s.choices} for s in space.slots}
+    """``{graph node: {choice label: op}}``: every (layer, choice) block the table scores
+    (each node of a slot over several: a stage's layers are distilled one by one)."""
+    return {node: {c.label: c.op for c in s.choices} for s in space.slots for node in s.targets}
 
 
 def blockwise_quality(
@@ -128,7 +129,12 @@ def blockwise_quality(
     quality = TableQuality(table.scores("normalized"))
     info = {"teacher": str(folder), "blockwise_optimizer_steps": table.optimizer_steps,
             "table": [r.__dict__ for r in table.rows]}  # fmt: skip
-    return (lambda candidate, graph: quality.score(candidate)), info
+
+    def score(candidate: Candidate, graph: Graph) -> float:
+        nodes = space.node_choices(candidate)
+        return quality.score({node: label for node, (label, _) in nodes.items()})
+
+    return score, info
 
 
 @contextlib.contextmanager

@@ -135,17 +135,17 @@ def run_search_plan(
         worker=worker_id(), reference_s=calibration.seconds,
     )  # fmt: skip
     log("measuring block latencies (cached across searches)...")
-    variants: dict[str, list[tuple[str, Graph, str]]] = {}
+    # A slot over several nodes (an image model's per-stage slot) costs the sum of its blocks.
+    variants: dict[str, list[tuple[str, Graph, tuple[str, ...]]]] = {}
     base_or_first = space.base_candidate() or {s.node: s.choices[0].label for s in space.slots}
     for slot in space.slots:
-        block = space.base.node(slot.node).block
-        assert block is not None
+        blocks = tuple(dict.fromkeys(str(space.base.node(n).block) for n in slot.targets))
         for choice in slot.choices:
             g = space.graph_for({**base_or_first, slot.node: choice.label})
-            variants.setdefault(slot.node, []).append((choice.label, g, block))
-    predictor.ensure_blocks([(g, b) for v in variants.values() for _, g, b in v])
+            variants.setdefault(slot.node, []).append((choice.label, g, blocks))
+    predictor.ensure_blocks([(g, b) for v in variants.values() for _, g, bs in v for b in bs])
     cheapest: Candidate = {
-        node: min(v, key=lambda t: predictor.block_cost(t[1], t[2]))[0]
+        node: min(v, key=lambda t: sum(predictor.block_cost(t[1], b) for b in t[2]))[0]
         for node, v in variants.items()
     }
     stale = f", {predictor.stale_rows} stale cached row(s) not used" if predictor.stale_rows else ""
@@ -156,7 +156,9 @@ def run_search_plan(
         space=space, predictor=predictor, measure_paired=measurer.measure_against_reference,
         budget=plan.budget, calibration=calibration, workload_threads=workload.threads,
     )  # fmt: skip
-    kind_names = {block_signature(g, b): label for v in variants.values() for label, g, b in v}
+    kind_names = {
+        block_signature(g, b): label for v in variants.values() for label, g, bs in v for b in bs
+    }
     _calibrate(space.baseline_candidates(), judge, measurer, kind_names, log)
     limit_s = plan.budget.limit_seconds(calibration.seconds)
     if plan.budget.is_set:

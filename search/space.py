@@ -1,9 +1,11 @@
 """The search space: which nodes of a base graph may change, and to what.
 
-A :class:`Slot` names one mixer node of the base graph (``layers.3.token_mixer``) and its
-choices (resolved IR ops). A candidate is one choice per slot; :meth:`SearchSpace.graph_for`
-swaps the ops into the base graph. Choices that break causality or that the target backend cannot
-lower are removed up front, each with its reason (:attr:`SearchSpace.excluded`).
+A :class:`Slot` names one mixer node of the base graph (``layers.3.token_mixer``), or a group of
+nodes that take the same choice (an image model's ``per: stage`` slot ``stages.1.token_mixer``),
+and its choices (resolved IR ops). A candidate is one choice per slot;
+:meth:`SearchSpace.graph_for` swaps the ops into the base graph (the ``replace_mixer``
+rewrite). Choices that break causality or that the target backend cannot lower are removed up
+front, each with its reason (:attr:`SearchSpace.excluded`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,14 @@ class Choice:
 
 @dataclass(frozen=True)
 class Slot:
-    node: str  # the graph node this slot rewrites; also the Optuna parameter name
+    node: str  # the graph node this slot rewrites (or its group's name); the Optuna parameter
     choices: tuple[Choice, ...]
+    nodes: tuple[str, ...] = ()  # a group's graph nodes, all taking the choice; () is (node,)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The graph nodes the slot's choice is applied to."""
+        return self.nodes or (self.node,)
 
     def choice(self, label: str) -> Choice:
         for c in self.choices:
@@ -56,14 +64,21 @@ class SearchSpace:
 
     @classmethod
     def build(
-        cls, base: Graph, proposals: Mapping[str, list[Choice]], supports: Supports | None = None
+        cls,
+        base: Graph,
+        proposals: Mapping[str, list[Choice]],
+        supports: Supports | None = None,
+        groups: Mapping[str, tuple[str, ...]] | None = None,
     ) -> SearchSpace:
-        """Keep the proposed choices that are causal (for causal LMs) and lowerable."""
+        """Keep the proposed choices that are causal (for causal LMs) and lowerable.
+        ``groups[slot]`` names the graph nodes a slot that covers several rewrites."""
         slots: list[Slot] = []
         excluded: list[Exclusion] = []
         names = {n.name for n in base.nodes}
+        groups = groups or {}
         for node, choices in proposals.items():
-            if node not in names:
+            targets = groups.get(node, (node,))
+            if not targets or any(t not in names for t in targets):
                 raise ArchgenError(f"search slot {node!r} names no node of the model")
             kept: list[Choice] = []
             for choice in choices:
@@ -77,7 +92,7 @@ class SearchSpace:
                         continue
                 kept.append(choice)
             if kept:
-                slots.append(Slot(node, tuple(kept)))
+                slots.append(Slot(node, tuple(kept), targets if node in groups else ()))
         space = cls(base, tuple(slots), tuple(excluded))
         if space.size() <= 1:
             reasons = "; ".join(f"{e.node}={e.label}: {e.reason}" for e in excluded)
@@ -97,15 +112,24 @@ class SearchSpace:
     def graph_for(self, candidate: Candidate) -> Graph:
         """The base graph with each slot's chosen op (the ``replace_mixer`` rewrite)."""
         return replace_mixers(
-            self.base, {s.node: s.choice(candidate[s.node]).op for s in self.slots}
+            self.base, {node: op for node, (_, op) in self.node_choices(candidate).items()}
         )
+
+    def node_choices(self, candidate: Candidate) -> dict[str, tuple[str, Op]]:
+        """``{graph node: (choice label, op)}``: each node a slot of ``candidate`` rewrites."""
+        out = {}
+        for s in self.slots:
+            choice = s.choice(candidate[s.node])
+            for node in s.targets:
+                out[node] = (choice.label, choice.op)
+        return out
 
     def base_candidate(self) -> dict[str, str] | None:
         """The base graph as a candidate, when every slot's current op is one of its choices."""
         out = {}
         for slot in self.slots:
-            current = self.base.node(slot.node).op
-            match = [c.label for c in slot.choices if c.op == current]
+            current = {self.base.node(n).op for n in slot.targets}
+            match = [c.label for c in slot.choices if current == {c.op}]
             if not match:
                 return None
             out[slot.node] = match[0]

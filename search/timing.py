@@ -25,8 +25,13 @@ class Workload:
     # The forwards of a run all read the same shape (no cache: the denoiser is bidirectional),
     # so a run costs ``calls`` times one forward; the host loop between calls is not counted.
     calls: int = 1
+    # An image classifier's input: ``batch`` images of image_size x image_size (seq_len is then
+    # the largest stage grid's tokens, which nothing times by); None for a language model.
+    image_size: int | None = None
 
     def shape_key(self) -> str:
+        if self.image_size is not None:
+            return f"images:B{self.batch}:S{self.image_size}:{self.dtype}"
         key = f"{self.phase}:B{self.batch}:L{self.seq_len}:{self.dtype}"
         if self.phase == "diffusion-decode":
             key += f":G{self.gen_length}:{self.decoder}:x{self.calls}"
@@ -34,6 +39,9 @@ class Workload:
 
     def describe(self) -> str:
         """One line for the log and the report."""
+        if self.image_size is not None:
+            size = f"{self.image_size}x{self.image_size}"
+            return f"one forward of a batch of {self.batch} {size} image(s)"
         if self.phase != "diffusion-decode":
             return f"{self.phase} of {self.seq_len} tokens, batch {self.batch}"
         prompt = self.seq_len - (self.gen_length or 0)

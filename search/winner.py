@@ -65,15 +65,23 @@ class Validation:
     """Validation of one model on the teacher's validation batches."""
 
     loss: float
-    bpb: float | None  # None for data without bytes (capability tasks)
+    bpb: float | None  # None for data without bytes (capability tasks, images)
+    accuracy: float | None = None  # an image classifier's top-1 accuracy; None for LMs
 
     @staticmethod
     def of(record: Mapping[str, float]) -> Validation:
-        bpb = record.get("bpb")
-        return Validation(float(record["loss"]), None if bpb is None else float(bpb))
+        bpb, accuracy = record.get("bpb"), record.get("accuracy")
+        return Validation(
+            float(record["loss"]), None if bpb is None else float(bpb),
+            None if accuracy is None else float(accuracy),
+        )  # fmt: skip
 
     def __str__(self) -> str:
-        return f"{self.bpb:.4f} bits per byte" if self.bpb is not None else f"loss {self.loss:.4f}"
+        if self.bpb is not None:
+            return f"{self.bpb:.4f} bits per byte"
+        if self.accuracy is not None:
+            return f"accuracy {self.accuracy:.4f} (loss {self.loss:.4f})"
+        return f"loss {self.loss:.4f}"
 
 
 @dataclass(frozen=True)
@@ -195,18 +203,17 @@ def build_winner(
         log(f"winner: reusing {target.path} (same winner, teacher and finalisation)")
         return previous
     swapped = {
-        n: label for n, label in candidate.items()
+        n: (label, op) for n, (label, op) in space.node_choices(candidate).items()
         if graph.node(n).op != space.base.node(n).op
     }  # fmt: skip
     with one_process_at_a_time(tfolder.with_name(tfolder.name + ".lock"), log):
         teacher, tfolder, prepared = train_teacher(spec, setup.teacher_steps, cache, log)
-        slots = {s.node: s for s in space.slots}
-        jobs = {n: {label: slots[n].choice(label).op} for n, label in swapped.items()}
+        jobs = {n: {label: op} for n, (label, op) in swapped.items()}
         trained = block_weights(
             teacher, jobs, prepared.data, setup.block_config(prepared.config),
             cache_dir=cache / "blockwise", log=log,
         )  # fmt: skip
-    blocks = {n: trained[n, label] for n, label in swapped.items()}
+    blocks = {n: trained[n, label] for n, (label, _) in swapped.items()}
     model, assembly = assemble(teacher, graph, blocks, seed=prepared.config.seed)
     log(f"winner: {len(assembly.from_blockwise)} node(s) from blockwise-distilled blocks, "
         f"{len(assembly.from_teacher)} from the teacher")  # fmt: skip

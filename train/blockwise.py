@@ -107,11 +107,13 @@ def _check_op(graph: Graph, node: Node, label: str, op: Op) -> Op:
             f"alternative {label!r} for {node.name} is a {op.role.value}, "
             f"not a {node.op.role.value}"
         )
-    width = getattr(op, "d_model", graph.model.d_model)
-    if width != graph.model.d_model:
+    # the width of the node's own stream: an image model's stages differ in width
+    teacher_width = getattr(node.op, "d_model", graph.model.d_model)
+    width = getattr(op, "d_model", teacher_width)
+    if width != teacher_width:
         raise ArchgenError(
             f"alternative {label!r} for {node.name} has d_model {width}, the teacher "
-            f"{graph.model.d_model}"
+            f"{teacher_width}"
         )
     problems = op.problems()
     if problems:
@@ -171,7 +173,7 @@ def blockwise_scores(
     graph = teacher.graph
     teacher = teacher.to(dev).eval().requires_grad_(False)
     seq_len = data.seq_len_for(config.seq_len)
-    if seq_len > graph.model.max_seq_len:
+    if data.images is None and seq_len > graph.model.max_seq_len:  # images: their own size
         raise ArchgenError(f"seq_len {seq_len} exceeds the teacher's max_seq_len")
     cache = Path(cache_dir) if cache_dir is not None else None
     keys = _CacheKeys(teacher, data, config)

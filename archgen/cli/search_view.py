@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
@@ -109,16 +109,7 @@ class SearchView:
             )
             winner = outcome.winner
             if winner is not None:
-                finalized = (
-                    f", after {winner.finalize_steps} finalisation steps {winner.finalized.bpb:.3f}"
-                    if winner.finalized is not None
-                    else ""
-                )
-                self.console.print(
-                    f"trained winner: {winner.folder} (validation bits per byte: teacher "
-                    f"{winner.teacher.bpb:.3f}, assembled {winner.assembled.bpb:.3f}{finalized})",
-                    highlight=False,
-                )
+                self.console.print(_winner_line(winner), highlight=False)
         else:
             self.console.print("[bold red]no candidate met the budget when measured[/]")
         self.console.print(f"report: {outcome.out}/report.json, plots: {outcome.out}/*.png")
@@ -135,3 +126,27 @@ def _budget(outcome: SearchOutcome) -> str:
 
 def _seconds(seconds: float | None) -> str:
     return format_seconds(seconds) if seconds else "-"
+
+
+def _winner_line(winner: Any) -> str:
+    """The trained winner's validation: bits per byte of a language model; an image
+    classifier's accuracy (higher is better) and loss."""
+    if winner.teacher.bpb is None:
+        finalized = (
+            f", after {winner.finalize_steps} finalisation steps {winner.finalized}"
+            if winner.finalized is not None
+            else ""
+        )
+        return (
+            f"trained winner: {winner.folder} (validation: teacher {winner.teacher}, assembled "
+            f"{winner.assembled}{finalized})"
+        )
+    finalized = (
+        f", after {winner.finalize_steps} finalisation steps {winner.finalized.bpb:.3f}"
+        if winner.finalized is not None
+        else ""
+    )
+    return (
+        f"trained winner: {winner.folder} (validation bits per byte: teacher "
+        f"{winner.teacher.bpb:.3f}, assembled {winner.assembled.bpb:.3f}{finalized})"
+    )

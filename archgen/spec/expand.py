@@ -56,6 +56,10 @@ def _mixer_dict(op: Op) -> dict[str, Any]:
 def spec_from_graph(graph: Graph) -> ArchSpec:
     """The canonical spec of ``graph`` (inverse of :func:`graph_from_spec`)."""
     info = graph.model
+    if info.image is not None:
+        from archgen.spec.vision import vision_spec_from_graph
+
+        return vision_spec_from_graph(graph)
     layers: dict[str, dict[str, Any]] = {}
     norm = next(n.op for n in graph.nodes if n.op.role is Role.NORM)
     head = next(n.op for n in graph.nodes if isinstance(n.op, LMHead))

@@ -97,14 +97,7 @@ def parse_spec_with_warnings(
         raise SpecError(_sorted_unique(issues)) from None
     issues = _name_issues(spec.model, source) + semantic_issues(spec.model, source)
     issues += _passes_issues(spec.model, source)
-    if spec.search is not None and isinstance(spec.model, VisionModelSpec):
-        issues.append(
-            SpecIssue(
-                filename, source.locate(("search",), key=True), ("search",),
-                "search over image-classification specs is not built yet (issue 13)",
-            )
-        )  # fmt: skip
-    elif spec.search is not None:
+    if spec.search is not None:
         from archgen.spec.search_space import search_proposals
 
         issues += search_proposals(spec, source)[1]

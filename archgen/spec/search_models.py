@@ -13,6 +13,11 @@ search:
         - {kind: swa, window: [64, 256]}
         - {kind: checkpoint_attention, segment_size: 10}
 ```
+
+An image model's slots name stages, and the layers within each (``examples/vision/search.yaml``):
+``{stages: [1], per: stage, token_mixer: [{kind: raft, raft_size: 2}, {kind: spectrum}]}`` is one
+choice for every layer of stage 1 (``per: block``: one per layer); ``channel_mixer`` choices
+swap channel mixers the same way. The workload is ``batch`` images of the model's image size.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ class _Section(BaseModel):
 class WorkloadSpec(_Section):
     batch: int = Field(1, ge=1, le=4096, description="batch size the budget applies to")
     seq_len: int | None = Field(
-        None, ge=1, description="sequence length (prefill) or context (decode); default max_seq_len"
+        None,
+        ge=1,
+        description="sequence length (prefill) or context (decode); default max_seq_len (an "
+        "image model reads batch images of its image_size: no seq_len)",
     )
     phase: Literal["prefill", "decode", "diffusion-decode"] = Field(
         "prefill",
@@ -76,10 +84,26 @@ class QualitySpec(_Section):
 
 class SlotSpec(_Section):
     layers: list[int] | Literal["all"] = Field(
-        "all", description="indices into the expanded layer list"
+        "all",
+        description="indices into the expanded layer list (an image model: into each chosen "
+        "stage's expanded blocks, depth x block)",
     )
-    token_mixer: list[dict[str, Any]] = Field(
-        min_length=1, description="choices: mixer specs; a list-valued attribute expands"
+    stages: list[int] | Literal["all"] | None = Field(
+        None, description="image models: the stages whose layers the slot covers (default all)"
+    )
+    per: Literal["block", "stage"] | None = Field(
+        None,
+        description="image models: one choice for each layer (block, the default) or one for "
+        "all the chosen layers of a stage (stage)",
+    )
+    token_mixer: list[dict[str, Any]] | None = Field(
+        None, min_length=1, description="choices: mixer specs; a list-valued attribute expands"
+    )
+    channel_mixer: list[dict[str, Any]] | None = Field(
+        None,
+        min_length=1,
+        description="image models: channel-mixer choices (a slot takes token_mixer or "
+        "channel_mixer)",
     )
 
 

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
 from archgen.ir.ops import Op, Trait
 from archgen.spec.errors import SpecIssue, did_you_mean
-from archgen.spec.models import CHANNEL_MIXER_SPECS, TOKEN_MIXER_SPECS, ArchSpec, expand_layers
+from archgen.spec.models import (
+    CHANNEL_MIXER_SPECS,
+    TOKEN_MIXER_SPECS,
+    ArchSpec,
+    ModelSpec,
+    expand_layers,
+)
 from archgen.spec.yaml_source import Path, SourceMap
 
 Proposals = dict[str, list[tuple[str, Op]]]  # "layers.3.token_mixer" -> [(label, op)]
 
 
-def _labels(choices: list[dict[str, Any]]) -> list[str]:
+def choice_labels(choices: list[dict[str, Any]]) -> list[str]:
     """Short names: the kind, plus the attributes that differ between choices of that kind."""
     labels = []
     for raw in choices:
@@ -40,6 +47,62 @@ def _expand(raw: dict[str, Any]) -> list[dict[str, Any]]:
 def search_proposals(
     spec: ArchSpec, source: SourceMap | None = None
 ) -> tuple[Proposals, list[SpecIssue]]:
+    """``{slot: [(label, op)]}`` and the issues of the ``search:`` section. A language model's
+    slot is one layer's token mixer node; an image model's (:mod:`archgen.spec.search_vision`)
+    a layer's node or a stage's (:func:`search_groups` names the nodes a stage slot covers)."""
+    if spec.search is not None and not isinstance(spec.model, ModelSpec):
+        from archgen.spec.search_vision import vision_proposals
+
+        proposals, _, found = vision_proposals(spec, source)
+        return proposals, found
+    return _lm_proposals(spec, source)
+
+
+def search_groups(spec: ArchSpec) -> dict[str, tuple[str, ...]]:
+    """The graph nodes of each slot that covers several (an image model's ``per: stage``)."""
+    if spec.search is None or isinstance(spec.model, ModelSpec):
+        return {}
+    from archgen.spec.search_vision import vision_proposals
+
+    return vision_proposals(spec, None)[1]
+
+
+Issue = Callable[[Path, str], None]
+
+
+def mixer_choices(
+    raws: list[dict[str, Any]], path: Path, slot: str, issue: Issue
+) -> list[tuple[Path, dict[str, Any], Any]]:
+    """Each choice of ``path`` (a ``token_mixer`` or ``channel_mixer`` list), expanded and
+    validated as a mixer spec of that slot: ``[(its path, expanded choice, mixer spec)]``."""
+    table, other, role = (
+        (TOKEN_MIXER_SPECS, CHANNEL_MIXER_SPECS, "token")
+        if slot == "token_mixer"
+        else (CHANNEL_MIXER_SPECS, TOKEN_MIXER_SPECS, "channel")
+    )
+    out: list[tuple[Path, dict[str, Any], Any]] = []
+    for j, raw in enumerate(raws):
+        where: Path = (*path, j)
+        kind = raw.get("kind")
+        if not isinstance(kind, str) or kind not in table:
+            hint = did_you_mean(str(kind), table) if isinstance(kind, str) else ""
+            what = (
+                f"is a {'channel' if role == 'token' else 'token'} mixer, not a {role} mixer"
+                if kind in other
+                else (f"is not a {role} mixer{hint}")
+            )
+            issue((*where, "kind"), f"{kind!r} {what}; known: {', '.join(table)}")
+            continue
+        for expanded in _expand(raw):
+            try:
+                out.append((where, expanded, table[kind].model_validate(expanded)))
+            except ValidationError as exc:
+                for err in exc.errors():
+                    issue((*where, *err["loc"]), f"{err['msg']}, got {err.get('input')!r}")
+    return out
+
+
+def _lm_proposals(spec: ArchSpec, source: SourceMap | None) -> tuple[Proposals, list[SpecIssue]]:
     from archgen.spec.loader import build_op, grid_op_message
 
     fname = source.filename if source else "<spec>"
@@ -54,6 +117,16 @@ def search_proposals(
     n_layers = len(expand_layers(spec.model.layers, ("model", "layers")))
     for i, slot in enumerate(spec.search.slots):
         base: Path = ("search", "slots", i)
+        for field in ("stages", "per", "channel_mixer"):
+            if getattr(slot, field) is not None:
+                issue(
+                    (*base, field),
+                    f"{field} applies to image-classification specs; a {spec.model.task} "
+                    "slot names layers and their token_mixer choices",
+                )
+        if slot.token_mixer is None:
+            issue(base, "a slot needs token_mixer: the choices for its layers")
+            continue
         if slot.layers == "all":
             layers = list(range(n_layers))
         else:
@@ -68,34 +141,16 @@ def search_proposals(
                 else:
                     layers.append(index)
         valid: list[tuple[dict[str, Any], Op]] = []
-        for j, raw in enumerate(slot.token_mixer):
-            path: Path = (*base, "token_mixer", j)
-            kind = raw.get("kind")
-            if not isinstance(kind, str) or kind not in TOKEN_MIXER_SPECS:
-                hint = did_you_mean(str(kind), TOKEN_MIXER_SPECS) if isinstance(kind, str) else ""
-                what = (
-                    "is a channel mixer, not a token mixer"
-                    if kind in CHANNEL_MIXER_SPECS
-                    else (f"is not a token mixer{hint}")
-                )
-                issue((*path, "kind"), f"{kind!r} {what}; known: {', '.join(TOKEN_MIXER_SPECS)}")
+        choice_specs = mixer_choices(slot.token_mixer, (*base, "token_mixer"), "token_mixer", issue)
+        for path, expanded, mixer in choice_specs:
+            if Trait.SPATIAL in mixer.op_class.traits:
+                issue((*path, "kind"), grid_op_message(mixer.kind, spec.model.task))
                 continue
-            for expanded in _expand(raw):
-                try:
-                    mixer = TOKEN_MIXER_SPECS[kind].model_validate(expanded)
-                except ValidationError as exc:
-                    for err in exc.errors():
-                        field = (*path, *err["loc"])
-                        issue(field, f"{err['msg']}, got {err.get('input')!r}")
-                    continue
-                if Trait.SPATIAL in mixer.op_class.traits:
-                    issue((*path, "kind"), grid_op_message(kind, spec.model.task))
-                    continue
-                op = build_op(mixer, spec.model)
-                for problem in op.problems():
-                    issue((*path, problem.field), problem.message)
-                valid.append((expanded, op.resolved()))
-        labels = _labels([raw for raw, _ in valid])
+            op = build_op(mixer, spec.model)
+            for problem in op.problems():
+                issue((*path, problem.field), problem.message)
+            valid.append((expanded, op.resolved()))
+        labels = choice_labels([raw for raw, _ in valid])
         choices = [(label, op) for label, (_, op) in zip(labels, valid, strict=True)]
         if len(set(labels)) != len(labels):
             issue((*base, "token_mixer"), "two choices are identical: " + ", ".join(labels))

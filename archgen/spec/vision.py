@@ -175,3 +175,47 @@ def resolve_vision_spec(spec: ArchSpec) -> ArchSpec:
         down = resolve(stage.downsample, DOWNSAMPLE_SPECS, ctx)
         stages.append(stage.model_copy(update={"block": block, "downsample": down}))
     return spec.model_copy(update={"model": m.model_copy(update={"stages": stages})})
+
+
+def vision_spec_from_graph(graph: Graph) -> ArchSpec:
+    """The spec of an image classifier's graph (inverse of :func:`graph_from_vision_spec`),
+    e.g. a search winner whose layers differ within a stage: a stage's layers are written as
+    ``depth`` copies of the shortest block that repeats to them (depth 1 when none does)."""
+    image = graph.model.image
+    assert image is not None
+    norm = graph.node("final_norm").op
+    downsample: dict[int, Any] = {}
+    layers: dict[int, dict[str, dict[str, Any]]] = {}
+    for node in graph.nodes:
+        parts = node.name.split(".")
+        if parts[0] != "stages":
+            continue
+        stage = int(parts[1])
+        if parts[2] == "downsample":
+            downsample[stage] = node.op
+        elif node.name.endswith("_mixer"):
+            layer = layers.setdefault(stage, {}).setdefault(node.block or "", {})
+            layer[parts[-1]] = {"kind": node.op.kind, **node.op.attributes()}
+    stages = []
+    for i in sorted(downsample):
+        found = list(layers.get(i, {}).values())
+        period = next(p for p in range(1, len(found) + 1) if found == found[:p] * (len(found) // p))
+        stages.append(
+            {
+                "width": downsample[i].d_model,
+                "depth": len(found) // period,
+                "downsample": {"kind": downsample[i].kind, **downsample[i].attributes()},
+                "block": found[:period],
+            }
+        )
+    model = {
+        "name": graph.model.name,
+        "task": IMAGE_TASK,
+        "image_size": image.image_size,
+        "in_channels": image.in_channels,
+        "num_classes": image.num_classes,
+        "norm": norm.kind,
+        "norm_eps": norm.eps,  # type: ignore[attr-defined]
+        "stages": stages,
+    }
+    return ArchSpec.model_validate({"model": model})
