@@ -139,7 +139,9 @@ def run_search_plan(
     variants: dict[str, list[tuple[str, Graph, tuple[str, ...]]]] = {}
     base_or_first = space.base_candidate() or {s.node: s.choices[0].label for s in space.slots}
     for slot in space.slots:
-        blocks = tuple(dict.fromkeys(str(space.base.node(n).block) for n in slot.targets))
+        found = [space.base.node(n).block for n in slot.targets]
+        blocks = tuple(dict.fromkeys(b for b in found if b is not None))
+        assert len(blocks) == len(set(found))  # every slot's nodes lie inside blocks
         for choice in slot.choices:
             g = space.graph_for({**base_or_first, slot.node: choice.label})
             variants.setdefault(slot.node, []).append((choice.label, g, blocks))

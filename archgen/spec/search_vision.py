@@ -20,9 +20,9 @@ from typing import Any
 from archgen.ir.ops import IMAGE_TASK, Op, causality_problem, layout_problem
 from archgen.spec.errors import SpecIssue
 from archgen.spec.models import ArchSpec
-from archgen.spec.search_space import Proposals, choice_labels, mixer_choices
+from archgen.spec.search_space import Issue, Proposals, choice_labels, mixer_choices
 from archgen.spec.vision import _op, stage_context
-from archgen.spec.vision_models import VisionModelSpec, stage_grids
+from archgen.spec.vision_models import StageGrid, VisionModelSpec, stage_grids
 from archgen.spec.yaml_source import Path, SourceMap
 
 Groups = dict[str, tuple[str, ...]]  # a per-stage slot -> the graph nodes it rewrites
@@ -100,25 +100,29 @@ def vision_proposals(
                 if op is not None:
                     choices.append((label, op))
             nodes = tuple(f"stages.{stage}.layers.{n}.{field}" for n in layers)
+            grouped = {n for g in groups.values() for n in g}
             if slot.per == "stage" and nodes:
                 name = f"stages.{stage}.{field}"
-                if name in groups:
-                    issue(base, f"stage {stage}'s {field} is in two per-stage slots")
+                if name in groups or grouped & set(nodes) or set(proposals) & set(nodes):
+                    issue(base, f"a layer of stage {stage} is in this slot and another one")
                 groups[name] = nodes
                 proposals.setdefault(name, []).extend(choices)
             else:
+                if grouped & set(nodes):
+                    issue(base, f"a layer of stage {stage} is in this slot and a per-stage one")
                 for node in nodes:
                     proposals.setdefault(node, []).extend(choices)
     return proposals, groups, issues
 
 
 def _layers(
-    model: VisionModelSpec, stage: int, wanted: Any, field: str, path: Path, issue: Any
-) -> list[int]:
+    model: VisionModelSpec, stage: int, wanted: list[int] | str, field: str, path: Path,
+    issue: Issue,
+) -> list[int]:  # fmt: skip
     """The expanded layers of ``stage`` the slot covers: those with a ``field`` node."""
     present = stage_layers(model, stage)
     has = [p[0] if field == "token_mixer" else p[1] for p in present]
-    if wanted == "all":
+    if isinstance(wanted, str):  # "all"
         return [n for n, ok in enumerate(has) if ok]
     out = []
     for j, n in enumerate(wanted):
@@ -135,7 +139,7 @@ def _layers(
 
 
 def _choice_op(
-    mixer: Any, ctx: dict[str, Any], stage: int, grid: Any, path: Path, issue: Any
+    mixer: Any, ctx: dict[str, Any], stage: int, grid: StageGrid, path: Path, issue: Issue
 ) -> Op | None:
     """The choice built on ``stage``'s grid, or None (with an issue) when it cannot run there."""
     op = _op(mixer, ctx)

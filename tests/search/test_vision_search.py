@@ -113,6 +113,7 @@ def test_choices_that_cannot_run_on_the_grid_are_refused_at_file_line(tmp_path: 
     doc["search"]["slots"][0]["token_mixer"] += [{"kind": "swa", "window": 4}, {"kind": "mlp"}]
     doc["search"]["slots"][1]["stages"] = [0, 2]
     doc["search"]["slots"].append({"layers": [1], "stages": [1], "token_mixer": [{"kind": "raft"}]})
+    doc["search"]["slots"].append({"stages": [0], "token_mixer": [{"kind": "raft"}]})  # twice
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     done = archgen("check", str(path))
@@ -125,6 +126,7 @@ def test_choices_that_cannot_run_on_the_grid_are_refused_at_file_line(tmp_path: 
     assert "search.slots[1].stages[1]: stage 2 does not exist" in err
     assert "search.slots[2].layers[0]: stage 1 has 1 layers" in err
     assert "search.workload.seq_len: an image model reads whole images" in err
+    assert "search.slots[3]: a layer of stage 0 is in this slot and a per-stage one" in err
 
 
 def test_other_fidelities_are_refused_for_image_models(tmp_path: Path) -> None:
