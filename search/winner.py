@@ -305,7 +305,12 @@ def _finalize(
 ) -> Validation:  # fmt: skip
     """End-to-end distillation from the teacher, starting at the assembled weights; its
     validation batches are the ones :func:`_validate` uses (same data and options)."""
+    from archgen.passes.infer_shapes import InferShapes
     from archgen.train.distill import copy_matching, distill
+
+    # The taps' widths come from the value types, which the swaps dropped: an image model's
+    # stages differ in width (without them every block would read as d_model wide).
+    graph = InferShapes().run(graph).graph
 
     def init(model: ArchModel) -> None:
         copy_matching(assembled, model)  # every tensor: same graph

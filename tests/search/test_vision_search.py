@@ -176,3 +176,16 @@ def test_search_runs_and_its_best_yaml_checks(tmp_path: Path, monkeypatch) -> No
     assert "higher is better" in report["quality_axis"]
     assert report["workload"]["image_size"] == 16
     assert len(report["quality"]["table"]) == 2 * 2 + 2  # (layer, choice) jobs: 2x2 stage, 2
+
+    # a winner with swapped blocks in both stages (8 and 12 wide) assembles and finalises
+    from archgen.search.winner import build_winner
+
+    plan = plan_search(write(tmp_path), SearchOptions(out=out, quick=True))
+    stage, channel = plan.space.slots
+    swapped = {stage.node: "raft", channel.node: "convglu"}
+    graph = plan.space.graph_for(swapped)
+    winner = build_winner(plan.spec, graph, swapped, plan.space, plan.cache, tmp_path / "w",
+                          finalize_steps=2, quick=True, log=lambda _: None)  # fmt: skip
+    assert set(winner.assembly.from_blockwise) >= {*stage.targets, channel.node}
+    assert winner.finalized is not None and winner.finalized.accuracy is not None
+    assert archgen("check", str(winner.folder / "spec.yaml")).returncode == 0
