@@ -184,7 +184,9 @@ def run_search_plan(
             + (f", {format_seconds(cheapest_s)}" if cheapest_s else "")
             + f"; {workload.shape_key()} on {workload.backend}/{workload.device}, "
             f"{workload.threads} thread(s))",
-            hint="raise --budget, shorten search.workload.seq_len, or add cheaper choices",
+            hint="raise --budget, shorten search.workload.seq_len, or add cheaper choices"
+            if workload.image_size is None
+            else "raise --budget, or add cheaper choices",
         )
 
     # 6-7. Quality, then the study.

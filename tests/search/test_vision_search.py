@@ -189,3 +189,14 @@ def test_search_runs_and_its_best_yaml_checks(tmp_path: Path, monkeypatch) -> No
     assert set(winner.assembly.from_blockwise) >= {*stage.targets, channel.node}
     assert winner.finalized is not None and winner.finalized.accuracy is not None
     assert archgen("check", str(winner.folder / "spec.yaml")).returncode == 0
+
+
+def test_a_budget_below_every_candidate_is_refused_before_training(
+    tmp_path: Path, monkeypatch, count_steps
+) -> None:
+    monkeypatch.setenv("ARCHGEN_CACHE", str(tmp_path / "cache"))
+    options = SearchOptions(out=tmp_path / "out", budget="1%", quick=True)
+    with pytest.raises(ArchgenError, match="below the measured latency of the cheapest") as e:
+        run_search(write(tmp_path), options, log=lambda _: None)
+    assert "images:B3:S16" in str(e.value) and count_steps["n"] == 0  # nothing trained
+    assert "seq_len" not in (e.value.hint or "")  # an image model has none to shorten
