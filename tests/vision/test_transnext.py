@@ -15,11 +15,13 @@ import pytest
 import torch
 from torch import nn
 
+from archgen import api
+from archgen.backends.torch_model import build_model
 from archgen.ir import ops
 from archgen.ir.ops.transnext import cpb_axis_table, window_counts
 from archgen.mixers.registry import build_module
 from archgen.mixers.transnext import AggregatedAttention, CosineAttention
-from tests.conftest import archgen
+from tests.conftest import ROOT, archgen
 from tests.tolerances import assert_close
 
 # name -> (module factory, input shape [B, H, W, C]); odd grids: most positions are borders
@@ -205,3 +207,22 @@ def test_export_to_onnx_validates_every_block(tmp_path: Path) -> None:
     used |= {n.op_type for f in graph.functions for n in f.node}
     assert used <= ALLOWED_ONNX_OPS, used - ALLOWED_ONNX_OPS
     assert archgen("validate", str(spec)).returncode == 0
+
+
+MICRO = ROOT / "examples" / "vision" / "transnext-micro.yaml"
+
+
+def test_transnext_micro_has_the_official_size_and_runs_at_224() -> None:
+    """The official TransNeXt-Micro: 12.8M parameters, as the README reports it (12.75M-12.85M),
+    counting every learned tensor (the CPB MLPs and learnable tokens are parameters; the
+    coordinate tables and masks are constants); it builds and runs one image at 224x224."""
+    params = api.check(MICRO).total.params
+    assert 12_750_000 <= params < 12_850_000
+    graph = api.compile_spec(MICRO)
+    model = build_model(graph)
+    assert params == sum(p.numel() for p in model.parameters())
+    micro_aa = graph.node("stages.0.layers.0.token_mixer").op
+    assert isinstance(micro_aa, ops.AggregatedAttention) and micro_aa.pooled_tokens == 7 * 7
+    with torch.no_grad():
+        logits = model(torch.randn(1, 224, 224, 3))
+    assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
