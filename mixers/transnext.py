@@ -200,7 +200,8 @@ class AggregatedAttention(_CosineAttentionBase):
         cols = torch.tensor(window_counts(width, window))
         inside = torch.ones(1, 1, height, width)
         inside = _window_neighbours(inside.permute(0, 2, 3, 1), window)[0, ..., 0] > 0
-        self.register_buffer("padding_mask", ~inside.reshape(height * width, k2), persistent=False)
+        outside = ~inside.reshape(height * width, k2)
+        self.register_buffer("padding_mask", outside.to(device=device), persistent=False)
         n = (rows[:, None] * cols[None, :]).reshape(-1, 1) + self.pooled
         self.register_buffer("keys_seen", n.to(device=device), persistent=False)
 

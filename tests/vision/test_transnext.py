@@ -26,7 +26,10 @@ from tests.tolerances import assert_close
 
 # name -> (module factory, input shape [B, H, W, C]); odd grids: most positions are borders
 MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
-    "aa-5x7-sr1": (lambda: AggregatedAttention(6, height=5, width=7, heads=2, sr=1), (2, 5, 7, 6)),
+    "aa-5x7-sr1": (
+        lambda: AggregatedAttention(6, height=5, width=7, heads=2, sr=1, cpb_hidden=8),
+        (2, 5, 7, 6),
+    ),
     "aa-9x3-sr3": (
         lambda: AggregatedAttention(9, height=9, width=3, heads=3, sr=3, cpb_hidden=7),
         (2, 9, 3, 9),
@@ -43,7 +46,10 @@ MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
         lambda: AggregatedAttention(4, height=3, width=5, heads=2, window=1, sr=1, cpb_hidden=6),
         (1, 3, 5, 4),
     ),
-    "cosine-3x5": (lambda: CosineAttention(6, height=3, width=5, heads=3), (2, 3, 5, 6)),
+    "cosine-3x5": (
+        lambda: CosineAttention(6, height=3, width=5, heads=3, cpb_hidden=10),
+        (2, 3, 5, 6),
+    ),
     "cosine-1x2": (lambda: CosineAttention(4, height=1, width=2, heads=2), (2, 1, 2, 4)),
     "cosine-no-bias": (
         lambda: CosineAttention(4, height=5, width=3, heads=1, qkv_bias=False, cpb_hidden=9),
@@ -147,6 +153,14 @@ def test_ir_parameter_count_is_torch_count(op: ops.Op) -> None:
     assert op.params() == sum(p.numel() for p in module.parameters())
     # the CPB MLP runs at the distinct coordinates the module holds
     assert op.cpb_coordinates() == module.cpb_offsets.shape[0]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("op", OPS[::2], ids=lambda o: o.kind)
+def test_constants_are_made_on_the_requested_device(op: ops.Op) -> None:
+    module = build_module(op, device="meta", dtype=torch.float64)
+    tensors = [*module.parameters(), *module.buffers()]
+    assert all(t.device.type == "meta" for t in tensors)
+    assert all(t.dtype == torch.float64 for t in module.parameters())
 
 
 def test_cost_grows_with_window_and_pooled_tokens() -> None:
