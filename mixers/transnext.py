@@ -120,7 +120,10 @@ class _CosineAttentionBase(TokenMixer):
         )
         coords = torch.sign(r) * torch.log2(1 + r.abs()) / math.log2(CPB_SPAN)  # [T, 2]
         per_coordinate = self.cpb_fc2(F.relu(self.cpb_fc1(coords)))  # [T, heads]
-        return per_coordinate.transpose(0, 1)[:, self.cpb_index]
+        # index_select: one ONNX Gather along the table's rows (tensor indexing exports as
+        # GatherND)
+        bias = per_coordinate.index_select(0, self.cpb_index.reshape(-1))  # [L * keys, heads]
+        return bias.view(*self.cpb_index.shape, -1).permute(2, 0, 1)
 
     # -- reference pieces: written from the formulas, not from the tables ------------------------
     def _ref_cpb(self, y: int, x: int, py: int, px: int) -> torch.Tensor:
