@@ -31,6 +31,8 @@ IMPLEMENTATIONS: dict[type[ops.Op], str] = {
     ops.ConvGLU: "archgen.mixers.vision:ConvGLU",
     ops.RaftTokenMixer: "archgen.mixers.vision:RaftTokenMixer",
     ops.DynamicSpectrumMixer: "archgen.mixers.spectrum:DynamicSpectrumMixer",
+    ops.AggregatedAttention: "archgen.mixers.transnext:AggregatedAttention",
+    ops.CosineAttention: "archgen.mixers.transnext:CosineAttention",
     ops.AddNorm: "archgen.mixers.add_norm:AddNorm",  # fused by the fuse_kernels pass
 }
 

@@ -23,6 +23,7 @@ from archgen.ir.ops.fused import AddNorm
 from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
 from archgen.ir.ops.norms import LayerNorm, RMSNorm
 from archgen.ir.ops.ssm import Mamba, Mamba2
+from archgen.ir.ops.transnext import AggregatedAttention, CosineAttention
 from archgen.ir.ops.vision import (
     ClassifierHead,
     ConvGLU,
@@ -38,11 +39,13 @@ __all__ = [
     "MLP",
     "OP_REGISTRY",
     "AddNorm",
+    "AggregatedAttention",
     "Attention",
     "CheckpointAttention",
     "ClassifierHead",
     "Constraint",
     "ConvGLU",
+    "CosineAttention",
     "DenseMixer",
     "DynamicSpectrumMixer",
     "Embedding",

@@ -19,7 +19,9 @@ from archgen.spec.expand import graph_from_spec
 from archgen.spec.loader import parse_spec
 from tests.conftest import ROOT, archgen
 
-VISION_EXAMPLES = sorted((ROOT / "examples" / "vision").glob("*.yaml"))
+# the small examples (32x32, <= 2M parameters, the shapes data); official-size models (224x224,
+# e.g. transnext-micro.yaml) are tested by their paper's test file
+VISION_EXAMPLES = sorted((ROOT / "examples" / "vision").glob("*-tiny.yaml"))
 
 SMALL = """\
 model:
@@ -137,6 +139,29 @@ BAD = {
     "even-overlapping-kernel": (
         SMALL.replace("kernel: 3", "kernel: 4"),
         "model.stages[0].downsample.kernel: must equal stride 2 or be odd and larger",
+    ),
+    "aggregated-attention-window-larger-than-grid": (
+        SMALL.replace(
+            "{kind: attention, heads: 3, rope_theta: null}",
+            "{kind: aggregated_attention, heads: 3, window: 5, sr: 3}",
+        ),
+        "small.yaml:19:71: model.stages[1].block[0].token_mixer.window: the 5x5 window is larger "
+        "than the stage's 3x3 grid (use at most 3)",
+    ),
+    "aggregated-attention-sr-does-not-divide-grid": (
+        SMALL.replace(
+            "{kind: attention, heads: 3, rope_theta: null}",
+            "{kind: aggregated_attention, heads: 3, sr: 2}",
+        ),
+        "small.yaml:19:67: model.stages[1].block[0].token_mixer.sr: 2 does not divide the stage's "
+        "3x3 grid, so the pooled grid would not be whole (use one of 1, 3)",
+    ),
+    "aggregated-attention-even-window": (
+        SMALL.replace(
+            "{kind: attention, heads: 3, rope_theta: null}",
+            "{kind: aggregated_attention, heads: 3, window: 2, sr: 3}",
+        ),
+        "model.stages[1].block[0].token_mixer.window: must be odd (centred on the query), got 2",
     ),
     "unknown-downsample": (
         SMALL.replace("patch_merge", "patch_merging"),
