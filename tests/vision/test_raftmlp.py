@@ -1,18 +1,24 @@
-"""RaftMLP's cross-scale embedding (and the official RaftMLP-S spec): the module against its
+"""RaftMLP's cross-scale embedding and the official RaftMLP-S spec: the module against its
 unfold-concatenate-linear reference in float64, forward and backward, at odd sizes; the IR's
-parameter and FLOP counts against torch's; the spec rules of ``kernels``."""
+parameter and FLOP counts against torch's; the spec rules of ``kernels``; RaftMLP-S's official
+parameter count and one forward at 224x224."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
+from archgen import api
+from archgen.backends.torch_model import build_model
 from archgen.ir import ops
 from archgen.mixers.raftmlp import CrossScaleEmbed
 from archgen.mixers.registry import build_module
+from tests.conftest import ROOT, archgen
 from tests.tolerances import assert_close
 
 # (d_model, in_channels, stride, kernels, input [B, H, W, C]): odd widths and grids; padded
@@ -99,10 +105,39 @@ model:
     ],
 )
 def test_bad_kernels_exit_2_with_the_field(kernels: str, expected: str, tmp_path: Path) -> None:
-    from tests.conftest import archgen
-
     (tmp_path / "cse.yaml").write_text(SPEC.replace("KERNELS", kernels))
     done = archgen("check", "cse.yaml", cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "cse.yaml:8:" in done.stderr and f"model.stages[0].downsample.{expected}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+RAFTMLP_S = ROOT / "examples" / "vision" / "raftmlp-s.yaml"
+
+
+def test_raftmlp_s_has_the_official_parameter_count() -> None:
+    """9.87M (research/mixers.md §5e; the paper's 9.9M): `archgen check`'s count, the IR's."""
+    report = api.check(RAFTMLP_S)
+    assert 9_865_000 <= report.total.params <= 9_875_000
+    graph = api.compile_spec(RAFTMLP_S)
+    assert report.total.params == sum(n.op.params() for n in graph.nodes)
+    # every stage's grid as the official model's: 56, 28, 14, 7
+    grids = [graph.value_types[graph.node(f"stages.{i}.downsample").outputs[0]] for i in range(4)]
+    assert [t.shape[1:] for t in grids] == [(56, 56, 64), (28, 28, 128), (14, 14, 256), (7, 7, 512)]
+
+
+def test_raftmlp_s_builds_and_runs_at_224() -> None:
+    graph = api.compile_spec(RAFTMLP_S)
+    model = build_model(graph).eval()
+    assert sum(p.numel() for p in model.parameters()) == sum(n.op.params() for n in graph.nodes)
+    with torch.no_grad():
+        logits = model(torch.randn(1, 224, 224, 3))
+    assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
+
+
+def test_raftmlp_s_resolves_and_matches_the_schema(tmp_path: Path) -> None:
+    resolved = tmp_path / "raftmlp-s.yaml"
+    resolved.write_text(api.resolved_yaml(RAFTMLP_S))
+    assert api.check(resolved).total == api.check(RAFTMLP_S).total
+    validator = jsonschema.Draft202012Validator(api.json_schema())
+    assert not list(validator.iter_errors(yaml.safe_load(RAFTMLP_S.read_text())))
