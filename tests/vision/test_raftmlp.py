@@ -141,3 +141,18 @@ def test_raftmlp_s_resolves_and_matches_the_schema(tmp_path: Path) -> None:
     assert api.check(resolved).total == api.check(RAFTMLP_S).total
     validator = jsonschema.Draft202012Validator(api.json_schema())
     assert not list(validator.iter_errors(yaml.safe_load(RAFTMLP_S.read_text())))
+
+
+@pytest.mark.slow
+def test_cross_scale_embed_exports_to_onnx_and_validates(tmp_path: Path) -> None:
+    """`archgen export` checks every block against the float64 eager reference on
+    onnxruntime; the embedding is Conv nodes (no Resize: the grid is fixed, no DFT)."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    import onnx
+
+    (tmp_path / "cse.yaml").write_text(SPEC.replace("KERNELS", "[4, 8]"))
+    done = archgen("export", "cse.yaml", "-o", "onnx", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    kinds = {n.op_type for n in onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.node}
+    assert "Conv" in kinds and not kinds & {"Resize", "DFT"}
+    assert archgen("validate", "cse.yaml", cwd=tmp_path).returncode == 0
