@@ -95,7 +95,7 @@ def vision_issues(model: VisionModelSpec, fname: str, source: SourceMap | None) 
                     found.append(
                         issue(
                             (*path, "causal"),
-                            f"{op.kind!r} with causal: true (the default) is a 1-D sequence "
+                            f"{op.kind!r} with causal: true (its default) is a 1-D sequence "
                             "mixer; over a stage's 2-D token grid it runs with causal: false",
                         )
                     )

@@ -111,7 +111,7 @@ def test_causal_dense_in_a_stage_exits_2_at_causal(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert (
         "dense.yaml:10:24: model.stages[0].block[0].token_mixer.causal: 'dense' with causal: "
-        "true (the default) is a 1-D sequence mixer; over a stage's 2-D token grid it runs "
+        "true (its default) is a 1-D sequence mixer; over a stage's 2-D token grid it runs "
         "with causal: false"
     ) in done.stderr
     assert "Traceback" not in done.stderr
