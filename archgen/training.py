@@ -237,6 +237,13 @@ def _prepare_images(
             f"{source.image_size} differs from model.image_size {m.image.image_size}",
             hint="leave data.image_size out to use the model's",
         )  # fmt: skip
+    if isinstance(source, ImageFolderData):
+        try:  # read every image now: a bad folder is a spec mistake, reported at data.path
+            _ = source.arrays
+        except ArchgenError as exc:
+            raise _spec_error(
+                spec, ("data", "path"), exc.message.removeprefix("data.path: "), exc.hint or ""
+            ) from None
     if source.channels != m.image.in_channels:
         raise _spec_error(
             spec, ("model", "in_channels"),

@@ -11,7 +11,8 @@ belong to the surrounding block, not to the mixer). ``M`` is initialised with
 ``nn.init.xavier_normal_`` on the whole ``[heads, L_max, L_max]`` tensor, as the Hydra ``Dense``
 module that JustDense builds on does. Sequences shorter than ``L_max`` use the leading ``L x L``
 block; longer ones are an error. ``causal=True`` masks ``M`` to its lower triangle (the published
-mixer is non-causal).
+mixer is non-causal). In a vision stage (``causal=False`` only) the grid ``[B, H, W, D]`` is mixed
+flattened row-major, with ``max_seq_len = H * W`` from the stage: a fixed image size.
 
 The scale ``c``. Hydra's ``Dense`` (goombalab/hydra, ``hydra/modules/matrix_mixers/dense.py``)
 multiplies by the constant ``1 / sqrt(max_seq_len)``; it only accepts ``L == max_seq_len``, so
@@ -87,6 +88,8 @@ class DenseMixer(TokenMixer):
 
     # -- production ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:  # a vision stage's grid [B, H, W, D]: mixed flattened row-major
+            return self.forward(x.flatten(1, 2)).view(x.shape)
         b, n, _ = x.shape
         self._check_length(n)
         xh = x.view(b, n, self.heads, self.head_dim).transpose(1, 2)  # [B, H, L, p]
@@ -95,6 +98,8 @@ class DenseMixer(TokenMixer):
 
     # -- reference -----------------------------------------------------------------------------
     def reference(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:  # row-major flattening of a grid, as forward
+            return self.reference(x.flatten(1, 2)).view(x.shape)
         b, n, _ = x.shape
         self._check_length(n)
         scale = self._scale(n)

@@ -33,6 +33,7 @@ IMPLEMENTATIONS: dict[type[ops.Op], str] = {
     ops.DynamicSpectrumMixer: "archgen.mixers.spectrum:DynamicSpectrumMixer",
     ops.AggregatedAttention: "archgen.mixers.transnext:AggregatedAttention",
     ops.CosineAttention: "archgen.mixers.transnext:CosineAttention",
+    ops.CrossScaleEmbed: "archgen.mixers.raftmlp:CrossScaleEmbed",
     ops.AddNorm: "archgen.mixers.add_norm:AddNorm",  # fused by the fuse_kernels pass
 }
 

@@ -58,7 +58,7 @@ class TrainingData:
             return (
                 f"images {im.kind} ({im.image_size}x{im.image_size}, {im.num_classes} classes, "
                 f"chance {im.chance():.3f})"
-            )
+            ) + "".join(f"; {note}" for note in im.notes())
         if self.task is not None:
             return f"task {self.task.kind} (seq_len {self.task.seq_len}, seed {self.task.seed})"
         assert self.train is not None and self.val is not None

@@ -9,6 +9,10 @@ examples never overlap (different seed streams) and a resumed run sees the same 
 
 ``kind: image_folder`` reads the torchvision ImageFolder layout (``root/<class>/<image>``), any
 image file Pillow reads, resized to the model's image size; a seeded split holds out a fraction.
+A folder may mix 8-bit modes (RGB, grayscale, palette, RGBA, CMYK...): every image is converted
+to RGB as torchvision's loader does (grayscale copied to the three channels, alpha dropped), and
+the data line of the run says how many of each mode were converted. Images of more than 8 bits
+per channel (modes I, I;16, F) are refused: converting them would clip every value above 255.
 
 Batches are :class:`~archgen.train.tasks.TaskBatch` es: ``inputs`` float32 ``[N, S, S, C]``
 (channels last, normalised to mean 0, std ~1), ``targets`` int64 ``[N]``, ``mask`` all true.
@@ -16,6 +20,7 @@ Batches are :class:`~archgen.train.tasks.TaskBatch` es: ``inputs`` float32 ``[N,
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -57,6 +62,10 @@ class ImageData(DataSource):
     def validation(self, batches: int, batch_size: int) -> list[TaskBatch]:
         """The fixed validation set."""
         raise NotImplementedError
+
+    def notes(self) -> tuple[str, ...]:
+        """What reading the images changed that the user should know (shown with the data)."""
+        return ()
 
 
 def _size(data: ImageData) -> int:
@@ -144,6 +153,18 @@ class ShapesData(ImageData):
         return image
 
 
+# Pillow modes with more than 8 bits per channel: convert("RGB") clips them to 0..255
+WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
+@dataclass(frozen=True)
+class FolderImages:
+    """An image folder, read: the split arrays and the modes converted to RGB (mode, count)."""
+
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    converted: tuple[tuple[str, int], ...]
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
@@ -180,12 +201,25 @@ class ImageFolderData(ImageData):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    @cached_property
+    @property
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(train images, train labels, validation images, validation labels), in [0, 1]."""
+        return self._loaded.arrays
+
+    def notes(self) -> tuple[str, ...]:
+        converted = self._loaded.converted
+        if not converted:
+            return ()
+        counts = ", ".join(f"{n} {mode}" for mode, n in converted)
+        alpha = any("A" in mode for mode, _ in converted)
+        return (f"converted to RGB: {counts} image(s)" + (" (alpha dropped)" if alpha else ""),)
+
+    @cached_property
+    def _loaded(self) -> FolderImages:
         from PIL import Image, UnidentifiedImageError
 
         images, labels = [], []
+        modes: Counter[str] = Counter()
         root = Path(self.path)
         for label, name in enumerate(self.classes):
             files = sorted(
@@ -199,13 +233,21 @@ class ImageFolderData(ImageData):
             for file in files:
                 try:
                     with Image.open(file) as im:
+                        mode = im.mode
+                        if mode in WIDE_MODES:
+                            raise ArchgenError(
+                                f"data.path: image {file} has mode {mode} (more than 8 bits "
+                                "per channel), which converting to RGB would clip",
+                                hint="convert the folder's images to 8-bit RGB or grayscale",
+                            )
                         size = (_size(self), _size(self))
                         rgb = im.convert("RGB").resize(size, Image.Resampling.BILINEAR)
-                except (OSError, UnidentifiedImageError) as exc:
+                except (OSError, UnidentifiedImageError, ValueError) as exc:
                     raise ArchgenError(
                         f"data.path: cannot read image {file}: {exc}",
                         hint="remove or replace the file",
                     ) from None
+                modes[mode] += 1
                 images.append(np.asarray(rgb, dtype=np.float64) / 255.0)
                 labels.append(label)
         x, y = np.stack(images), np.asarray(labels)
@@ -220,7 +262,8 @@ class ImageFolderData(ImageData):
                 f"data.path: {len(y)} images cannot be split into training and validation",
                 hint="add images (at least 2 in a class)",
             )
-        return x[~val], y[~val], x[val], y[val]
+        converted = tuple(sorted((m, n) for m, n in modes.items() if m != "RGB"))
+        return FolderImages((x[~val], y[~val], x[val], y[val]), converted)
 
     def sample(self, rng: np.random.Generator, n: int) -> TaskBatch:
         x, y, _, _ = self.arrays

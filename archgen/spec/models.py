@@ -58,6 +58,9 @@ def _spec_type(hint: Any, bounds: tuple[Any, ...] = ()) -> Any:
         return Bool
     if hint is float:
         return Annotated[(float, *bounds, BeforeValidator(_not_bool))]
+    if typing.get_origin(hint) is tuple:  # tuple[int, ...]: the bounds hold for every item
+        (item, _) = typing.get_args(hint)
+        return tuple[_spec_type(item, bounds), ...]  # type: ignore[misc]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is Union:
         members = (a if a is type(None) else _spec_type(a, bounds) for a in typing.get_args(hint))
         return Union[tuple(members)]  # noqa: UP007

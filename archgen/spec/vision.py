@@ -14,6 +14,7 @@ node it builds, so a node's attributes in the spec are only the user's own.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from archgen.ir.graph import PIXELS, Graph, GraphBuilder, ImageInfo, ModelInfo
@@ -90,7 +91,15 @@ def vision_issues(model: VisionModelSpec, fname: str, source: SourceMap | None) 
                 for p in op.problems():
                     found.append(issue((*path, p.field), _in_stage(p.message, p.field, grid)))
                 reason = causality_problem(op, IMAGE_TASK) or layout_problem(op, IMAGE_TASK)
-                if reason is not None:
+                if reason is not None and _grid_form_if_not_causal(op):
+                    found.append(
+                        issue(
+                            (*path, "causal"),
+                            f"{op.kind!r} with causal: true (its default) is a 1-D sequence "
+                            "mixer; over a stage's 2-D token grid it runs with causal: false",
+                        )
+                    )
+                elif reason is not None:
                     found.append(
                         issue(
                             (*path, "kind"),
@@ -100,6 +109,14 @@ def vision_issues(model: VisionModelSpec, fname: str, source: SourceMap | None) 
                         )
                     )
     return found
+
+
+def _grid_form_if_not_causal(op: Any) -> bool:
+    """Whether ``op`` has a user ``causal`` attribute whose false form runs on a grid (dense)."""
+    if op.attributes().get("causal") is not True:
+        return False
+    bidirectional = dataclasses.replace(op, causal=False)
+    return layout_problem(bidirectional, IMAGE_TASK) is None
 
 
 def _in_stage(message: str, field: str, grid: StageGrid) -> str:

@@ -22,6 +22,7 @@ from archgen.ir.ops.channel import MLP, SwiGLU
 from archgen.ir.ops.fused import AddNorm
 from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
 from archgen.ir.ops.norms import LayerNorm, RMSNorm
+from archgen.ir.ops.raftmlp import CrossScaleEmbed
 from archgen.ir.ops.ssm import Mamba, Mamba2
 from archgen.ir.ops.transnext import AggregatedAttention, CosineAttention
 from archgen.ir.ops.vision import (
@@ -46,6 +47,7 @@ __all__ = [
     "Constraint",
     "ConvGLU",
     "CosineAttention",
+    "CrossScaleEmbed",
     "DenseMixer",
     "DynamicSpectrumMixer",
     "Embedding",

@@ -3,6 +3,7 @@ the JustDense learned mixing matrix (attention's data-independent cousin)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -17,6 +18,7 @@ from archgen.ir.ops.base import (
     linear_params,
     register_op,
 )
+from archgen.ir.types import TensorType, TypeRuleError
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,9 @@ class DenseMixer(Op):
     arity: ClassVar[int] = 1
     # Causal and decodable only with ``causal=True`` (see :meth:`has`). Its decode state is every
     # past input, indexed by a row of the max_seq_len^2 matrix: no single exported graph.
-    traits: ClassVar[frozenset[Trait]] = frozenset({Trait.CAUSAL, Trait.DECODABLE})
+    # On a grid only with ``causal=False``: a vision stage's grid, flattened row-major, is one
+    # fixed-length sequence (max_seq_len = H * W from the stage) that every token sees whole.
+    traits: ClassVar[frozenset[Trait]] = frozenset({Trait.CAUSAL, Trait.DECODABLE, Trait.GRID})
     context_fields: ClassVar[tuple[str, ...]] = ("d_model", "max_seq_len")
     summary: ClassVar[str] = "learned dense token-mixing matrix (JustDense)"
 
@@ -212,6 +216,21 @@ class DenseMixer(Op):
                 )
             ]
         return []
+
+    def has(self, trait: Trait) -> bool:
+        if trait is Trait.GRID and self.causal:
+            return False  # a causal mask over a flattened grid has no meaning for an image
+        return super().has(trait)
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        x = super().infer(inputs)
+        if len(x.shape) == 4 and all(isinstance(d, int) for d in x.shape[1:3]):
+            h, w = x.shape[1], x.shape[2]
+            if h * w > self.max_seq_len:
+                raise TypeRuleError(
+                    f"dense: its matrix mixes {self.max_seq_len} tokens, got a {h}x{w} grid"
+                )
+        return x
 
     def params(self) -> int:
         return self.heads * self.max_seq_len**2
