@@ -31,6 +31,9 @@ IMPLEMENTATIONS: dict[type[ops.Op], str] = {
     ops.ConvGLU: "archgen.mixers.vision:ConvGLU",
     ops.RaftTokenMixer: "archgen.mixers.vision:RaftTokenMixer",
     ops.DynamicSpectrumMixer: "archgen.mixers.spectrum:DynamicSpectrumMixer",
+    ops.InceptionMixer: "archgen.mixers.iformer:InceptionMixer",
+    ops.LayerScaleMLP: "archgen.mixers.iformer:LayerScaleMLP",
+    ops.ConvBNEmbed: "archgen.mixers.iformer:ConvBNEmbed",
     ops.AddNorm: "archgen.mixers.add_norm:AddNorm",  # fused by the fuse_kernels pass
 }
 
