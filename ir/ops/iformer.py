@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 from archgen.ir.ops.base import (
@@ -41,6 +41,7 @@ from archgen.ir.ops.base import (
 from archgen.ir.ops.vision import GRID_OP, expect_grid
 from archgen.ir.types import TensorType, TypeRuleError
 
+DEFAULT_HEAD_DIM = 32  # iFormer's head width in every stage
 KERNEL = 3  # every conv and the max-pool of the mixer are 3x3 (stride 1, padding 1)
 
 
@@ -59,10 +60,16 @@ class InceptionMixer(Op):
     d_model: int = attr("model width", ge=1)
     height: int = attr("grid height (from the stage; the pool must divide it)", ge=1)
     width: int = attr("grid width (from the stage; the pool must divide it)", ge=1)
-    heads: int = attr("heads of the stage: they fix the head width d_model / heads", ge=1)
+    heads: int | None = attr(
+        "heads of the stage: they fix the head width d_model / heads (default: head width 32, "
+        "as iFormer)",
+        auto=True,
+        ge=1,
+    )
     attention_heads: int = attr(
         "heads of the low-frequency (attention) path; it takes attention_heads * d_model / heads "
         "channels, the high-frequency paths the rest (iFormer raises it with depth)",
+        default=1,
         ge=1,
     )
     pool: int = attr(
@@ -82,10 +89,21 @@ class InceptionMixer(Op):
         gt=0,
     )
 
+    def resolved(self) -> InceptionMixer:
+        if self.heads is not None:
+            return self
+        return replace(self, heads=max(1, self.d_model // DEFAULT_HEAD_DIM))
+
     # -- channel split -------------------------------------------------------------------------
     @property
+    def num_heads(self) -> int:
+        heads = self.resolved().heads
+        assert heads is not None
+        return heads
+
+    @property
     def head_dim(self) -> int:
-        return self.d_model // self.heads
+        return self.d_model // self.num_heads
 
     @property
     def low_dim(self) -> int:
@@ -103,19 +121,19 @@ class InceptionMixer(Op):
         return 2 * self.high_dim + self.low_dim
 
     def extra_problems(self) -> list[Constraint]:
-        if self.d_model % self.heads:
+        if self.d_model % self.num_heads:
             return [
                 Constraint(
                     "heads", f"the stage width {self.d_model} is not divisible by heads "
-                    f"{self.heads}",
+                    f"{self.num_heads}",
                 )
             ]  # fmt: skip
         found = []
-        if self.attention_heads >= self.heads:
+        if self.attention_heads >= self.num_heads:
             found.append(
                 Constraint(
                     "attention_heads",
-                    f"must be < heads {self.heads} (the high-frequency paths need channels), "
+                    f"must be < heads {self.num_heads} (the high-frequency paths need channels), "
                     f"got {self.attention_heads}",
                 )
             )

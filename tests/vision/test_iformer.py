@@ -4,7 +4,9 @@ odd sizes; the IR's parameter counts equal torch's; the channel split follows th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,10 @@ from torch import nn
 from archgen.ir import ops
 from archgen.mixers.iformer import ConvBNEmbed, InceptionMixer, LayerScaleMLP
 from archgen.mixers.registry import build_module
+from tests.conftest import ROOT, archgen
 from tests.tolerances import assert_close
+
+TINY_EXAMPLE = ROOT / "examples" / "vision" / "iformer-tiny.yaml"
 
 # name -> (module factory, input shape [B, H, W, C]); odd sizes wherever the pool allows them
 MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
@@ -143,3 +148,23 @@ def test_bad_splits_are_problems(kwargs: dict, field: str, words: str) -> None:
     op = ops.InceptionMixer(d_model=8 if kwargs["heads"] == 8 else 12, height=6, width=8, **kwargs)
     found = [p for p in op.problems() if p.field == field]
     assert found and words in found[0].message, op.problems()
+
+
+@pytest.mark.slow
+def test_tiny_example_exports_to_onnx_and_validates(tmp_path: Path) -> None:
+    """`archgen export` + `archgen validate` of examples/vision/iformer-tiny.yaml: every block
+    matches the eager reference in onnxruntime, and the graph upsamples with a Resize that
+    TensorRT runs (nearest or linear, never cubic) and has no DFT."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    import onnx
+
+    done = archgen("export", str(TINY_EXAMPLE), "-o", str(tmp_path / "onnx"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "onnx" / "numerics.json").read_text())["passed"]
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
+    resizes = [n for n in graph.node if n.op_type == "Resize"]
+    modes = {onnx.helper.get_attribute_value(a) for n in resizes for a in n.attribute
+             if a.name == "mode"}  # fmt: skip
+    assert resizes and modes <= {b"nearest", b"linear"}
+    assert not {"DFT", "STFT"} & {n.op_type for n in graph.node}
+    assert archgen("validate", str(TINY_EXAMPLE)).returncode == 0
