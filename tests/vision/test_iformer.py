@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from archgen import api
+from archgen.backends.torch_model import build_model
 from archgen.ir import ops
 from archgen.mixers.iformer import ConvBNEmbed, InceptionMixer, LayerScaleMLP
 from archgen.mixers.registry import build_module
@@ -168,3 +170,20 @@ def test_tiny_example_exports_to_onnx_and_validates(tmp_path: Path) -> None:
     assert resizes and modes <= {b"nearest", b"linear"}
     assert not {"DFT", "STFT"} & {n.op_type for n in graph.node}
     assert archgen("validate", str(TINY_EXAMPLE)).returncode == 0
+
+
+def test_official_iformer_s_counts_and_runs_at_224() -> None:
+    """examples/vision/iformer-s.yaml is sail-sg/iFormer's iformer_small: `archgen check`'s
+    count (the IR's) is the repository's 19.866M (its docstring's precision, 0.1 %), the torch
+    model has exactly the IR's parameters, and one 224x224 image runs through it."""
+    path = ROOT / "examples" / "vision" / "iformer-s.yaml"
+    params = api.check(path).total.params
+    assert abs(params - 19_866_000) <= 0.001 * 19_866_000, params
+    graph = api.compile_spec(path)
+    heads = [n.op.attention_heads for n in graph.nodes if isinstance(n.op, ops.InceptionMixer)]
+    assert heads == [1] * 3 + [3] * 3 + [7] * 4 + [9] * 5 + [11] * 3  # the frequency ramp
+    model = build_model(graph).eval()
+    assert sum(p.numel() for p in model.parameters()) == params
+    with torch.no_grad():
+        logits = model(torch.randn(1, 224, 224, 3))
+    assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
