@@ -178,7 +178,7 @@ class InceptionMixer(Op):
         pool_path = KERNEL**2 * half * seq_len + linear_flops(half, high, seq_len)
         gelus = 2 * 8 * high * seq_len  # erf GELU, ~8 FLOPs an element
         attention = (
-            self.pool**2 * low * pooled  # average pool
+            (low * seq_len if self.pool > 1 else 0)  # average pool: each input read once
             + linear_flops(low, 3 * low, pooled)
             + 2 * linear_flops(pooled, low, pooled)  # q k^T and attn v, all heads
             + 5 * self.attention_heads * pooled * pooled  # scale, softmax
@@ -228,7 +228,8 @@ class LayerScaleMLP(Op):
 
     def flops(self, seq_len: int) -> int:
         h = self._hidden()
-        return 2 * linear_flops(self.d_model, h, seq_len) + 8 * seq_len * h + seq_len * self.d_model
+        # the MLP's count (one FLOP an activation) plus the scale
+        return 2 * linear_flops(self.d_model, h, seq_len) + seq_len * h + seq_len * self.d_model
 
     def activation_bytes(self, seq_len: int, dtype_bytes: int = 4) -> int:
         return seq_len * (2 * self._hidden() + 2 * self.d_model) * dtype_bytes
@@ -296,5 +297,11 @@ class ConvBNEmbed(Op):
         return total + (tokens * self.d_model if self.position_embedding else 0)
 
     def activation_bytes(self, seq_len: int, dtype_bytes: int = 4) -> int:
+        # each conv's output and its norm's; the stem also keeps its GELU's output on the
+        # intermediate grid (4x the tokens, half the width); then the sum with the table
         out_tokens = seq_len // self.stride**2
-        return 3 * out_tokens * self.d_model * dtype_bytes * (2 if self.stride == 4 else 1)
+        kept = sum(2 * out_tokens * self.stride**2 // 4**i * c for i, (_, c) in
+                   enumerate(self.convs(), start=1))  # fmt: skip
+        if self.stride == 4:
+            kept += 4 * out_tokens * (self.d_model // 2)
+        return (kept + out_tokens * self.d_model) * dtype_bytes
