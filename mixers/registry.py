@@ -34,6 +34,9 @@ IMPLEMENTATIONS: dict[type[ops.Op], str] = {
     ops.AggregatedAttention: "archgen.mixers.transnext:AggregatedAttention",
     ops.CosineAttention: "archgen.mixers.transnext:CosineAttention",
     ops.CrossScaleEmbed: "archgen.mixers.raftmlp:CrossScaleEmbed",
+    ops.InceptionMixer: "archgen.mixers.iformer:InceptionMixer",
+    ops.LayerScaleMLP: "archgen.mixers.iformer:LayerScaleMLP",
+    ops.ConvBNEmbed: "archgen.mixers.iformer:ConvBNEmbed",
     ops.AddNorm: "archgen.mixers.add_norm:AddNorm",  # fused by the fuse_kernels pass
 }
 

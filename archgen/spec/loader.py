@@ -26,6 +26,7 @@ from archgen.spec.models import (
     CHANNEL_MIXER_SPECS,
     DOWNSAMPLE_SPECS,
     MAX_LAYERS,
+    PER_BLOCK,
     TOKEN_MIXER_SPECS,
     ArchSpec,
     LayerSpec,
@@ -143,6 +144,8 @@ def _strip_tags(loc: tuple[Any, ...], data: Any) -> tuple[Path, Any, Any]:
         )
         if tagged and isinstance(node, dict) and i < len(parts) and isinstance(parts[i], str):
             i += 1
+        if isinstance(node, list) and i < len(parts) and parts[i] == PER_BLOCK:
+            i += 1  # the tag of an attribute given per block of a stage (vision_models)
     return tuple(path), parent, node
 
 

@@ -93,15 +93,29 @@ def _field_for(f: dataclasses.Field, hint: Any) -> tuple[Any, Any]:
     return _spec_type(hint, bounds), info
 
 
-def mixer_spec_model(op_class: type[Op]) -> type[MixerSpec]:
+PER_BLOCK = "per_block"  # the union tag of an attribute given as one value per block
+
+
+def _value_or_per_block(value: Any) -> str:
+    return PER_BLOCK if isinstance(value, list) else "value"
+
+
+def mixer_spec_model(op_class: type[Op], *, per_block: bool = False) -> type[MixerSpec]:
+    """The ``{kind, <attributes>}`` model of ``op_class``. ``per_block``: every attribute may
+    also be a list, one value per block of a vision stage (its length is checked with the
+    stage's depth in archgen.spec.vision)."""
     hints = typing.get_type_hints(op_class)
     fields: dict[str, Any] = {
         "kind": (Literal[op_class.kind], Field(description=op_class.summary)),  # type: ignore[valid-type]
     }
     for f in op_class.attribute_fields():
         fields[f.name] = _field_for(f, hints[f.name])
+        if per_block:
+            one, info = fields[f.name]
+            each = Union[Annotated[one, Tag("value")], Annotated[list[one], Tag(PER_BLOCK)]]  # type: ignore[valid-type]  # noqa: UP007
+            fields[f.name] = (Annotated[each, Discriminator(_value_or_per_block)], info)
     model = create_model(  # type: ignore[call-overload]
-        f"{op_class.__name__}Spec",
+        f"{op_class.__name__}{'Stage' if per_block else ''}Spec",
         __base__=MixerSpec,
         __doc__=op_class.summary or op_class.__doc__,
         **fields,

@@ -29,15 +29,16 @@ from archgen.ir.ops import (
 )
 from archgen.ir.types import BATCH, TensorType
 from archgen.spec.errors import SpecIssue
-from archgen.spec.models import (
-    CHANNEL_MIXER_SPECS,
-    DOWNSAMPLE_SPECS,
-    MAX_LAYERS,
-    TOKEN_MIXER_SPECS,
-    ArchSpec,
-    LayerSpec,
+from archgen.spec.models import DOWNSAMPLE_SPECS, MAX_LAYERS, ArchSpec
+from archgen.spec.vision_models import (
+    STAGE_CHANNEL_MIXER_SPECS,
+    STAGE_TOKEN_MIXER_SPECS,
+    StageGrid,
+    StageLayerSpec,
+    VisionModelSpec,
+    stage_blocks,
+    stage_grids,
 )
-from archgen.spec.vision_models import StageGrid, VisionModelSpec, stage_blocks, stage_grids
 from archgen.spec.yaml_source import Path, SourceMap
 
 NORMS: dict[str, type[RMSNorm] | type[LayerNorm]] = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
@@ -58,8 +59,22 @@ def stage_context(model: VisionModelSpec, stage: int, grid: StageGrid) -> dict[s
     }
 
 
-def _op(spec: Any, context: dict[str, Any]) -> Any:
-    return spec.to_op(**{k: context[k] for k in spec.op_class.context_fields})
+def _op(spec: Any, context: dict[str, Any], block: int = 0) -> Any:
+    """The op of ``spec`` in the stage's ``block``-th block (a list attribute gives one value
+    per block)."""
+    attrs = spec.model_dump(exclude={"kind"})
+    attrs = {k: v[block] if isinstance(v, list) else v for k, v in attrs.items()}
+    return spec.op_class(**{k: context[k] for k in spec.op_class.context_fields}, **attrs)
+
+
+def _schedule_problems(mixer: Any, depth: int) -> list[tuple[str, str]]:
+    """``(field, message)`` for each attribute given per block whose length is not ``depth``."""
+    return [
+        (field, f"gives {len(v)} values, one per block: the stage has depth {depth}, so give "
+         f"{depth} (or one value for every block)")
+        for field, v in mixer.model_dump(exclude={"kind"}).items()
+        if isinstance(v, list) and len(v) != depth
+    ]  # fmt: skip
 
 
 def vision_issues(model: VisionModelSpec, fname: str, source: SourceMap | None) -> list[SpecIssue]:
@@ -87,9 +102,16 @@ def vision_issues(model: VisionModelSpec, fname: str, source: SourceMap | None) 
                 if mixer is None:
                     continue
                 path = (*where, "block", j, slot)
-                op = _op(mixer, ctx)
-                for p in op.problems():
-                    found.append(issue((*path, p.field), _in_stage(p.message, p.field, grid)))
+                bad_lengths = _schedule_problems(mixer, stage.depth)
+                if bad_lengths:  # no block's op can be built
+                    found += [issue((*path, field), msg) for field, msg in bad_lengths]
+                    continue
+                per_block = {k for k, v in mixer.model_dump().items() if isinstance(v, list)}
+                for k in range(stage.depth):
+                    op = _op(mixer, ctx, k)
+                    for p in op.problems():
+                        at = (*path, p.field, k) if p.field in per_block else (*path, p.field)
+                        found.append(issue(at, _in_stage(p.message, p.field, grid)))
                 reason = causality_problem(op, IMAGE_TASK) or layout_problem(op, IMAGE_TASK)
                 if reason is not None and _grid_form_if_not_causal(op):
                     found.append(
@@ -148,7 +170,7 @@ def graph_from_vision_spec(spec: ArchSpec) -> Graph:
         x = g.add(f"stages.{i}.downsample", _op(stage.downsample, ctx).resolved(), x)
         d = stage.width
         n = 0
-        for _ in range(stage.depth):
+        for k in range(stage.depth):
             for layer in stage.block:
                 block = f"stages.{i}.layers.{n}"
                 n += 1
@@ -157,7 +179,7 @@ def graph_from_vision_spec(spec: ArchSpec) -> Graph:
                         continue
                     normed = g.add(f"{block}.{slot}_norm", norm_cls(d, m.norm_eps), x, block=block)
                     out = g.add(
-                        f"{block}.{slot}_mixer", _op(mixer, ctx).resolved(), normed, block=block
+                        f"{block}.{slot}_mixer", _op(mixer, ctx, k).resolved(), normed, block=block
                     )
                     x = g.add(f"{block}.{slot}_residual", ResidualAdd(d), x, out, block=block)
     last = m.stages[-1].width
@@ -173,19 +195,27 @@ def resolve_vision_spec(spec: ArchSpec) -> ArchSpec:
     if problem is not None:
         return spec
 
-    def resolve(mixer: Any, table: dict[str, Any], ctx: dict[str, Any]) -> Any:
+    def resolve(mixer: Any, table: dict[str, Any], ctx: dict[str, Any], depth: int = 1) -> Any:
+        """``mixer`` resolved in each block; an attribute given per block stays a list."""
         if mixer is None:
             return None
-        op = _op(mixer, ctx).resolved()
-        return table[mixer.kind].model_validate({"kind": op.kind, **op.attributes()})
+        blocks = [_op(mixer, ctx, k).resolved().attributes() for k in range(depth)]
+        given = mixer.model_dump()
+        data = {
+            name: [b[name] for b in blocks] if isinstance(given[name], list) else value
+            for name, value in blocks[0].items()
+        }
+        return table[mixer.kind].model_validate({"kind": mixer.kind, **data})
 
     stages = []
     for i, (stage, grid) in enumerate(zip(m.stages, grids, strict=True)):
         ctx = stage_context(m, i, grid)
         block = [
-            LayerSpec(
-                token_mixer=resolve(layer.token_mixer, TOKEN_MIXER_SPECS, ctx),
-                channel_mixer=resolve(layer.channel_mixer, CHANNEL_MIXER_SPECS, ctx),
+            StageLayerSpec(
+                token_mixer=resolve(layer.token_mixer, STAGE_TOKEN_MIXER_SPECS, ctx, stage.depth),
+                channel_mixer=resolve(
+                    layer.channel_mixer, STAGE_CHANNEL_MIXER_SPECS, ctx, stage.depth
+                ),
             )
             for layer in stage.block
         ]

@@ -11,18 +11,48 @@ as in a language model). A final norm and the classifier head (global mean pool 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field
 
+from archgen.ir.ops import Role, ops_with_role
 from archgen.spec.models import (
     MAX_LAYERS,
     DownsampleSpec,
     Int,
-    LayerSpec,
+    MixerSpec,
     Number,
     StrictModel,
+    mixer_spec_model,
 )
+
+# A stage's mixers take any attribute as one value, or as a list of one value per block of the
+# stage (``attention_heads: [1, 1, 3]`` with ``depth: 3``; iFormer's frequency ramp).
+STAGE_TOKEN_MIXER_SPECS: dict[str, type[MixerSpec]] = {
+    kind: mixer_spec_model(cls, per_block=True)
+    for kind, cls in ops_with_role(Role.TOKEN_MIXER).items()
+}
+STAGE_CHANNEL_MIXER_SPECS: dict[str, type[MixerSpec]] = {
+    kind: mixer_spec_model(cls, per_block=True)
+    for kind, cls in ops_with_role(Role.CHANNEL_MIXER).items()
+}
+
+
+class StageLayerSpec(StrictModel):
+    """One layer of a stage's block: ``x += token_mixer(norm(x)); x += channel_mixer(norm(x))``.
+    An attribute given as a list takes its ``j``-th value in the stage's ``j``-th block."""
+
+    token_mixer: Annotated[
+        Union[tuple(STAGE_TOKEN_MIXER_SPECS.values())],  # type: ignore[valid-type]  # noqa: UP007
+        Field(discriminator="kind"),
+    ]
+    channel_mixer: (
+        Annotated[
+            Union[tuple(STAGE_CHANNEL_MIXER_SPECS.values())],  # type: ignore[valid-type]  # noqa: UP007
+            Field(discriminator="kind"),
+        ]
+        | None
+    ) = None
 
 
 class StageSpec(StrictModel):
@@ -33,10 +63,11 @@ class StageSpec(StrictModel):
     downsample: DownsampleSpec = Field(  # type: ignore[valid-type]
         description="the patch embedding or patch merging that starts the stage"
     )
-    block: list[LayerSpec] = Field(
+    block: list[StageLayerSpec] = Field(
         min_length=1,
         description="the layers of one block (RaftMLP: a vertical raft layer, then a horizontal "
-        "one with the channel MLP)",
+        "one with the channel MLP); a mixer attribute may be a list of one value per block "
+        "(length depth)",
     )
 
 

@@ -20,6 +20,7 @@ from archgen.ir.ops.base import (
 )
 from archgen.ir.ops.channel import MLP, SwiGLU
 from archgen.ir.ops.fused import AddNorm
+from archgen.ir.ops.iformer import ConvBNEmbed, InceptionMixer, LayerScaleMLP
 from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
 from archgen.ir.ops.norms import LayerNorm, RMSNorm
 from archgen.ir.ops.raftmlp import CrossScaleEmbed
@@ -45,14 +46,17 @@ __all__ = [
     "CheckpointAttention",
     "ClassifierHead",
     "Constraint",
+    "ConvBNEmbed",
     "ConvGLU",
     "CosineAttention",
     "CrossScaleEmbed",
     "DenseMixer",
     "DynamicSpectrumMixer",
     "Embedding",
+    "InceptionMixer",
     "LMHead",
     "LayerNorm",
+    "LayerScaleMLP",
     "Mamba",
     "Mamba2",
     "Op",

@@ -528,7 +528,7 @@ CASES: list[tuple[str, str, str]] = [
               channel_mixer: {kind: attention}
         """,
         "bad.yaml:7:29: model.layers[0].channel_mixer.kind: 'attention' is a token mixer, not a "
-        "channel mixer; a channel mixer is one of: mlp, swiglu",
+        "channel mixer; a channel mixer is one of: mlp, swiglu, layerscale_mlp",
     ),
     (
         "missing-kind",
@@ -555,7 +555,7 @@ CASES: list[tuple[str, str, str]] = [
               channel_mixer: {kind: null}
         """,
         "bad.yaml:7:29: model.layers[0].channel_mixer.kind: expected a channel mixer kind, "
-        "got null; known: mlp, swiglu",
+        "got null; known: mlp, swiglu, layerscale_mlp",
     ),
     (
         "missing-token-mixer",
