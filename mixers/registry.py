@@ -31,6 +31,10 @@ IMPLEMENTATIONS: dict[type[ops.Op], str] = {
     ops.ConvGLU: "archgen.mixers.vision:ConvGLU",
     ops.RaftTokenMixer: "archgen.mixers.vision:RaftTokenMixer",
     ops.DynamicSpectrumMixer: "archgen.mixers.spectrum:DynamicSpectrumMixer",
+    ops.HSMSSD: "archgen.mixers.efficientvim:HSMSSD",
+    ops.DepthwiseConv: "archgen.mixers.efficientvim:DepthwiseConv",
+    ops.BatchNormFFN: "archgen.mixers.efficientvim:BatchNormFFN",
+    ops.ConvexResidual: "archgen.mixers.efficientvim:ConvexResidual",
     ops.AddNorm: "archgen.mixers.add_norm:AddNorm",  # fused by the fuse_kernels pass
 }
 

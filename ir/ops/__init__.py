@@ -19,6 +19,7 @@ from archgen.ir.ops.base import (
     ops_with_role,
 )
 from archgen.ir.ops.channel import MLP, SwiGLU
+from archgen.ir.ops.efficientvim import HSMSSD, BatchNormFFN, ConvexResidual, DepthwiseConv
 from archgen.ir.ops.fused import AddNorm
 from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
 from archgen.ir.ops.norms import LayerNorm, RMSNorm
@@ -34,16 +35,20 @@ from archgen.ir.ops.vision import (
 
 __all__ = [
     "BIDIRECTIONAL_FORMS",
+    "HSMSSD",
     "IMAGE_TASK",
     "MLP",
     "OP_REGISTRY",
     "AddNorm",
     "Attention",
+    "BatchNormFFN",
     "CheckpointAttention",
     "ClassifierHead",
     "Constraint",
     "ConvGLU",
+    "ConvexResidual",
     "DenseMixer",
+    "DepthwiseConv",
     "DynamicSpectrumMixer",
     "Embedding",
     "LMHead",
