@@ -4,7 +4,8 @@ The graph of a vision spec::
 
     pixels f32[B, S, S, C_in]
     stages.0.downsample          -> [B, H0, W0, width0]
-    stages.0.layers.N.*          pre-norm residual layers, as in a language model
+    stages.0.layers.N.*          pre-norm residual layers, as in a language model (or
+                                 convex residuals, branches without the norm: VisionLayerSpec)
     stages.1.downsample ...
     final_norm, logits           ClassifierHead: global mean pool + linear -> [B, num_classes]
 
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from archgen.ir.graph import PIXELS, Graph, GraphBuilder, ImageInfo, ModelInfo
+from archgen.ir.graph import PIXELS, Graph, GraphBuilder, ImageInfo, ModelInfo, Node
 from archgen.ir.ops import (
     IMAGE_TASK,
     ClassifierHead,
+    ConvexResidual,
     LayerNorm,
+    Op,
     ResidualAdd,
     RMSNorm,
     causality_problem,
@@ -34,7 +37,6 @@ from archgen.spec.models import (
     MAX_LAYERS,
     TOKEN_MIXER_SPECS,
     ArchSpec,
-    LayerSpec,
 )
 from archgen.spec.vision_models import StageGrid, VisionModelSpec, stage_blocks, stage_grids
 from archgen.spec.yaml_source import Path, SourceMap
@@ -138,14 +140,26 @@ def graph_from_vision_spec(spec: ArchSpec) -> Graph:
                 for slot, mixer in (("token", layer.token_mixer), ("channel", layer.channel_mixer)):
                     if mixer is None:
                         continue
-                    normed = g.add(f"{block}.{slot}_norm", norm_cls(d, m.norm_eps), x, block=block)
-                    out = g.add(
-                        f"{block}.{slot}_mixer", _op(mixer, ctx).resolved(), normed, block=block
-                    )
-                    x = g.add(f"{block}.{slot}_residual", ResidualAdd(d), x, out, block=block)
+                    branch = x
+                    if layer.pre_norm:
+                        branch = g.add(
+                            f"{block}.{slot}_norm", norm_cls(d, m.norm_eps), x, block=block
+                        )
+                    op = _op(mixer, ctx).resolved()
+                    out = _add_node(g, f"{block}.{slot}_mixer", op, branch, block)
+                    join = ConvexResidual(d) if layer.residual == "convex" else ResidualAdd(d)
+                    x = g.add(f"{block}.{slot}_residual", join, x, out, block=block)
     last = m.stages[-1].width
     x = g.add("final_norm", norm_cls(last, m.norm_eps), x)
     return g.build(g.add("logits", ClassifierHead(d_model=last, num_classes=m.num_classes), x))
+
+
+def _add_node(g: GraphBuilder, name: str, op: Op, x: str, block: str) -> str:
+    """Append ``op(x)``; a node with several outputs (``hsm_ssd``: the grid and its hidden
+    state) names its others ``<name>.out1``, ... Returns its first value, named like it."""
+    outputs = (name, *(f"{name}.out{i}" for i in range(1, op.num_outputs)))
+    g.nodes.append(Node(name, op, (x,), block, outputs=outputs))
+    return name
 
 
 def resolve_vision_spec(spec: ArchSpec) -> ArchSpec:
@@ -166,9 +180,11 @@ def resolve_vision_spec(spec: ArchSpec) -> ArchSpec:
     for i, (stage, grid) in enumerate(zip(m.stages, grids, strict=True)):
         ctx = stage_context(m, i, grid)
         block = [
-            LayerSpec(
-                token_mixer=resolve(layer.token_mixer, TOKEN_MIXER_SPECS, ctx),
-                channel_mixer=resolve(layer.channel_mixer, CHANNEL_MIXER_SPECS, ctx),
+            layer.model_copy(
+                update={
+                    "token_mixer": resolve(layer.token_mixer, TOKEN_MIXER_SPECS, ctx),
+                    "channel_mixer": resolve(layer.channel_mixer, CHANNEL_MIXER_SPECS, ctx),
+                }
             )
             for layer in stage.block
         ]

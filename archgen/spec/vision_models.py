@@ -5,7 +5,8 @@
 
 A stage downsamples the grid it receives (the image for the first stage), then runs ``depth``
 copies of ``block`` (a list of layers, each ``x += token_mixer(norm(x)); x += channel_mixer(...)``
-as in a language model). A final norm and the classifier head (global mean pool + linear) follow.
+as in a language model; :class:`VisionLayerSpec` has the variants). A final norm and the
+classifier head (global mean pool + linear) follow.
 """
 
 from __future__ import annotations
@@ -13,16 +14,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from archgen.spec.models import (
     MAX_LAYERS,
+    Bool,
     DownsampleSpec,
     Int,
     LayerSpec,
     Number,
     StrictModel,
 )
+
+
+class VisionLayerSpec(LayerSpec):
+    """A layer of a stage's block: a language-model layer plus how its branches meet the
+    stream. Defaults give ``x += mixer(norm(x))``; EfficientViM's block is three layers with
+    ``residual: convex`` (two of them ``pre_norm: false``)."""
+
+    residual: Literal["add", "convex"] = Field(
+        "add",
+        description="add: x + f(x); convex: (1 - a) x + a f(x), a = sigmoid(theta) per channel "
+        "(EfficientViM's layer scale, theta starting at 1e-4)",
+    )
+    pre_norm: Bool = Field(
+        True, description="apply the model's norm before each branch (false: f reads x itself)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # specs that do not use the fields dump (--resolved, spec hash) as before they existed
+        out = handler(self)
+        if out.get("residual") == "add":
+            out.pop("residual", None)
+        if out.get("pre_norm") is True:
+            out.pop("pre_norm", None)
+        return out
 
 
 class StageSpec(StrictModel):
@@ -33,7 +60,7 @@ class StageSpec(StrictModel):
     downsample: DownsampleSpec = Field(  # type: ignore[valid-type]
         description="the patch embedding or patch merging that starts the stage"
     )
-    block: list[LayerSpec] = Field(
+    block: list[VisionLayerSpec] = Field(
         min_length=1,
         description="the layers of one block (RaftMLP: a vertical raft layer, then a horizontal "
         "one with the channel MLP)",

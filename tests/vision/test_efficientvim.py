@@ -6,15 +6,23 @@ equal torch's; the IR's shapes and costs."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from archgen import api
+from archgen.backends.torch_model import build_model
 from archgen.ir import ops
+from archgen.ir.cost import parameter_count
+from archgen.ir.graph import Graph
 from archgen.ir.types import BATCH, TensorType
 from archgen.mixers.efficientvim import HSMSSD, BatchNormFFN, ConvexResidual, DepthwiseConv
 from archgen.mixers.registry import build_module
+from archgen.passes import InferShapes, Verify, run_pipeline
+from archgen.spec.loader import parse_spec
+from tests.conftest import archgen
 from tests.tolerances import assert_close
 
 # name -> (module factory, input shapes); odd, non-square grids
@@ -120,3 +128,94 @@ def test_hsm_ssd_types_and_cost() -> None:
     assert op.flops(21) - per_token == op.flops(0) > 0
     assert op.flops(0) == 2 * 5 * 8 * 16 + 6 * 5 * 8 + 2 * 5 * 8 * 8
     assert [p.field for p in ops.HSMSSD(d_model=8, kernel=4).problems()] == ["kernel"]
+
+
+# -- the spec: residual: convex, pre_norm: false ---------------------------------------------------
+
+BLOCK = """\
+model:
+  name: evim
+  task: image-classification
+  image_size: 12
+  num_classes: 4
+  norm_eps: 1.0e-5
+  stages:
+    - width: 6
+      depth: 1
+      downsample: {kind: patch_embed, stride: 2, kernel: 3}
+      block:
+        - {token_mixer: {kind: dwconv}, pre_norm: false, residual: convex}
+        - {token_mixer: {kind: hsm_ssd, state_dim: 5}, residual: convex}
+        - token_mixer: {kind: dwconv}
+          channel_mixer: {kind: bn_ffn, mlp_ratio: 2}
+          pre_norm: false
+          residual: convex
+        - token_mixer: {kind: attention, heads: 2, rope_theta: null}
+"""
+
+
+def _block_graph(text: str = BLOCK) -> Graph:
+    return api.compile_spec(parse_spec(text, "evim.yaml"))
+
+
+def test_convex_layers_get_convex_residuals_and_no_pre_norm() -> None:
+    graph = _block_graph()
+    kinds = {n.name: n.op.kind for n in graph.nodes}
+    layers = "stages.0.layers"
+    for branch in ("0.token", "1.token", "2.token", "2.channel"):
+        assert kinds[f"{layers}.{branch}_residual"] == "convex_residual"
+    assert kinds[f"{layers}.3.token_residual"] == "residual_add"  # the default is unchanged
+    # pre_norm: false -> the mixer reads the stream itself
+    assert f"{layers}.0.token_norm" not in kinds and f"{layers}.2.channel_norm" not in kinds
+    assert graph.node(f"{layers}.0.token_mixer").inputs == ("stages.0.downsample",)
+    assert kinds[f"{layers}.1.token_norm"] == "layernorm"
+    # the HSM-SSD node names its hidden state, typed [B, N, D]
+    ssd = graph.node(f"{layers}.1.token_mixer")
+    assert ssd.outputs == (ssd.name, f"{ssd.name}.out1")
+    typed = run_pipeline(graph, [Verify(), InferShapes()])
+    assert typed.value_types[f"{ssd.name}.out1"] == TensorType((BATCH, 5, 6))
+
+
+def test_convex_block_params_and_forward() -> None:
+    graph = _block_graph()
+    model = build_model(graph)
+    assert parameter_count(graph) == sum(p.numel() for p in model.parameters())
+    theta = model.get_submodule("stages.0.layers.0.token_residual").theta
+    assert torch.allclose(theta, torch.full_like(theta, 1e-4))  # official init: a ~ 0.5
+    x = torch.randn(3, 12, 12, 3)
+    model.train()
+    model(x).sum().backward()  # BatchNorm on batch statistics
+    assert theta.grad is not None and theta.grad.abs().sum() > 0
+    model.eval()
+    assert model(x).shape == (3, 4)
+
+
+def test_vision_layer_defaults_are_not_dumped() -> None:
+    """A spec that does not use residual / pre_norm dumps as before they existed."""
+    plain = BLOCK.split("        - {token_mixer: {kind: dwconv}")[0]
+    plain += "        - token_mixer: {kind: attention, heads: 2, rope_theta: null}\n"
+    dumped = parse_spec(plain, "p.yaml").model_dump(mode="json")
+    layer = dumped["model"]["stages"][0]["block"][0]
+    assert "residual" not in layer and "pre_norm" not in layer
+    dumped = parse_spec(BLOCK, "evim.yaml").model_dump(mode="json")
+    assert dumped["model"]["stages"][0]["block"][0]["residual"] == "convex"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("residual: convex}", "residual: convx}", "model.stages[0].block[0].residual"),
+        ("pre_norm: false, residual", "pre_norm: 0, residual", "model.stages[0].block[0].pre_norm"),
+        ("pre_norm: false, residual", "prenorm: false, residual", "did you mean 'pre_norm'"),
+        ("state_dim: 5}", "state_dim: 5, kernel: 4}", "block[1].token_mixer.kernel: must be odd"),
+    ],
+)
+def test_bad_block_exits_2_with_the_field(
+    old: str, new: str, expected: str, tmp_path: Path
+) -> None:
+    spec = tmp_path / "evim.yaml"
+    spec.write_text(BLOCK.replace(old, new, 1))
+    done = archgen("check", "evim.yaml", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "evim.yaml:" in done.stderr and expected in done.stderr
+    assert "Traceback" not in done.stderr
