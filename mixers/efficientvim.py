@@ -139,6 +139,7 @@ class DepthwiseConv(TokenMixer):
         kernel: int = 3,
         batchnorm: bool = True,
         bn_eps: float = 1e-5,
+        bn_init: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -150,7 +151,7 @@ class DepthwiseConv(TokenMixer):
         self.bn = nn.BatchNorm2d(d_model, eps=bn_eps, **fk) if batchnorm else None
         if self.bn is not None:
             # official bn_weight_init=0: the branch starts at zero
-            nn.init.zeros_(self.bn.weight)
+            nn.init.constant_(self.bn.weight, bn_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.permute(0, 3, 1, 2)
@@ -189,6 +190,7 @@ class BatchNormFFN(ChannelMixer):
         mlp_ratio: float = 4.0,
         hidden: int | None = None,
         bn_eps: float = 1e-5,
+        bn_init: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -199,7 +201,7 @@ class BatchNormFFN(ChannelMixer):
         self.bn1 = nn.BatchNorm1d(hidden, eps=bn_eps, **fk)
         self.fc2 = nn.Linear(hidden, d_model, bias=False, **fk)
         self.bn2 = nn.BatchNorm1d(d_model, eps=bn_eps, **fk)
-        nn.init.zeros_(self.bn2.weight)  # official bn_weight_init=0 on the second BN
+        nn.init.constant_(self.bn2.weight, bn_init)  # official bn_weight_init=0 on the second
 
     @staticmethod
     def _linear_bn(x: torch.Tensor, fc: nn.Linear, bn: nn.BatchNorm1d) -> torch.Tensor:

@@ -122,6 +122,9 @@ class DepthwiseConv(Op):
     kernel: int = attr("kernel size (odd)", default=3, ge=1, le=31)
     batchnorm: bool = attr("BatchNorm after the conv (else the conv has a bias)", default=True)
     bn_eps: float = attr("epsilon of the BatchNorm", default=1e-5, gt=0)
+    bn_init: float = attr(
+        "initial BatchNorm scale (the official 0 starts the branch at zero)", default=0.0, ge=0
+    )
 
     def extra_problems(self) -> list[Constraint]:
         if self.kernel % 2 == 0:
@@ -166,6 +169,11 @@ class BatchNormFFN(Op):
         "hidden width (default int(d_model * mlp_ratio))", auto=True, ge=1, le=1 << 20
     )
     bn_eps: float = attr("epsilon of the BatchNorms", default=1e-5, gt=0)
+    bn_init: float = attr(
+        "initial scale of the second BatchNorm (the official 0 starts the branch at zero)",
+        default=0.0,
+        ge=0,
+    )
 
     def resolved(self) -> BatchNormFFN:
         if self.hidden is not None:

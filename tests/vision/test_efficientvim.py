@@ -219,3 +219,73 @@ def test_bad_block_exits_2_with_the_field(
     assert done.returncode == 2, done.stdout + done.stderr
     assert "evim.yaml:" in done.stderr and expected in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- export: BatchNorm folded, eval-mode ONNX equals eager -----------------------------------------
+
+
+@pytest.mark.slow
+def test_onnx_export_folds_batchnorm_and_equals_eager(tmp_path: Path) -> None:
+    """Weights with non-trivial BatchNorm statistics; the exported graph has no
+    BatchNormalization and no product of two weights left (BN folded into the convs), and
+    onnxruntime gives the eager eval-mode model's logits."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    import onnx
+    import onnxruntime as ort
+
+    from archgen.backends.weights import save_weights
+    from archgen.export import export
+
+    spec = tmp_path / "evim.yaml"
+    spec.write_text(BLOCK)
+    model = _perturbed(lambda: build_model(_block_graph()), 5).float().eval()
+    save_weights(model, tmp_path / "weights.safetensors")
+    result = export(spec, tmp_path / "onnx", weights=tmp_path / "weights.safetensors")
+    assert result.report.passed
+    proto = onnx.load(tmp_path / "onnx" / "model.onnx")
+    ops_used = {n.op_type for n in proto.graph.node}
+    assert "BatchNormalization" not in ops_used and "Conv" in ops_used
+    weights = {i.name for i in proto.graph.initializer}
+    assert not [n for n in proto.graph.node if n.op_type == "Mul" and set(n.input) <= weights]
+    x = torch.randn(3, 12, 12, 3)
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    (logits,) = session.run(None, {"pixels": x.numpy()})
+    with torch.no_grad():
+        want = model(x)
+    assert_close(torch.from_numpy(logits), want, dtype=torch.float32)
+
+
+def test_fold_weight_products_folds_what_the_exporter_leaves() -> None:
+    """onnxscript stops folding at 8192-element inputs: a 96x96 weight times a per-row scale
+    stays a Mul of two initializers in the export; the fold makes it one initializer."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from archgen.backends.onnx_fold import fold_weight_products
+
+    rng = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 96, generator=rng).numpy()
+    s = torch.randn(96, 1, generator=rng).numpy()
+    nodes = [
+        helper.make_node("Mul", ["w", "s"], ["ws"]),
+        helper.make_node("MatMul", ["x", "ws"], ["y"]),
+        helper.make_node("Mul", ["y", "s2"], ["z"]),  # reads an input: stays
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 96])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 96])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(s, "s"),
+         numpy_helper.from_array(s[:, 0], "s2")],
+    )  # fmt: skip
+    proto = helper.make_model(graph)
+    x = torch.randn(2, 96, generator=rng).numpy()
+    (before,) = ReferenceEvaluator(proto).run(None, {"x": x})
+    assert fold_weight_products(proto) == 1
+    assert [n.op_type for n in proto.graph.node] == ["MatMul", "Mul"]
+    assert {i.name for i in proto.graph.initializer} == {"ws", "s2"}
+    onnx.checker.check_model(proto)
+    (after,) = ReferenceEvaluator(proto).run(None, {"x": x})
+    assert (before == after).all()
