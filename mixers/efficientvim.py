@@ -34,7 +34,18 @@ def folded_scale_shift(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tenso
     return scale, bn.bias - bn.running_mean * scale
 
 
-def _batch_norm_reference(y: torch.Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> torch.Tensor:
+def conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``bn(conv(x))`` on ``[B, C, H, W]``: two steps in training mode (batch statistics), one
+    conv with the BatchNorm folded into its weight and bias in eval mode."""
+    if bn.training:
+        return bn(conv(x))
+    scale, shift = folded_scale_shift(bn)
+    weight = conv.weight * scale[:, None, None, None]
+    bias = shift if conv.bias is None else shift + conv.bias * scale
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def batch_norm_reference(y: torch.Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> torch.Tensor:
     """BatchNorm over the last axis of ``y`` written out: batch statistics (biased variance)
     over every other axis in training mode, the running statistics in eval mode."""
     if bn.training:
@@ -155,14 +166,7 @@ class DepthwiseConv(TokenMixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.permute(0, 3, 1, 2)
-        if self.bn is None:
-            y = self.conv(y)
-        elif self.training:
-            y = self.bn(self.conv(y))
-        else:
-            scale, shift = folded_scale_shift(self.bn)
-            weight = self.conv.weight * scale[:, None, None, None]
-            y = F.conv2d(y, weight, shift, padding=self.kernel // 2, groups=y.shape[1])
+        y = self.conv(y) if self.bn is None else conv_bn(y, self.conv, self.bn)
         return y.permute(0, 2, 3, 1)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,7 +177,7 @@ class DepthwiseConv(TokenMixer):
                 out = out + _shifted(x, dy, dx) * self.conv.weight[:, 0, dy + r, dx + r]
         if self.bn is None:
             return out + self.conv.bias
-        return _batch_norm_reference(out, self.bn)
+        return batch_norm_reference(out, self.bn)
 
 
 class BatchNormFFN(ChannelMixer):
@@ -215,9 +219,9 @@ class BatchNormFFN(ChannelMixer):
         return self._linear_bn(F.relu(self._linear_bn(x, self.fc1, self.bn1)), self.fc2, self.bn2)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = _batch_norm_reference(x @ self.fc1.weight.T, self.bn1)
+        hidden = batch_norm_reference(x @ self.fc1.weight.T, self.bn1)
         hidden = torch.where(hidden > 0, hidden, torch.zeros_like(hidden))
-        return _batch_norm_reference(hidden @ self.fc2.weight.T, self.bn2)
+        return batch_norm_reference(hidden @ self.fc2.weight.T, self.bn2)
 
 
 class ConvexResidual(nn.Module):

@@ -19,9 +19,11 @@ from typing import Any
 
 from archgen.ir.graph import PIXELS, Graph, GraphBuilder, ImageInfo, ModelInfo, Node
 from archgen.ir.ops import (
+    HSMSSD,
     IMAGE_TASK,
     ClassifierHead,
     ConvexResidual,
+    HiddenStateFusionHead,
     LayerNorm,
     Op,
     ResidualAdd,
@@ -73,6 +75,14 @@ def vision_issues(model: VisionModelSpec, fname: str, source: SourceMap | None) 
     if stage_blocks(model) > MAX_LAYERS:
         return [issue(("model", "stages"), f"expands to more than {MAX_LAYERS} layers")]
     found: list[SpecIssue] = []
+    if model.head == "hidden_state_fusion":
+        bare = [
+            i
+            for i, stage in enumerate(model.stages)
+            if not any(layer.token_mixer.kind == HSMSSD.kind for layer in stage.block)
+        ]
+        if bare:
+            found.append(issue(("model", "head"), f"{_HEAD_NEEDS}; stage(s) {bare} have none"))
     grids, problem = stage_grids(model)
     if problem is not None:
         found.append(issue(("model", "image_size"), problem))
@@ -128,11 +138,13 @@ def graph_from_vision_spec(spec: ArchSpec) -> Graph:
     g = GraphBuilder(info)
     g.inputs = {PIXELS: TensorType((BATCH, m.image_size, m.image_size, m.in_channels))}
     x = PIXELS
+    states: list[str] = []  # each stage's last hidden state (hsm_ssd's second output)
     for i, (stage, grid) in enumerate(zip(m.stages, grids, strict=True)):
         ctx = stage_context(m, i, grid)
         x = g.add(f"stages.{i}.downsample", _op(stage.downsample, ctx).resolved(), x)
         d = stage.width
         n = 0
+        state: str | None = None
         for _ in range(stage.depth):
             for layer in stage.block:
                 block = f"stages.{i}.layers.{n}"
@@ -147,11 +159,24 @@ def graph_from_vision_spec(spec: ArchSpec) -> Graph:
                         )
                     op = _op(mixer, ctx).resolved()
                     out = _add_node(g, f"{block}.{slot}_mixer", op, branch, block)
+                    if isinstance(op, HSMSSD):
+                        state = g.nodes[-1].outputs[1]
                     join = ConvexResidual(d) if layer.residual == "convex" else ResidualAdd(d)
                     x = g.add(f"{block}.{slot}_residual", join, x, out, block=block)
+        if state is not None:
+            states.append(state)
     last = m.stages[-1].width
     x = g.add("final_norm", norm_cls(last, m.norm_eps), x)
+    if m.head == "hidden_state_fusion":
+        if len(states) != len(m.stages):
+            raise ValueError(f"model.head: {_HEAD_NEEDS}")
+        widths = tuple(s.width for s in m.stages)
+        head = HiddenStateFusionHead(last, m.num_classes, widths, m.norm_eps)
+        return g.build(g.add("logits", head, x, *states))
     return g.build(g.add("logits", ClassifierHead(d_model=last, num_classes=m.num_classes), x))
+
+
+_HEAD_NEEDS = "hidden_state_fusion reads the hidden state of an hsm_ssd in every stage"
 
 
 def _add_node(g: GraphBuilder, name: str, op: Op, x: str, block: str) -> str:

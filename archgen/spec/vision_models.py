@@ -78,6 +78,19 @@ class VisionModelSpec(StrictModel):
     norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="pre-norm kind")
     norm_eps: Number = Field(1e-6, gt=0, le=1, description="epsilon of every norm")
     stages: list[StageSpec] = Field(min_length=1, description="stages, input to head")
+    head: Literal["pool", "hidden_state_fusion"] = Field(
+        "pool",
+        description="pool: global mean pool + linear; hidden_state_fusion: EfficientViM's "
+        "multi-stage fusion of the pooled grid with each stage's last hsm_ssd hidden state",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_pool_head(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # specs with the default head dump (--resolved, spec hash) as before the field existed
+        out = handler(self)
+        if out.get("head") == "pool":
+            out.pop("head", None)
+        return out
 
     @property
     def passes(self) -> None:
@@ -101,6 +114,11 @@ def stage_grids(model: VisionModelSpec) -> tuple[list[StageGrid], str | None]:
     grids: list[StageGrid] = []
     for i, stage in enumerate(model.stages):
         stride = _stride(stage.downsample)
+        if getattr(stage.downsample.op_class, "rounds_up", False):  # padded convs: ceil
+            size = -(-size // stride)
+            grids.append(StageGrid(channels, size, size))
+            channels = stage.width
+            continue
         if size % stride:
             total = 1
             for s in model.stages:
@@ -117,7 +135,8 @@ def stage_grids(model: VisionModelSpec) -> tuple[list[StageGrid], str | None]:
 
 
 def _stride(downsample: Any) -> int:
-    return int(getattr(downsample, "stride", None) or getattr(downsample, "factor", 1))
+    found = getattr(downsample, "stride", None) or getattr(downsample, "factor", None)
+    return int(found or getattr(downsample.op_class, "stride", 1))
 
 
 def stage_blocks(model: VisionModelSpec) -> int:

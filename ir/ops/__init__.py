@@ -20,6 +20,7 @@ from archgen.ir.ops.base import (
 )
 from archgen.ir.ops.channel import MLP, SwiGLU
 from archgen.ir.ops.efficientvim import HSMSSD, BatchNormFFN, ConvexResidual, DepthwiseConv
+from archgen.ir.ops.efficientvim_net import ConvStem, EfficientViMMerge, HiddenStateFusionHead
 from archgen.ir.ops.fused import AddNorm
 from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
 from archgen.ir.ops.norms import LayerNorm, RMSNorm
@@ -46,11 +47,14 @@ __all__ = [
     "ClassifierHead",
     "Constraint",
     "ConvGLU",
+    "ConvStem",
     "ConvexResidual",
     "DenseMixer",
     "DepthwiseConv",
     "DynamicSpectrumMixer",
+    "EfficientViMMerge",
     "Embedding",
+    "HiddenStateFusionHead",
     "LMHead",
     "LayerNorm",
     "Mamba",
