@@ -31,6 +31,7 @@ from archgen.atomic import write_atomic
 from archgen.backends.base import LowerOptions, UnsupportedError, library_versions
 from archgen.backends.eager import BoundaryModule
 from archgen.backends.onnx_attention import gqa_translation
+from archgen.backends.onnx_fold import fold_weight_products
 from archgen.backends.onnx_fused import add_norm_translation
 from archgen.backends.onnx_scan import scan_translation
 from archgen.backends.torch_model import ArchModel
@@ -135,6 +136,7 @@ def export_graph(
             f"fixes (graph captured with {capture})"
         )
     _rename_dims(proto, dim_names or {})
+    fold_weight_products(proto)  # BatchNorm folded in eval mode: weight * scale -> one weight
     if keep_outputs is not None:
         strip_outputs(proto, keep_outputs)
     set_metadata(proto, metadata or {})

@@ -37,6 +37,13 @@ IMPLEMENTATIONS: dict[type[ops.Op], str] = {
     ops.InceptionMixer: "archgen.mixers.iformer:InceptionMixer",
     ops.LayerScaleMLP: "archgen.mixers.iformer:LayerScaleMLP",
     ops.ConvBNEmbed: "archgen.mixers.iformer:ConvBNEmbed",
+    ops.HSMSSD: "archgen.mixers.efficientvim:HSMSSD",
+    ops.DepthwiseConv: "archgen.mixers.efficientvim:DepthwiseConv",
+    ops.BatchNormFFN: "archgen.mixers.efficientvim:BatchNormFFN",
+    ops.ConvexResidual: "archgen.mixers.efficientvim:ConvexResidual",
+    ops.ConvStem: "archgen.mixers.efficientvim_net:ConvStem",
+    ops.EfficientViMMerge: "archgen.mixers.efficientvim_net:EfficientViMMerge",
+    ops.HiddenStateFusionHead: "archgen.mixers.efficientvim_net:HiddenStateFusionHead",
     ops.AddNorm: "archgen.mixers.add_norm:AddNorm",  # fused by the fuse_kernels pass
 }
 

@@ -35,7 +35,7 @@ from archgen.spec.models import (
     expand_layers,
 )
 from archgen.spec.training import DATA_SPECS, TrainSpec
-from archgen.spec.vision_models import StageSpec, VisionModelSpec
+from archgen.spec.vision_models import StageSpec, StageLayerSpec, VisionModelSpec
 from archgen.spec.yaml_source import Path, SourceMap, load_yaml
 
 MAX_SPEC_BYTES = 1 << 20  # hand-written specs are a few KiB; repeat groups keep them small
@@ -170,6 +170,8 @@ def _model_at(path: Path, parent: Any) -> type[BaseModel] | None:
         kind = parent["kind"]
         specs = TOKEN_MIXER_SPECS if path[-1] == "token_mixer" else CHANNEL_MIXER_SPECS
         return specs.get(kind) if isinstance(kind, str) else None
+    if isinstance(path[-1], int) and len(path) >= 2 and path[-2] == "block":
+        return StageLayerSpec
     if isinstance(path[-1], int):
         return RepeatSpec if isinstance(parent, dict) and "repeat" in parent else LayerSpec
     return None

@@ -4,7 +4,8 @@ The graph of a vision spec::
 
     pixels f32[B, S, S, C_in]
     stages.0.downsample          -> [B, H0, W0, width0]
-    stages.0.layers.N.*          pre-norm residual layers, as in a language model
+    stages.0.layers.N.*          pre-norm residual layers, as in a language model (or
+                                 convex residuals, branches without the norm: StageLayerSpec)
     stages.1.downsample ...
     final_norm, logits           ClassifierHead: global mean pool + linear -> [B, num_classes]
 
@@ -17,11 +18,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from archgen.ir.graph import PIXELS, Graph, GraphBuilder, ImageInfo, ModelInfo
+from archgen.ir.graph import PIXELS, Graph, GraphBuilder, ImageInfo, ModelInfo, Node
 from archgen.ir.ops import (
+    HSMSSD,
     IMAGE_TASK,
     ClassifierHead,
+    ConvexResidual,
+    HiddenStateFusionHead,
     LayerNorm,
+    Op,
     ResidualAdd,
     RMSNorm,
     causality_problem,
@@ -87,6 +92,14 @@ def vision_issues(model: VisionModelSpec, fname: str, source: SourceMap | None) 
     if stage_blocks(model) > MAX_LAYERS:
         return [issue(("model", "stages"), f"expands to more than {MAX_LAYERS} layers")]
     found: list[SpecIssue] = []
+    if model.head == "hidden_state_fusion":
+        bare = [
+            i
+            for i, stage in enumerate(model.stages)
+            if not any(layer.token_mixer.kind == HSMSSD.kind for layer in stage.block)
+        ]
+        if bare:
+            found.append(issue(("model", "head"), f"{_HEAD_NEEDS}; stage(s) {bare} have none"))
     grids, problem = stage_grids(model)
     if problem is not None:
         found.append(issue(("model", "image_size"), problem))
@@ -165,11 +178,13 @@ def graph_from_vision_spec(spec: ArchSpec) -> Graph:
     g = GraphBuilder(info)
     g.inputs = {PIXELS: TensorType((BATCH, m.image_size, m.image_size, m.in_channels))}
     x = PIXELS
+    states: list[str] = []  # each stage's last hidden state (hsm_ssd's second output)
     for i, (stage, grid) in enumerate(zip(m.stages, grids, strict=True)):
         ctx = stage_context(m, i, grid)
         x = g.add(f"stages.{i}.downsample", _op(stage.downsample, ctx).resolved(), x)
         d = stage.width
         n = 0
+        state: str | None = None
         for k in range(stage.depth):
             for layer in stage.block:
                 block = f"stages.{i}.layers.{n}"
@@ -177,14 +192,39 @@ def graph_from_vision_spec(spec: ArchSpec) -> Graph:
                 for slot, mixer in (("token", layer.token_mixer), ("channel", layer.channel_mixer)):
                     if mixer is None:
                         continue
-                    normed = g.add(f"{block}.{slot}_norm", norm_cls(d, m.norm_eps), x, block=block)
-                    out = g.add(
-                        f"{block}.{slot}_mixer", _op(mixer, ctx, k).resolved(), normed, block=block
-                    )
-                    x = g.add(f"{block}.{slot}_residual", ResidualAdd(d), x, out, block=block)
+                    branch = x
+                    if layer.pre_norm:
+                        branch = g.add(
+                            f"{block}.{slot}_norm", norm_cls(d, m.norm_eps), x, block=block
+                        )
+                    op = _op(mixer, ctx, k).resolved()
+                    out = _add_node(g, f"{block}.{slot}_mixer", op, branch, block)
+                    if isinstance(op, HSMSSD):
+                        state = g.nodes[-1].outputs[1]
+                    join = ConvexResidual(d) if layer.residual == "convex" else ResidualAdd(d)
+                    x = g.add(f"{block}.{slot}_residual", join, x, out, block=block)
+        if state is not None:
+            states.append(state)
     last = m.stages[-1].width
     x = g.add("final_norm", norm_cls(last, m.norm_eps), x)
+    if m.head == "hidden_state_fusion":
+        if len(states) != len(m.stages):
+            raise ValueError(f"model.head: {_HEAD_NEEDS}")
+        widths = tuple(s.width for s in m.stages)
+        head = HiddenStateFusionHead(last, m.num_classes, widths, m.norm_eps)
+        return g.build(g.add("logits", head, x, *states))
     return g.build(g.add("logits", ClassifierHead(d_model=last, num_classes=m.num_classes), x))
+
+
+_HEAD_NEEDS = "hidden_state_fusion reads the hidden state of an hsm_ssd in every stage"
+
+
+def _add_node(g: GraphBuilder, name: str, op: Op, x: str, block: str) -> str:
+    """Append ``op(x)``; a node with several outputs (``hsm_ssd``: the grid and its hidden
+    state) names its others ``<name>.out1``, ... Returns its first value, named like it."""
+    outputs = (name, *(f"{name}.out{i}" for i in range(1, op.num_outputs)))
+    g.nodes.append(Node(name, op, (x,), block, outputs=outputs))
+    return name
 
 
 def resolve_vision_spec(spec: ArchSpec) -> ArchSpec:
@@ -211,11 +251,15 @@ def resolve_vision_spec(spec: ArchSpec) -> ArchSpec:
     for i, (stage, grid) in enumerate(zip(m.stages, grids, strict=True)):
         ctx = stage_context(m, i, grid)
         block = [
-            StageLayerSpec(
-                token_mixer=resolve(layer.token_mixer, STAGE_TOKEN_MIXER_SPECS, ctx, stage.depth),
-                channel_mixer=resolve(
-                    layer.channel_mixer, STAGE_CHANNEL_MIXER_SPECS, ctx, stage.depth
-                ),
+            layer.model_copy(
+                update={
+                    "token_mixer": resolve(
+                        layer.token_mixer, STAGE_TOKEN_MIXER_SPECS, ctx, stage.depth
+                    ),
+                    "channel_mixer": resolve(
+                        layer.channel_mixer, STAGE_CHANNEL_MIXER_SPECS, ctx, stage.depth
+                    ),
+                }
             )
             for layer in stage.block
         ]

@@ -5,7 +5,8 @@
 
 A stage downsamples the grid it receives (the image for the first stage), then runs ``depth``
 copies of ``block`` (a list of layers, each ``x += token_mixer(norm(x)); x += channel_mixer(...)``
-as in a language model). A final norm and the classifier head (global mean pool + linear) follow.
+as in a language model; :class:`StageLayerSpec` has the variants). A final norm and the
+classifier head (global mean pool + linear) follow.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from archgen.ir.ops import Role, ops_with_role
 from archgen.spec.models import (
     MAX_LAYERS,
+    Bool,
     DownsampleSpec,
     Int,
     MixerSpec,
@@ -40,7 +42,9 @@ STAGE_CHANNEL_MIXER_SPECS: dict[str, type[MixerSpec]] = {
 
 class StageLayerSpec(StrictModel):
     """One layer of a stage's block: ``x += token_mixer(norm(x)); x += channel_mixer(norm(x))``.
-    An attribute given as a list takes its ``j``-th value in the stage's ``j``-th block."""
+    An attribute given as a list takes its ``j``-th value in the stage's ``j``-th block.
+    ``residual`` and ``pre_norm`` say how the branches meet the stream; EfficientViM's block is
+    three layers with ``residual: convex`` (two of them ``pre_norm: false``)."""
 
     token_mixer: Annotated[
         Union[tuple(STAGE_TOKEN_MIXER_SPECS.values())],  # type: ignore[valid-type]  # noqa: UP007
@@ -53,6 +57,24 @@ class StageLayerSpec(StrictModel):
         ]
         | None
     ) = None
+    residual: Literal["add", "convex"] = Field(
+        "add",
+        description="add: x + f(x); convex: (1 - a) x + a f(x), a = sigmoid(theta) per channel "
+        "(EfficientViM's layer scale, theta starting at 1e-4)",
+    )
+    pre_norm: Bool = Field(
+        True, description="apply the model's norm before each branch (false: f reads x itself)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # specs that do not use the fields dump (--resolved, spec hash) as before they existed
+        out = handler(self)
+        if out.get("residual") == "add":
+            out.pop("residual", None)
+        if out.get("pre_norm") is True:
+            out.pop("pre_norm", None)
+        return out
 
 
 class StageSpec(StrictModel):
@@ -82,6 +104,19 @@ class VisionModelSpec(StrictModel):
     norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="pre-norm kind")
     norm_eps: Number = Field(1e-6, gt=0, le=1, description="epsilon of every norm")
     stages: list[StageSpec] = Field(min_length=1, description="stages, input to head")
+    head: Literal["pool", "hidden_state_fusion"] = Field(
+        "pool",
+        description="pool: global mean pool + linear; hidden_state_fusion: EfficientViM's "
+        "multi-stage fusion of the pooled grid with each stage's last hsm_ssd hidden state",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_pool_head(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # specs with the default head dump (--resolved, spec hash) as before the field existed
+        out = handler(self)
+        if out.get("head") == "pool":
+            out.pop("head", None)
+        return out
 
     @property
     def passes(self) -> None:
@@ -105,6 +140,11 @@ def stage_grids(model: VisionModelSpec) -> tuple[list[StageGrid], str | None]:
     grids: list[StageGrid] = []
     for i, stage in enumerate(model.stages):
         stride = _stride(stage.downsample)
+        if getattr(stage.downsample.op_class, "rounds_up", False):  # padded convs: ceil
+            size = -(-size // stride)
+            grids.append(StageGrid(channels, size, size))
+            channels = stage.width
+            continue
         if size % stride:
             total = 1
             for s in model.stages:
@@ -121,7 +161,8 @@ def stage_grids(model: VisionModelSpec) -> tuple[list[StageGrid], str | None]:
 
 
 def _stride(downsample: Any) -> int:
-    return int(getattr(downsample, "stride", None) or getattr(downsample, "factor", 1))
+    found = getattr(downsample, "stride", None) or getattr(downsample, "factor", None)
+    return int(found or getattr(downsample.op_class, "stride", 1))
 
 
 def stage_blocks(model: VisionModelSpec) -> int:

@@ -19,6 +19,8 @@ from archgen.ir.ops.base import (
     ops_with_role,
 )
 from archgen.ir.ops.channel import MLP, SwiGLU
+from archgen.ir.ops.efficientvim import HSMSSD, BatchNormFFN, ConvexResidual, DepthwiseConv
+from archgen.ir.ops.efficientvim_net import ConvStem, EfficientViMMerge, HiddenStateFusionHead
 from archgen.ir.ops.fused import AddNorm
 from archgen.ir.ops.iformer import ConvBNEmbed, InceptionMixer, LayerScaleMLP
 from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
@@ -37,12 +39,14 @@ from archgen.ir.ops.vision import (
 
 __all__ = [
     "BIDIRECTIONAL_FORMS",
+    "HSMSSD",
     "IMAGE_TASK",
     "MLP",
     "OP_REGISTRY",
     "AddNorm",
     "AggregatedAttention",
     "Attention",
+    "BatchNormFFN",
     "CheckpointAttention",
     "ClassifierHead",
     "Constraint",
@@ -50,10 +54,15 @@ __all__ = [
     "ConvGLU",
     "CosineAttention",
     "CrossScaleEmbed",
+    "ConvStem",
+    "ConvexResidual",
     "DenseMixer",
+    "DepthwiseConv",
     "DynamicSpectrumMixer",
+    "EfficientViMMerge",
     "Embedding",
     "InceptionMixer",
+    "HiddenStateFusionHead",
     "LMHead",
     "LayerNorm",
     "LayerScaleMLP",

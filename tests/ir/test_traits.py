@@ -57,7 +57,10 @@ def test_every_op_declares_traits_and_arity(kind: str) -> None:
     assert any("traits" in vars(k) for k in below_op), f"{kind} inherits no declared traits"
     assert any("arity" in vars(k) for k in below_op), f"{kind} inherits no declared arity"
     assert isinstance(cls.traits, frozenset) and all(isinstance(t, Trait) for t in cls.traits)
-    assert cls.arity == (2 if cls.role is Role.RESIDUAL else 1)
+    if isinstance(cls.arity, int):
+        assert cls.arity == (2 if cls.role is Role.RESIDUAL else 1)
+    else:  # set per node (msf_head: the grid and one hidden state per stage): heads only
+        assert cls.role is Role.HEAD
     if cls.role is not Role.TOKEN_MIXER and Trait.SPATIAL not in cls.traits:
         # position-wise ops can never break causality or decoding
         assert cls.traits == ops.base.POSITIONWISE
