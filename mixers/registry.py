@@ -31,6 +31,7 @@ IMPLEMENTATIONS: dict[type[ops.Op], str] = {
     ops.ConvGLU: "archgen.mixers.vision:ConvGLU",
     ops.RaftTokenMixer: "archgen.mixers.vision:RaftTokenMixer",
     ops.DynamicSpectrumMixer: "archgen.mixers.spectrum:DynamicSpectrumMixer",
+    ops.SelectiveTokenMixer: "archgen.mixers.vim2:SelectiveTokenMixer",
     ops.AddNorm: "archgen.mixers.add_norm:AddNorm",  # fused by the fuse_kernels pass
 }
 
