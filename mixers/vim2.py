@@ -191,3 +191,33 @@ class SelectiveTokenMixer(TokenMixer):
             for (i, j), out in zip(order, outs, strict=True):
                 y[:, i, j] = y[:, i, j] + out
         return self.out_proj(y.to(z.dtype) * F.silu(z))
+
+
+class WeightedSum(nn.Module):
+    """``sum_i weight[i] * x_i`` (``weighted_sum`` in ``archgen.ir.ops.vim2``): DenseFormer's /
+    MambaMixer's weighted average of earlier outputs, one learned scalar per input, initialised
+    to the newest input alone (``weight = (0, ..., 0, 1)``: the plain residual chain)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        inputs: int = 2,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        weight = torch.zeros(inputs, device=device, dtype=dtype)
+        weight[-1] = 1.0
+        self.weight = nn.Parameter(weight)
+        self.weight._no_weight_decay = True  # type: ignore[attr-defined]
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return (torch.stack(xs, dim=-1) @ self.weight.to(xs[0].dtype)).contiguous()
+
+    def reference(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(xs[0])
+        for w, x in zip(self.weight, xs, strict=True):
+            out = out + w * x
+        return out

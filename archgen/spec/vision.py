@@ -5,6 +5,7 @@ The graph of a vision spec::
     pixels f32[B, S, S, C_in]
     stages.0.downsample          -> [B, H0, W0, width0]
     stages.0.layers.N.*          pre-norm residual layers, as in a language model
+                                 (dense_average: each followed by a weighted_sum node)
     stages.1.downsample ...
     final_norm, logits           ClassifierHead: global mean pool + linear -> [B, num_classes]
 
@@ -23,6 +24,7 @@ from archgen.ir.ops import (
     LayerNorm,
     ResidualAdd,
     RMSNorm,
+    WeightedSum,
     causality_problem,
     layout_problem,
 )
@@ -131,6 +133,7 @@ def graph_from_vision_spec(spec: ArchSpec) -> Graph:
         x = g.add(f"stages.{i}.downsample", _op(stage.downsample, ctx).resolved(), x)
         d = stage.width
         n = 0
+        earlier = [x]  # y^(0) and every residual layer's output, for dense_average
         for _ in range(stage.depth):
             for layer in stage.block:
                 block = f"stages.{i}.layers.{n}"
@@ -143,6 +146,10 @@ def graph_from_vision_spec(spec: ArchSpec) -> Graph:
                         f"{block}.{slot}_mixer", _op(mixer, ctx).resolved(), normed, block=block
                     )
                     x = g.add(f"{block}.{slot}_residual", ResidualAdd(d), x, out, block=block)
+                    if stage.dense_average:
+                        earlier.append(x)
+                        average = WeightedSum(d, inputs=len(earlier))
+                        x = g.add(f"{block}.{slot}_average", average, *earlier, block=block)
     last = m.stages[-1].width
     x = g.add("final_norm", norm_cls(last, m.norm_eps), x)
     return g.build(g.add("logits", ClassifierHead(d_model=last, num_classes=m.num_classes), x))

@@ -38,6 +38,12 @@ class StageSpec(StrictModel):
         description="the layers of one block (RaftMLP: a vertical raft layer, then a horizontal "
         "one with the channel MLP)",
     )
+    dense_average: bool = Field(
+        False,
+        description="after each residual layer, feed on a learned weighted sum of the stage's "
+        "input and every layer output so far (DenseFormer; MambaMixer's weighted averaging), "
+        "initialised to the plain residual chain",
+    )
 
 
 class VisionModelSpec(StrictModel):

@@ -23,7 +23,7 @@ from archgen.ir.ops.fused import AddNorm
 from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
 from archgen.ir.ops.norms import LayerNorm, RMSNorm
 from archgen.ir.ops.ssm import Mamba, Mamba2
-from archgen.ir.ops.vim2 import SelectiveTokenMixer
+from archgen.ir.ops.vim2 import SelectiveTokenMixer, WeightedSum
 from archgen.ir.ops.vision import (
     ClassifierHead,
     ConvGLU,
@@ -62,6 +62,7 @@ __all__ = [
     "SlidingWindowAttention",
     "SwiGLU",
     "Trait",
+    "WeightedSum",
     "causality_problem",
     "layout_problem",
     "ops_with_role",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from archgen.ir.ops.base import (
+    POSITIONWISE,
     Constraint,
     Op,
     Role,
@@ -25,7 +26,7 @@ from archgen.ir.ops.base import (
     register_op,
 )
 from archgen.ir.ops.vision import GRID_OP, expect_grid
-from archgen.ir.types import TensorType
+from archgen.ir.types import TensorType, TypeRuleError
 
 # VMamba's cross-scan (CrossScan in vmamba.py): scan k reads the grid in this order
 CROSS_SCAN_ORDERS: tuple[str, ...] = (
@@ -119,3 +120,46 @@ class SelectiveTokenMixer(Op):
         di, n, rank = self._inner()
         per_scan = 3 * di + rank + 2 * n
         return seq_len * (3 * di + self.scans * per_scan + self.d_model) * dtype_bytes
+
+
+@register_op
+@dataclass(frozen=True)
+class WeightedSum(Op):
+    """``sum_i w_i x_i`` over ``inputs`` values of one shape, with a learned scalar ``w_i`` per
+    input: DenseFormer's depth-weighted average, MambaMixer's weighted averaging of a stage's
+    earlier outputs (``y^(0)`` = the stage input, then every residual layer's output).
+    Initialised to ``w = (0, ..., 0, 1)``: the newest input alone, a plain residual chain.
+
+    Variadic: ``arity`` is the fewest operands; a node takes :meth:`operand_count` of them."""
+
+    kind: ClassVar[str] = "weighted_sum"
+    role: ClassVar[Role] = Role.RESIDUAL
+    arity: ClassVar[int] = 2
+    traits: ClassVar[frozenset[Trait]] = POSITIONWISE
+    summary: ClassVar[str] = "learned weighted sum of earlier outputs (DenseFormer / MambaMixer)"
+
+    d_model: int = attr("model width", ge=1)
+    inputs: int = attr("values summed (the operands)", default=2, ge=2, le=4096)
+
+    def operand_count(self) -> int:
+        return self.inputs
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        values = _expect_arity(self, inputs)
+        first = values[0]
+        if first.shape[-1] != self.d_model:
+            raise TypeRuleError(f"weighted_sum: expected last dim {self.d_model}, got {first}")
+        for v in values[1:]:
+            if v.shape != first.shape:
+                raise TypeRuleError(f"weighted_sum: shapes differ: {first} vs {v}")
+        return first
+
+    def params(self) -> int:
+        return self.inputs
+
+    def flops(self, seq_len: int) -> int:
+        return 2 * self.inputs * seq_len * self.d_model
+
+    def activation_bytes(self, seq_len: int, dtype_bytes: int = 4) -> int:
+        # backward needs every input for the weights' gradients: they stay alive (mixers.md §8g)
+        return seq_len * self.d_model * dtype_bytes

@@ -3,15 +3,23 @@ backward (inputs and every parameter), on odd non-square grids; IR counts equal 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
+from archgen import api
+from archgen.backends.torch_model import build_model
 from archgen.ir import ops
+from archgen.ir.graph import Graph
+from archgen.ir.types import TensorType, TypeRuleError
 from archgen.mixers.registry import build_module
 from archgen.mixers.vim2 import SelectiveTokenMixer
+from archgen.passes import AnnotateCost, InferShapes, PassError, Verify, run_pipeline
+from archgen.spec.loader import parse_spec
 from tests.tolerances import assert_close
 
 # name -> (module factory, input shape [B, H, W, C]); odd, non-square grids
@@ -90,3 +98,99 @@ def test_token_mixer_flops_grow_with_the_grid_and_the_state() -> None:
     assert op.flops(30) == 2 * op.flops(15)  # linear in the tokens
     assert ops.SelectiveTokenMixer(d_model=16, d_state=32).flops(15) > op.flops(15)
     assert "kernel" in {p.field for p in ops.SelectiveTokenMixer(d_model=8, kernel=4).problems()}
+
+
+# -- weighted averaging of a stage's earlier outputs (dense_average) ---------------------------
+STAGES = """\
+model:
+  name: averaged
+  task: image-classification
+  image_size: 12
+  num_classes: 4
+  stages:
+    - width: 8
+      depth: 2
+      downsample: {kind: patch_embed, stride: 2}
+      block:
+        - token_mixer: {kind: selective_token, d_state: 2}
+          channel_mixer: {kind: mlp, hidden: 12}
+    - width: 12
+      depth: 1
+      downsample: {kind: patch_merge}
+      block:
+        - token_mixer: {kind: selective_token, d_state: 2}
+"""
+
+
+def _graphs() -> tuple[Graph, Graph]:
+    plain = api.compile_spec(parse_spec(STAGES, "plain.yaml"))
+    averaged_spec = re.sub(r"( +)depth: (\d+)\n", r"\1depth: \2\n\1dense_average: true\n", STAGES)
+    return plain, api.compile_spec(parse_spec(averaged_spec, "averaged.yaml"))
+
+
+def test_dense_average_inserts_weighted_sums_over_the_stage_outputs() -> None:
+    _, graph = _graphs()
+    sums = [n for n in graph.nodes if isinstance(n.op, ops.WeightedSum)]
+    # stage 0: 2 layers x (token, channel) = 4 residual layers; stage 1: 1
+    assert [n.op.inputs for n in sums] == [2, 3, 4, 5, 2]
+    last = graph.node("stages.0.layers.1.channel_average")
+    assert last.inputs == (
+        "stages.0.downsample",  # y^(0)
+        "stages.0.layers.0.token_residual",
+        "stages.0.layers.0.channel_residual",
+        "stages.0.layers.1.token_residual",
+        "stages.0.layers.1.channel_residual",
+    )
+    # the next residual layer reads the average (as its stream and through its norm)
+    assert graph.node("stages.1.downsample").inputs == (last.name,)
+    # MambaMixer's count: L (token, channel) pairs hold L(2L + 3) averaging weights
+    assert sum(n.op.params() for n in sums[:4]) == 2 * (2 * 2 + 3)
+    run_pipeline(graph, [Verify(), InferShapes(), AnnotateCost()])
+
+
+def test_dense_average_starts_as_the_plain_residual_chain_and_learns() -> None:
+    plain_graph, averaged_graph = _graphs()
+    plain = build_model(plain_graph, seed=3).double()
+    averaged = build_model(averaged_graph, seed=5).double()
+    missing, unexpected = averaged.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.endswith("_average.weight") for k in missing)
+    x = torch.randn(2, 12, 12, 3, dtype=torch.float64)
+    out = averaged(x)
+    assert_close(out, plain(x))
+    out.square().sum().backward()
+    for name in missing:
+        grad = averaged.get_parameter(name).grad
+        assert grad is not None and (grad != 0).all(), name  # every scalar gets a gradient
+
+
+def test_weighted_sum_module_matches_reference_and_ir() -> None:
+    torch.manual_seed(2)
+    op = ops.WeightedSum(d_model=5, inputs=3)
+    module = _perturbed(build_module(op).double())
+    assert op.params() == sum(p.numel() for p in module.parameters()) == 3
+    xs = [torch.randn(2, 3, 7, 5, dtype=torch.float64) for _ in range(3)]
+    results = []
+    for fn in (module, module.reference):
+        inputs = [x.clone().requires_grad_(True) for x in xs]
+        fn(*inputs).sum().backward()
+        results.append([fn(*xs).detach(), *[x.grad for x in inputs], module.weight.grad.clone()])
+        module.zero_grad()
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b)
+
+
+def test_weighted_sum_arity_is_its_inputs() -> None:
+    op = ops.WeightedSum(d_model=4, inputs=3)
+    x = TensorType((1, 2, 2, 4), "float32")
+    assert op.operand_count() == 3 and op.infer([x, x, x]) == x
+    with pytest.raises(TypeRuleError, match="expected 3 input"):
+        op.infer([x, x])
+    with pytest.raises(TypeRuleError, match="shapes differ"):
+        op.infer([x, x, TensorType((1, 2, 3, 4), "float32")])
+    _, graph = _graphs()
+    node = graph.node("stages.0.layers.0.channel_average")
+    broken = graph.with_nodes(
+        tuple(replace(n, inputs=n.inputs[1:]) if n is node else n for n in graph.nodes)
+    )
+    with pytest.raises(PassError, match=r"\(weighted_sum\) takes 3 operand\(s\), got 2"):
+        run_pipeline(broken, [Verify()])
