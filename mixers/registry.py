@@ -32,6 +32,7 @@ IMPLEMENTATIONS: dict[type[ops.Op], str] = {
     ops.RaftTokenMixer: "archgen.mixers.vision:RaftTokenMixer",
     ops.DynamicSpectrumMixer: "archgen.mixers.spectrum:DynamicSpectrumMixer",
     ops.SelectiveTokenMixer: "archgen.mixers.vim2:SelectiveTokenMixer",
+    ops.SelectiveChannelMixer: "archgen.mixers.vim2:SelectiveChannelMixer",
     ops.WeightedSum: "archgen.mixers.vim2:WeightedSum",
     ops.AddNorm: "archgen.mixers.add_norm:AddNorm",  # fused by the fuse_kernels pass
 }

@@ -11,6 +11,7 @@ scan as an ONNX ``Scan``; a grid has a fixed size, so its length is static). Eac
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from archgen.mixers.base import TokenMixer, exporting
 from archgen.mixers.kernels import selective_scan as fused_kernel
 from archgen.mixers.mamba import (
     SCAN_IMPLS,
+    Mamba,
     _run_scan,
     _run_scan_outside_graph,
     _scan_dtype,
@@ -191,6 +193,62 @@ class SelectiveTokenMixer(TokenMixer):
             for (i, j), out in zip(order, outs, strict=True):
                 y[:, i, j] = y[:, i, j] + out
         return self.out_proj(y.to(z.dtype) * F.silu(z))
+
+
+class SelectiveChannelMixer(Mamba):
+    """MambaMixer's selective channel mixer (``selective_channel`` in ``archgen.ir.ops.vim2``):
+    the bidirectional Mamba block (``causal=False``: a forward and a flipped scan, each with
+    its own conv and S6 parameters, one gate) run on the transposed grid ``x^T [B, D, H*W]``,
+    so the scans run along the channels and the projections act on the tokens. The parameters
+    are the bidirectional Mamba's, with ``d_model = height * width``.
+
+    >>> m = SelectiveChannelMixer(6, height=3, width=5, d_state=4, scan="chunked")
+    >>> m(torch.randn(2, 3, 5, 6)).shape
+    torch.Size([2, 3, 5, 6])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        height: int,
+        width: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 1,
+        dt_rank: int | None = None,
+        scan: str = "auto",
+        chunk_size: int = 8,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            height * width,
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            dt_rank=dt_rank,
+            scan=scan,
+            chunk_size=chunk_size,
+            causal=False,
+            device=device,
+            dtype=dtype,
+        )
+        self.channels, self.height, self.width = d_model, height, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, H, W, D] -> [B, H, W, D]
+        return self._over_channels(x, super().forward)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Mamba's loop-level reference (a forward and a backward token loop) on ``x^T``."""
+        return self._over_channels(x, super().reference)
+
+    def _over_channels(
+        self, x: torch.Tensor, mix: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        bsz, h, w, d = x.shape
+        transposed = x.reshape(bsz, h * w, d).transpose(1, 2)  # [B, D, L]: channels in order
+        return mix(transposed).transpose(1, 2).reshape(bsz, h, w, d)
 
 
 class WeightedSum(nn.Module):

@@ -23,7 +23,7 @@ from archgen.ir.ops.fused import AddNorm
 from archgen.ir.ops.lm import Embedding, LMHead, ResidualAdd
 from archgen.ir.ops.norms import LayerNorm, RMSNorm
 from archgen.ir.ops.ssm import Mamba, Mamba2
-from archgen.ir.ops.vim2 import SelectiveTokenMixer, WeightedSum
+from archgen.ir.ops.vim2 import SelectiveChannelMixer, SelectiveTokenMixer, WeightedSum
 from archgen.ir.ops.vision import (
     ClassifierHead,
     ConvGLU,
@@ -58,6 +58,7 @@ __all__ = [
     "RaftTokenMixer",
     "ResidualAdd",
     "Role",
+    "SelectiveChannelMixer",
     "SelectiveTokenMixer",
     "SlidingWindowAttention",
     "SwiGLU",

@@ -25,6 +25,7 @@ from archgen.ir.ops.base import (
     linear_params,
     register_op,
 )
+from archgen.ir.ops.ssm import Mamba
 from archgen.ir.ops.vision import GRID_OP, expect_grid
 from archgen.ir.types import TensorType, TypeRuleError
 
@@ -120,6 +121,82 @@ class SelectiveTokenMixer(Op):
         di, n, rank = self._inner()
         per_scan = 3 * di + rank + 2 * n
         return seq_len * (3 * di + self.scans * per_scan + self.d_model) * dtype_bytes
+
+
+@register_op
+@dataclass(frozen=True)
+class SelectiveChannelMixer(Op):
+    """MambaMixer's selective channel mixer on a fixed ``height x width`` grid, written as the
+    paper writes it: a bidirectional Mamba block run on the transposed tokens ``x^T [B, D, L]``
+    (the sequence is the D channels, each step's features are the L = H*W tokens)::
+
+        y^T = Mamba_bidirectional(x^T)           d_model = L, a scan over channels both ways
+
+    i.e. ``[u, z] = in_proj(x^T)`` (L -> 2 expand L), per direction a causal conv (``d_conv``)
+    along the channel axis, SiLU and S6 with its own parameters (the backward one on the
+    channel-flipped sequence, flipped back), ``(y_f + y_b) * SiLU(z)``, ``out_proj`` back to L.
+    This is ``mamba`` with ``causal: false`` (``archgen.mixers.mamba``), parameters and all.
+
+    Where it may differ from the paper: the projections act on the token axis, so their width is
+    L and the weights are tied to the stage's grid (a fixed image size, as raft and spectrum);
+    at 224x224 the first stage has L = 3136 and this block alone holds 32.3M parameters, far
+    above ViM2-T's reported 20M in total, so the paper's image model must shrink this somehow
+    (its v1 appendix lists "CW-Linear 192/384/768" without saying how; research/mixers.md §8g)."""
+
+    kind: ClassVar[str] = "selective_channel"
+    role: ClassVar[Role] = Role.CHANNEL_MIXER
+    arity: ClassVar[int] = 1
+    traits: ClassVar[frozenset[Trait]] = GRID_OP
+    context_fields: ClassVar[tuple[str, ...]] = ("d_model", "height", "width")
+    summary: ClassVar[str] = "MambaMixer selective channel mixer: bidirectional S6 over channels"
+
+    d_model: int = attr("model width (the scanned sequence's length)", ge=1)
+    height: int = attr("grid height (from the stage)", ge=1)
+    width: int = attr("grid width (from the stage)", ge=1)
+    d_state: int = attr("SSM state size N", default=16, ge=1, le=1024)
+    d_conv: int = attr("conv kernel along the channel axis", default=4, ge=1, le=64)
+    expand: int = attr("inner width = expand * tokens", default=1, ge=1, le=16)
+    dt_rank: int | None = attr(
+        "rank of the dt projection (default ceil(tokens/16))", auto=True, ge=1
+    )
+
+    @property
+    def tokens(self) -> int:
+        """L = H * W: the width of the projections."""
+        return self.height * self.width
+
+    def inner_mamba(self) -> Mamba:
+        """The bidirectional Mamba block over ``x^T`` this mixer is."""
+        return Mamba(
+            d_model=self.tokens,
+            d_state=self.d_state,
+            d_conv=self.d_conv,
+            expand=self.expand,
+            dt_rank=self.dt_rank,
+            causal=False,
+        ).resolved()
+
+    def resolved(self) -> SelectiveChannelMixer:
+        return self if self.dt_rank else replace(self, dt_rank=ceil_div(self.tokens, 16))
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        (x,) = _expect_arity(self, inputs)
+        h, w = expect_grid(self, x, self.d_model)
+        if (h, w) != (self.height, self.width):
+            raise TypeRuleError(
+                f"selective_channel: weights are for a {self.height}x{self.width} grid, got {h}x{w}"
+            )
+        return x
+
+    def params(self) -> int:
+        return self.inner_mamba().params()
+
+    def flops(self, seq_len: int) -> int:
+        # the inner block over its sequence of D channels (seq_len = H*W is its width)
+        return self.inner_mamba().flops(self.d_model)
+
+    def activation_bytes(self, seq_len: int, dtype_bytes: int = 4) -> int:
+        return self.inner_mamba().activation_bytes(self.d_model, dtype_bytes)
 
 
 @register_op

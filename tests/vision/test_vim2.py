@@ -17,7 +17,7 @@ from archgen.ir import ops
 from archgen.ir.graph import Graph
 from archgen.ir.types import TensorType, TypeRuleError
 from archgen.mixers.registry import build_module
-from archgen.mixers.vim2 import SelectiveTokenMixer
+from archgen.mixers.vim2 import SelectiveChannelMixer, SelectiveTokenMixer
 from archgen.passes import AnnotateCost, InferShapes, PassError, Verify, run_pipeline
 from archgen.spec.loader import parse_spec
 from tests.tolerances import assert_close
@@ -31,6 +31,16 @@ MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "token-auto-expand2-k5": (
         lambda: SelectiveTokenMixer(5, d_state=4, expand=2, kernel=5),
         (1, 5, 3, 5),
+    ),
+    "channel-chunked": (
+        lambda: SelectiveChannelMixer(
+            9, height=3, width=5, d_state=3, d_conv=3, scan="chunked", chunk_size=4
+        ),
+        (2, 3, 5, 9),
+    ),
+    "channel-auto-expand2": (
+        lambda: SelectiveChannelMixer(7, height=5, width=1, d_state=2, expand=2),
+        (1, 5, 1, 7),
     ),
 }
 
@@ -84,6 +94,8 @@ def test_token_mixer_scans_all_four_orders() -> None:
 OPS = [
     ops.SelectiveTokenMixer(d_model=24),
     ops.SelectiveTokenMixer(d_model=10, d_state=4, expand=2, dt_rank=3, kernel=5),
+    ops.SelectiveChannelMixer(d_model=24, height=7, width=5),
+    ops.SelectiveChannelMixer(d_model=6, height=3, width=4, d_state=4, d_conv=2, expand=2),
 ]
 
 
@@ -98,6 +110,22 @@ def test_token_mixer_flops_grow_with_the_grid_and_the_state() -> None:
     assert op.flops(30) == 2 * op.flops(15)  # linear in the tokens
     assert ops.SelectiveTokenMixer(d_model=16, d_state=32).flops(15) > op.flops(15)
     assert "kernel" in {p.field for p in ops.SelectiveTokenMixer(d_model=8, kernel=4).problems()}
+
+
+def test_channel_mixer_scans_the_channels_both_ways_and_mixes_tokens() -> None:
+    """Output channel c reads every channel (a forward and a backward scan) of every token
+    (the projections act on the token axis); the grid is part of the weights."""
+    torch.manual_seed(1)
+    m = _perturbed(SelectiveChannelMixer(5, height=3, width=2, d_state=2, scan="chunked"))
+    x = torch.randn(1, 3, 2, 5, dtype=torch.float64, requires_grad=True)
+    m.double()(x)[0, 2, 1, 2].backward()
+    assert (x.grad[0] != 0).all()
+    op = ops.SelectiveChannelMixer(d_model=5, height=3, width=2)
+    grid = TensorType((1, 3, 2, 5), "float32")
+    assert op.infer([grid]) == grid
+    with pytest.raises(TypeRuleError, match="weights are for a 3x2 grid"):
+        op.infer([TensorType((1, 2, 3, 5), "float32")])
+    assert op.params() == ops.Mamba(d_model=6, expand=1, causal=False).params()  # Mamba over x^T
 
 
 # -- weighted averaging of a stage's earlier outputs (dense_average) ---------------------------
