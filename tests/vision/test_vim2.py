@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from archgen.mixers.registry import build_module
 from archgen.mixers.vim2 import SelectiveChannelMixer, SelectiveTokenMixer
 from archgen.passes import AnnotateCost, InferShapes, PassError, Verify, run_pipeline
 from archgen.spec.loader import parse_spec
-from tests.conftest import ROOT
+from tests.conftest import ROOT, archgen
 from tests.tolerances import assert_close
 
 # name -> (module factory, input shape [B, H, W, C]); odd, non-square grids
@@ -257,3 +258,24 @@ def test_vim2_t_builds_and_runs_at_224(capsys: pytest.CaptureFixture[str]) -> No
 )
 def test_vim2_t_parameter_count_is_the_papers() -> None:
     assert round(api.check(VIM2_T).total.params / 1e6) == VIM2_T_REPORTED
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            ("{kind: selective_token, d_state: 2}\n          channel", "{kind: selective_token, "
+             "kernel: 4}\n          channel"),
+            "plain.yaml:11:56: model.stages[0].block[0].token_mixer.kernel: must be odd",
+        ),
+        (("depth: 1\n", "depth: 1\n      dense_average: 2\n"), "model.stages[1].dense_average"),
+    ],
+    ids=["even-kernel", "dense-average-not-bool"],
+)  # fmt: skip
+def test_bad_vim2_input_exits_2_with_the_field(
+    change: tuple[str, str], expected: str, tmp_path: Path
+) -> None:
+    (tmp_path / "plain.yaml").write_text(STAGES.replace(*change))
+    done = archgen("check", "plain.yaml", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr
