@@ -3,6 +3,7 @@ backward (inputs and every parameter), on odd non-square grids; IR counts equal 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -279,3 +280,25 @@ def test_bad_vim2_input_exits_2_with_the_field(
     done = archgen("check", "plain.yaml", cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_export_to_onnx_validates_token_channel_and_average(tmp_path: Path) -> None:
+    """`archgen export` of a ViM2 stage with every piece: the scans export through Mamba's
+    ONNX path (the chunked scan as ONNX Scan nodes: 4 per token mixer, 2 per channel mixer)
+    and every block matches the eager float64 reference."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    spec = tmp_path / "vim2.yaml"
+    spec.write_text(
+        "model:\n  name: vim2-export\n  task: image-classification\n  image_size: 12\n"
+        "  num_classes: 3\n  stages:\n    - width: 6\n      depth: 1\n"
+        "      dense_average: true\n      downsample: {kind: patch_embed, stride: 4}\n"
+        "      block:\n        - token_mixer: {kind: selective_token, d_state: 2}\n"
+        "          channel_mixer: {kind: selective_channel, d_state: 2}\n"
+    )
+    done = archgen("export", str(spec), "-o", str(tmp_path / "onnx"))
+    assert done.returncode == 0, done.stderr
+    numerics = json.loads((tmp_path / "onnx" / "numerics.json").read_text())
+    assert numerics["passed"] and "stages.0.layers.0" in json.dumps(numerics)
+    forward = json.loads((tmp_path / "onnx" / "artifact.json").read_text())["forward"]
+    assert forward["op_counts"]["Scan"] == 4 + 2
