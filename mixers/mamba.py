@@ -209,6 +209,47 @@ def _run_scan(
 _run_scan_outside_graph = torch._disable_dynamo(_run_scan)
 
 
+def resolve_scan_impl(scan: str, x: torch.Tensor) -> str:
+    """The scan implementation a ``scan=`` choice runs for input ``x`` (see the module
+    docstring); shared with the other S6 users (ViM2's mixers, ``archgen.mixers.vim2``)."""
+    export = exporting()
+    if scan == "chunked":
+        return "chunked"
+    if scan == "triton":
+        if export:
+            raise RuntimeError(
+                "Mamba(scan='triton') cannot be exported; use scan='chunked' or 'auto'"
+            )
+        if not triton_available(x.device.type):
+            raise RuntimeError(
+                f"Mamba(scan='triton') needs triton and a CUDA input, got a {x.device} "
+                f"input{'' if HAS_TRITON else ' and no triton installed'}"
+            )
+        return "triton"
+    # the ONNX backend's fused export: the scan becomes the kernel's custom op, one node
+    as_op = export and fused_kernel.exports_as_custom_op()
+    as_op = as_op and _scan_dtype(x.dtype) == torch.float32
+    if scan == "fused":
+        if as_op:
+            return "fused"
+        if export:
+            raise RuntimeError(
+                "Mamba(scan='fused') cannot be exported but as the onnx backend's custom "
+                "op (the C++ kernel is opaque to torch.export); use scan='chunked' or 'auto'"
+            )
+        if x.device.type != "cpu":
+            raise RuntimeError(f"Mamba(scan='fused') is CPU-only, got a {x.device} input")
+        fused_kernel.load(required=True)
+        return "fused"
+    if export:
+        return "fused" if as_op else "chunked"
+    if x.device.type == "cuda":
+        return "triton" if HAS_TRITON and x.dtype != torch.float64 else "chunked"
+    if x.device.type != "cpu" or not fused_kernel.available():
+        return "chunked"
+    return "fused"
+
+
 # -- the module --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Direction:
@@ -351,42 +392,7 @@ class Mamba(TokenMixer):
         return self.out_proj(y.to(z.dtype) * F.silu(z))
 
     def _resolve_impl(self, x: torch.Tensor) -> str:
-        export = exporting()
-        if self.scan == "chunked":
-            return "chunked"
-        if self.scan == "triton":
-            if export:
-                raise RuntimeError(
-                    "Mamba(scan='triton') cannot be exported; use scan='chunked' or 'auto'"
-                )
-            if not triton_available(x.device.type):
-                raise RuntimeError(
-                    f"Mamba(scan='triton') needs triton and a CUDA input, got a {x.device} "
-                    f"input{'' if HAS_TRITON else ' and no triton installed'}"
-                )
-            return "triton"
-        # the ONNX backend's fused export: the scan becomes the kernel's custom op, one node
-        as_op = export and fused_kernel.exports_as_custom_op()
-        as_op = as_op and _scan_dtype(x.dtype) == torch.float32
-        if self.scan == "fused":
-            if as_op:
-                return "fused"
-            if export:
-                raise RuntimeError(
-                    "Mamba(scan='fused') cannot be exported but as the onnx backend's custom "
-                    "op (the C++ kernel is opaque to torch.export); use scan='chunked' or 'auto'"
-                )
-            if x.device.type != "cpu":
-                raise RuntimeError(f"Mamba(scan='fused') is CPU-only, got a {x.device} input")
-            fused_kernel.load(required=True)
-            return "fused"
-        if export:
-            return "fused" if as_op else "chunked"
-        if x.device.type == "cuda":
-            return "triton" if HAS_TRITON and x.dtype != torch.float64 else "chunked"
-        if x.device.type != "cpu" or not fused_kernel.available():
-            return "chunked"
-        return "fused"
+        return resolve_scan_impl(self.scan, x)
 
     # -- production ----------------------------------------------------------------------------
     def forward(self, u: torch.Tensor) -> torch.Tensor:

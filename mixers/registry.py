@@ -44,6 +44,9 @@ IMPLEMENTATIONS: dict[type[ops.Op], str] = {
     ops.ConvStem: "archgen.mixers.efficientvim_net:ConvStem",
     ops.EfficientViMMerge: "archgen.mixers.efficientvim_net:EfficientViMMerge",
     ops.HiddenStateFusionHead: "archgen.mixers.efficientvim_net:HiddenStateFusionHead",
+    ops.SelectiveTokenMixer: "archgen.mixers.vim2:SelectiveTokenMixer",
+    ops.SelectiveChannelMixer: "archgen.mixers.vim2:SelectiveChannelMixer",
+    ops.WeightedSum: "archgen.mixers.vim2:WeightedSum",
     ops.AddNorm: "archgen.mixers.add_norm:AddNorm",  # fused by the fuse_kernels pass
 }
 

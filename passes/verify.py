@@ -34,9 +34,9 @@ class Verify(Pass):
                     f"%{node.name}: outputs {node.outputs} must be distinct, the first named "
                     "like the node"
                 )
-            if len(node.inputs) != node.op.arity:
+            if len(node.inputs) != node.op.operand_count():
                 raise GraphInvalid(
-                    f"%{node.name} ({node.op.kind}) takes {node.op.arity} operand(s), "
+                    f"%{node.name} ({node.op.kind}) takes {node.op.operand_count()} operand(s), "
                     f"got {len(node.inputs)}"
                 )
             for value in node.inputs:

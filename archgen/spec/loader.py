@@ -35,7 +35,7 @@ from archgen.spec.models import (
     expand_layers,
 )
 from archgen.spec.training import DATA_SPECS, TrainSpec
-from archgen.spec.vision_models import StageSpec, StageLayerSpec, VisionModelSpec
+from archgen.spec.vision_models import StageLayerSpec, StageSpec, VisionModelSpec
 from archgen.spec.yaml_source import Path, SourceMap, load_yaml
 
 MAX_SPEC_BYTES = 1 << 20  # hand-written specs are a few KiB; repeat groups keep them small

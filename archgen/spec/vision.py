@@ -5,7 +5,8 @@ The graph of a vision spec::
     pixels f32[B, S, S, C_in]
     stages.0.downsample          -> [B, H0, W0, width0]
     stages.0.layers.N.*          pre-norm residual layers, as in a language model (or
-                                 convex residuals, branches without the norm: StageLayerSpec)
+                                 convex residuals, branches without the norm: StageLayerSpec;
+                                 dense_average: each followed by a weighted_sum node)
     stages.1.downsample ...
     final_norm, logits           ClassifierHead: global mean pool + linear -> [B, num_classes]
 
@@ -29,6 +30,7 @@ from archgen.ir.ops import (
     Op,
     ResidualAdd,
     RMSNorm,
+    WeightedSum,
     causality_problem,
     layout_problem,
 )
@@ -39,7 +41,6 @@ from archgen.spec.vision_models import (
     STAGE_CHANNEL_MIXER_SPECS,
     STAGE_TOKEN_MIXER_SPECS,
     StageGrid,
-    StageLayerSpec,
     VisionModelSpec,
     stage_blocks,
     stage_grids,
@@ -185,6 +186,7 @@ def graph_from_vision_spec(spec: ArchSpec) -> Graph:
         d = stage.width
         n = 0
         state: str | None = None
+        earlier = [x]  # y^(0) and every residual layer's output, for dense_average
         for k in range(stage.depth):
             for layer in stage.block:
                 block = f"stages.{i}.layers.{n}"
@@ -203,6 +205,10 @@ def graph_from_vision_spec(spec: ArchSpec) -> Graph:
                         state = g.nodes[-1].outputs[1]
                     join = ConvexResidual(d) if layer.residual == "convex" else ResidualAdd(d)
                     x = g.add(f"{block}.{slot}_residual", join, x, out, block=block)
+                    if stage.dense_average:
+                        earlier.append(x)
+                        average = WeightedSum(d, inputs=len(earlier))
+                        x = g.add(f"{block}.{slot}_average", average, *earlier, block=block)
         if state is not None:
             states.append(state)
     last = m.stages[-1].width

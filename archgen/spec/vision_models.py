@@ -91,6 +91,12 @@ class StageSpec(StrictModel):
         "one with the channel MLP); a mixer attribute may be a list of one value per block "
         "(length depth)",
     )
+    dense_average: bool = Field(
+        False,
+        description="after each residual layer, feed on a learned weighted sum of the stage's "
+        "input and every layer output so far (DenseFormer; MambaMixer's weighted averaging), "
+        "initialised to the plain residual chain",
+    )
 
 
 class VisionModelSpec(StrictModel):

@@ -28,6 +28,7 @@ from archgen.ir.ops.norms import LayerNorm, RMSNorm
 from archgen.ir.ops.raftmlp import CrossScaleEmbed
 from archgen.ir.ops.ssm import Mamba, Mamba2
 from archgen.ir.ops.transnext import AggregatedAttention, CosineAttention
+from archgen.ir.ops.vim2 import SelectiveChannelMixer, SelectiveTokenMixer, WeightedSum
 from archgen.ir.ops.vision import (
     ClassifierHead,
     ConvGLU,
@@ -52,17 +53,17 @@ __all__ = [
     "Constraint",
     "ConvBNEmbed",
     "ConvGLU",
-    "CosineAttention",
-    "CrossScaleEmbed",
     "ConvStem",
     "ConvexResidual",
+    "CosineAttention",
+    "CrossScaleEmbed",
     "DenseMixer",
     "DepthwiseConv",
     "DynamicSpectrumMixer",
     "EfficientViMMerge",
     "Embedding",
-    "InceptionMixer",
     "HiddenStateFusionHead",
+    "InceptionMixer",
     "LMHead",
     "LayerNorm",
     "LayerScaleMLP",
@@ -75,9 +76,12 @@ __all__ = [
     "RaftTokenMixer",
     "ResidualAdd",
     "Role",
+    "SelectiveChannelMixer",
+    "SelectiveTokenMixer",
     "SlidingWindowAttention",
     "SwiGLU",
     "Trait",
+    "WeightedSum",
     "causality_problem",
     "layout_problem",
     "ops_with_role",

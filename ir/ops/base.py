@@ -120,6 +120,11 @@ class Op:
     def extra_problems(self) -> list[Constraint]:
         return []
 
+    def operand_count(self) -> int:
+        """Operands a node of this op takes: ``arity``, or a variadic kind's own count
+        (``weighted_sum``: its ``inputs``)."""
+        return self.arity
+
     # -- type rule -----------------------------------------------------------------------------
     def infer_outputs(self, inputs: Sequence[TensorType]) -> tuple[TensorType, ...]:
         """The type of each output, in order (``num_outputs`` of them). Single-output kinds
@@ -154,8 +159,8 @@ class Op:
 
 
 def _expect_arity(op: Op, inputs: Sequence[TensorType]) -> Sequence[TensorType]:
-    if len(inputs) != op.arity:
-        raise TypeRuleError(f"{op.kind}: expected {op.arity} input(s), got {len(inputs)}")
+    if len(inputs) != op.operand_count():
+        raise TypeRuleError(f"{op.kind}: expected {op.operand_count()} input(s), got {len(inputs)}")
     return inputs
 
 
