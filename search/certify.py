@@ -1,5 +1,6 @@
 """Certification: the Pareto models measured end to end, together with the reference, once per
-study, and recorded in the study so that every worker names the same winner.
+study, and recorded in the study so that every worker names the same winner. When a whole front
+measures over budget, the next front is certified (a bounded walk down the fronts).
 
 Workers of one study finish at different times. The first to get the study's lock measures the
 front against the reference (search/paired.py) and records the results as a study attribute;
@@ -53,42 +54,60 @@ def _safe(name: str) -> str:
 
 def certify(
     study: optuna.Study,
-    front: Sequence[FrozenTrial],
+    fronts: Sequence[Sequence[FrozenTrial]],
     *,
     measure: Callable[[Sequence[FrozenTrial]], list[PairedResult]],
     predicted: Callable[[FrozenTrial], float],
     limit: Callable[[], float | None],
     seconds: Callable[[float], float | None],
     allowance: Callable[[PairedResult], float] = lambda result: 0.0,
+    on_front: Callable[[int, Sequence[FrozenTrial]], None] = lambda rank, front: None,
 ) -> tuple[list[Certified], bool]:
-    """The certified front (measured now, or as recorded by the worker that certified it
-    first) and whether this call measured it. ``limit`` is read after measuring: the
-    measurement may have moved the reference's calibration, and with it an absolute budget.
-    A model is within budget when its ratio, raised by ``allowance`` (what a measurement
-    taken at fallback threads may be off by), fits."""
-    numbers = [t.number for t in front]
+    """The certified models (measured now, or as recorded by the worker that certified them
+    first) and whether this call measured them.
+
+    ``fronts`` are the study's successive Pareto fronts (study.pareto_fronts). The first is
+    measured; when none of its models is within budget, the next is, and so on: a front of
+    near-budget models that all measure a little over (the machine's state at the end differs
+    from during the study) no longer leaves the search without a winner while slower-ranked
+    feasible models were never tried. ``limit`` is read after each measurement: it may have
+    moved the reference's calibration, and with it an absolute budget. A model is within
+    budget when its ratio, raised by ``allowance`` (what a measurement taken at fallback
+    threads may be off by), fits."""
+    first = [t.number for t in fronts[0]] if fronts else []
     recorded = study.user_attrs.get(CERTIFICATION)
-    if recorded is not None and recorded["front"] == numbers:
+    if recorded is not None and recorded["front"] == first:
         return [Certified(**c) for c in recorded["certified"]], False
-    results = measure(front) if front else []
-    bound = limit()
-    certified = [
-        Certified(
-            number=t.number,
-            params=dict(t.params),
-            quality=t.values[0],
-            predicted_ratio=predicted(t),
-            measured_ratio=r.ratio,
-            predicted_s=seconds(predicted(t)),
-            measured_s=seconds(r.ratio),
-            within_budget=bound is None or r.ratio * (1 + allowance(r)) <= bound,
-        )
-        for t, r in zip(front, results, strict=True)
-    ]
+    certified: list[Certified] = []
+    results: list[PairedResult] = []
+    for rank, front in enumerate(fronts, start=1):
+        if not front:
+            break
+        on_front(rank, front)
+        measured = measure(front)
+        bound = limit()
+        rows = [
+            Certified(
+                number=t.number,
+                params=dict(t.params),
+                quality=t.values[0],
+                predicted_ratio=predicted(t),
+                measured_ratio=r.ratio,
+                predicted_s=seconds(predicted(t)),
+                measured_s=seconds(r.ratio),
+                within_budget=bound is None or r.ratio * (1 + allowance(r)) <= bound,
+                front=rank,
+            )
+            for t, r in zip(front, measured, strict=True)
+        ]
+        certified += rows
+        results += measured
+        if any(c.within_budget for c in rows):
+            break
     study.set_user_attr(
         CERTIFICATION,
         {
-            "front": numbers,
+            "front": first,
             "certified": [asdict(c) for c in certified],
             "measurements": [r.to_json() for r in results],
         },

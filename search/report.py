@@ -39,6 +39,7 @@ class Certified:
     predicted_s: float | None  # the ratios times the base model's calibrated seconds
     measured_s: float | None
     within_budget: bool
+    front: int = 1  # which Pareto front it was certified from (search/certify.py)
 
 
 QUALITY_LABELS = {

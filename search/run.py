@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from archgen.search.measure import Measurer
 
 Log = Callable[[str], None]
+# Fronts certification may walk down when a whole front measures over budget: the next fronts
+# hold the next-best models; each step costs one paired measurement of a front, so it is bounded.
+CERTIFIED_FRONTS = 3
 OnTrial = Callable[[FrozenTrial, Sequence[FrozenTrial]], None]
 
 
@@ -94,7 +97,7 @@ def run_search_plan(
     from archgen.search.paired import ReferenceCalibration
     from archgen.search.report import build_report, write_json_atomic, write_plots
     from archgen.search.storage import open_storage, quiet_optuna, redact
-    from archgen.search.study import StudyConfig, open_study, pareto_front, run_worker, worker_id
+    from archgen.search.study import StudyConfig, open_study, pareto_fronts, run_worker, worker_id
 
     quiet_optuna()
     storage = open_storage(plan.storage_url)
@@ -201,11 +204,19 @@ def run_search_plan(
     }
     run_worker(study, space, CandidateEvaluator(judge, quality), config, on_trial=on_trial)
 
-    # 8. Certification, once per study.
+    # 8. Certification, once per study; down to the next front when a whole front is over.
     trials = study.get_trials(deepcopy=False)
-    front = pareto_front(trials)
-    log(f"certifying {len(front)} Pareto model(s) against the base model...")
-    graphs = {t.number: space.graph_for(t.params) for t in front}
+    fronts = pareto_fronts(trials, CERTIFIED_FRONTS)
+    graphs = {t.number: space.graph_for(t.params) for front in fronts for t in front}
+
+    def announce(rank: int, front: Sequence[FrozenTrial]) -> None:
+        if rank == 1:
+            log(f"certifying {len(front)} Pareto model(s) against the base model...")
+        else:
+            log(
+                f"  none of front {rank - 1} is within budget when measured: certifying the "
+                f"next front ({len(front)} model(s), front {rank} of at most {CERTIFIED_FRONTS})"
+            )
 
     def measure_front(ts: Sequence[FrozenTrial]) -> list[Any]:
         results = measurer.measure_against_reference(
@@ -217,9 +228,10 @@ def run_search_plan(
 
     with study_lock(storage, plan.storage_url, plan.study_name):
         certified, measured_here = certify(
-            study, front, measure=measure_front,
+            study, fronts, measure=measure_front,
             predicted=lambda t: predictor.predict(graphs[t.number]),
             limit=judge.limit, seconds=judge.seconds, allowance=judge.fallback_allowance,
+            on_front=announce,
         )  # fmt: skip
     if not measured_here:
         log("  as certified by another worker of this study")

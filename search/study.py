@@ -310,18 +310,30 @@ def feasible(trial: FrozenTrial) -> bool:
 
 def pareto_front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """Complete, feasible, non-dominated trials (quality up, latency down), one per candidate."""
-    pool = {}
+    fronts = pareto_fronts(trials, 1)
+    return fronts[0] if fronts else []
+
+
+def pareto_fronts(trials: Sequence[FrozenTrial], count: int) -> list[list[FrozenTrial]]:
+    """The first ``count`` fronts of non-dominated sorting over the complete, feasible trials
+    (one per candidate): front 1 is :func:`pareto_front`, front 2 the non-dominated trials once
+    front 1 is set aside, and so on. Certification walks down them when a whole front measures
+    over budget (search/certify.py), so the next-best models are the ones tried next."""
+    pool: dict[tuple[tuple[str, Any], ...], FrozenTrial] = {}
     for t in trials:
         if t.state is TrialState.COMPLETE and feasible(t) and evaluates(t):
             pool.setdefault(tuple(sorted(t.params.items())), t)
-    cands = list(pool.values())
-    front = []
-    for t in cands:
-        q, lat = t.values
-        dominated = any(
-            (o.values[0] >= q and o.values[1] <= lat) and (o.values[0] > q or o.values[1] < lat)
-            for o in cands
-        )
-        if not dominated:
-            front.append(t)
-    return sorted(front, key=lambda t: t.values[1])
+    left = list(pool.values())
+    fronts: list[list[FrozenTrial]] = []
+    while left and len(fronts) < count:
+        front = [t for t in left if not any(_dominates(o, t) for o in left)]
+        fronts.append(sorted(front, key=lambda t: t.values[1]))
+        taken = {t.number for t in front}
+        left = [t for t in left if t.number not in taken]
+    return fronts
+
+
+def _dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
+    """``a`` is at least as good as ``b`` on quality (up) and latency (down), better on one."""
+    (qa, la), (qb, lb) = a.values, b.values
+    return qa >= qb and la <= lb and (qa > qb or la < lb)
