@@ -283,6 +283,8 @@ def vision_spec_from_graph(graph: Graph) -> ArchSpec:
     norm = graph.node("final_norm").op
     downsample: dict[int, Any] = {}
     layers: dict[int, dict[str, dict[str, Any]]] = {}
+    averaged: set[int] = set()  # stages with dense_average (weighted_sum nodes)
+    names = {node.name for node in graph.nodes}
     for node in graph.nodes:
         parts = node.name.split(".")
         if parts[0] != "stages":
@@ -290,21 +292,32 @@ def vision_spec_from_graph(graph: Graph) -> ArchSpec:
         stage = int(parts[1])
         if parts[2] == "downsample":
             downsample[stage] = node.op
+        elif node.name.endswith("_average"):
+            averaged.add(stage)
         elif node.name.endswith("_mixer"):
             layer = layers.setdefault(stage, {}).setdefault(node.block or "", {})
             layer[parts[-1]] = {"kind": node.op.kind, **node.op.attributes()}
+            # how the branch meets the stream (StageLayerSpec's residual / pre_norm; the
+            # defaults are left out, as the spec's own dump leaves them out)
+            slot = parts[-1].removesuffix("_mixer")
+            join = graph.node(f"{node.block}.{slot}_residual").op
+            if join.kind == ConvexResidual.kind:
+                layer["residual"] = "convex"
+            if f"{node.block}.{slot}_norm" not in names:
+                layer["pre_norm"] = False
     stages = []
     for i in sorted(downsample):
         found = list(layers.get(i, {}).values())
         period = next(p for p in range(1, len(found) + 1) if found == found[:p] * (len(found) // p))
-        stages.append(
-            {
-                "width": downsample[i].d_model,
-                "depth": len(found) // period,
-                "downsample": {"kind": downsample[i].kind, **downsample[i].attributes()},
-                "block": found[:period],
-            }
-        )
+        stage_spec: dict[str, Any] = {
+            "width": downsample[i].d_model,
+            "depth": len(found) // period,
+            "downsample": {"kind": downsample[i].kind, **downsample[i].attributes()},
+            "block": found[:period],
+        }
+        if i in averaged:
+            stage_spec["dense_average"] = True
+        stages.append(stage_spec)
     model = {
         "name": graph.model.name,
         "task": IMAGE_TASK,
@@ -315,4 +328,6 @@ def vision_spec_from_graph(graph: Graph) -> ArchSpec:
         "norm_eps": norm.eps,  # type: ignore[attr-defined]
         "stages": stages,
     }
+    if isinstance(graph.node("logits").op, HiddenStateFusionHead):
+        model["head"] = "hidden_state_fusion"
     return ArchSpec.model_validate({"model": model})

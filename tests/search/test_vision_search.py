@@ -17,7 +17,7 @@ from archgen.errors import ArchgenError
 from archgen.passes import InferShapes, Verify, run_pipeline
 from archgen.search_api import SearchOptions, plan_search, run_search
 from archgen.spec.expand import graph_from_spec, spec_from_graph
-from tests.conftest import archgen
+from tests.conftest import ROOT, archgen
 
 SPEC = """
 model:
@@ -200,3 +200,16 @@ def test_a_budget_below_every_candidate_is_refused_before_training(
         run_search(write(tmp_path), options, log=lambda _: None)
     assert "images:B3:S16" in str(e.value) and count_steps["n"] == 0  # nothing trained
     assert "seq_len" not in (e.value.hint or "")  # an image model has none to shorten
+
+
+@pytest.mark.parametrize("example", ["efficientvim-tiny", "vim2-mixer-tiny", "iformer-tiny"])
+def test_every_vision_structure_round_trips_through_its_spec(example: str) -> None:
+    """A winner's best.yaml keeps what the base spec's blocks say beyond their mixers: convex
+    residuals, branches without the norm, dense_average, the hidden-state fusion head, per-block
+    schedules (written out per layer)."""
+    from archgen.spec.loader import load_spec
+
+    graph = graph_from_spec(load_spec(ROOT / "examples" / "vision" / f"{example}.yaml"))
+    back = graph_from_spec(spec_from_graph(graph))
+    assert [(n.name, n.op, n.inputs) for n in back.nodes] == [
+        (n.name, n.op, n.inputs) for n in graph.nodes]  # fmt: skip
