@@ -30,9 +30,12 @@ from archgen.ir.ops import (
     Op,
     ResidualAdd,
     RMSNorm,
+    Role,
+    Trait,
     WeightedSum,
     causality_problem,
     layout_problem,
+    ops_with_role,
 )
 from archgen.ir.types import BATCH, TensorType
 from archgen.spec.errors import SpecIssue
@@ -140,11 +143,16 @@ def vision_issues(model: VisionModelSpec, fname: str, source: SourceMap | None) 
                         issue(
                             (*path, "kind"),
                             f"{op.kind!r} runs on 1-D sequences only: it has no form over a "
-                            "stage's 2-D token grid yet (stages take attention, raft, convglu "
-                            "and the position-wise channel mixers)",
+                            f"stage's 2-D token grid yet (stages take {_grid_kinds(op.role)})",
                         )
                     )
     return found
+
+
+def _grid_kinds(role: Role) -> str:
+    """The kinds of ``role`` that run on a grid, from the op registry (it grows with it)."""
+    kinds = sorted(k for k, c in ops_with_role(role).items() if Trait.GRID in c.traits)
+    return ", ".join(kinds)
 
 
 def _grid_form_if_not_causal(op: Any) -> bool:

@@ -19,6 +19,7 @@ from archgen.mixers.iformer import ConvBNEmbed, InceptionMixer, LayerScaleMLP
 from archgen.mixers.registry import build_module
 from tests.conftest import ROOT, archgen
 from tests.tolerances import assert_close
+from tests.vision.reference_check import assert_matches_reference, perturbed
 
 TINY_EXAMPLE = ROOT / "examples" / "vision" / "iformer-tiny.yaml"
 
@@ -71,21 +72,9 @@ MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 def test_matches_reference_forward_and_backward(name: str) -> None:
     make, shape = MODULES[name]
     torch.manual_seed(sum(map(ord, name)))
-    module = make().double()
-    with torch.no_grad():  # non-trivial weights, biases and scales
-        for p in module.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+    module = perturbed(make().double(), 0.3)  # non-trivial weights, biases and scales
     x = torch.randn(*shape, dtype=torch.float64)
-    results = []
-    for fn in (module, module.reference):
-        xi = x.clone().requires_grad_(True)
-        out = fn(xi)
-        w = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        (out * w).sum().backward()
-        results.append([out.detach(), xi.grad] + [p.grad.clone() for p in module.parameters()])
-        module.zero_grad()
-    for a, b in zip(*results, strict=True):
-        assert_close(a, b)
+    assert_matches_reference(module, x)
 
 
 def test_conv_bn_embed_reference_uses_running_statistics_in_eval() -> None:

@@ -19,7 +19,7 @@ from archgen.ir import ops
 from archgen.mixers.raftmlp import CrossScaleEmbed
 from archgen.mixers.registry import build_module
 from tests.conftest import ROOT, archgen
-from tests.tolerances import assert_close
+from tests.vision.reference_check import assert_matches_reference
 
 # (d_model, in_channels, stride, kernels, input [B, H, W, C]): odd widths and grids; padded
 # kernels at every scale, one kernel, three kernels, stride 1 and an odd stride
@@ -38,17 +38,8 @@ def test_matches_reference_forward_and_backward(name: str) -> None:
     torch.manual_seed(sum(map(ord, name)))
     module = CrossScaleEmbed(d, in_channels=cin, stride=stride, kernels=kernels).double()
     x = torch.randn(*shape, dtype=torch.float64)
-    results = []
-    for fn in (module, module.reference):
-        xi = x.clone().requires_grad_(True)
-        out = fn(xi)
-        assert out.shape == (shape[0], shape[1] // stride, shape[2] // stride, d)
-        w = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        (out * w).sum().backward()
-        results.append([out.detach(), xi.grad] + [p.grad.clone() for p in module.parameters()])
-        module.zero_grad()
-    for a, b in zip(*results, strict=True):
-        assert_close(a, b)
+    assert module(x).shape == (shape[0], shape[1] // stride, shape[2] // stride, d)
+    assert_matches_reference(module, x)
 
 
 def test_each_kernel_sees_its_centred_neighbourhood() -> None:

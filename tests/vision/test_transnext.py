@@ -23,6 +23,7 @@ from archgen.mixers.registry import build_module
 from archgen.mixers.transnext import AggregatedAttention, CosineAttention
 from tests.conftest import ROOT, archgen
 from tests.tolerances import assert_close
+from tests.vision.reference_check import assert_matches_reference, perturbed
 
 # name -> (module factory, input shape [B, H, W, C]); odd grids: most positions are borders
 MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
@@ -62,30 +63,18 @@ MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 def test_matches_reference_forward_and_backward(name: str) -> None:
     make, shape = MODULES[name]
     torch.manual_seed(sum(map(ord, name)))
-    module = make().double()
-    with torch.no_grad():  # every parameter away from its initial value (zeros, the tokens)
-        for p in module.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+    # every parameter away from its initial value (zeros, the tokens)
+    module = perturbed(make().double(), 0.3)
     x = torch.randn(*shape, dtype=torch.float64)
-    results = []
-    for fn in (module, module.reference):
-        xi = x.clone().requires_grad_(True)
-        out = fn(xi)
-        w = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        (out * w).sum().backward()
-        grads = [p.grad.clone() for p in module.parameters()]
-        # every parameter reaches the output, but for the full attention's last CPB bias: one
-        # constant per head added to all of a query's logits, which the softmax cancels
-        reaching = [
-            (n, g.abs().sum() > 1e-12)
-            for (n, _), g in zip(module.named_parameters(), grads, strict=True)
-            if not (isinstance(module, CosineAttention) and n == "cpb_fc2.bias")
-        ]
-        assert all(ok for _, ok in reaching), reaching
-        results.append([out.detach(), xi.grad, *grads])
-        module.zero_grad()
-    for a, b in zip(*results, strict=True):
-        assert_close(a, b)
+    grads = assert_matches_reference(module, x)
+    # every parameter reaches the output, but for the full attention's last CPB bias: one
+    # constant per head added to all of a query's logits, which the softmax cancels
+    reaching = [
+        (n, g.abs().sum() > 1e-12)
+        for (n, _), g in zip(module.named_parameters(), grads, strict=True)
+        if not (isinstance(module, CosineAttention) and n == "cpb_fc2.bias")
+    ]
+    assert all(ok for _, ok in reaching), reaching
 
 
 def _constant_values(module: AggregatedAttention, beta: torch.Tensor) -> None:

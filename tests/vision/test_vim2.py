@@ -24,6 +24,7 @@ from archgen.passes import AnnotateCost, InferShapes, PassError, Verify, run_pip
 from archgen.spec.loader import parse_spec
 from tests.conftest import ROOT, archgen
 from tests.tolerances import assert_close
+from tests.vision.reference_check import assert_matches_reference, perturbed
 
 # name -> (module factory, input shape [B, H, W, C]); odd, non-square grids
 MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
@@ -49,10 +50,7 @@ MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 
 
 def _perturbed(module: nn.Module) -> nn.Module:
-    with torch.no_grad():  # non-trivial values everywhere (D = 1, zero biases are special)
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return module
+    return perturbed(module, 0.1)  # non-trivial values everywhere (D = 1, zero biases are special)
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -61,18 +59,8 @@ def test_matches_reference_forward_and_backward(name: str) -> None:
     torch.manual_seed(sum(map(ord, name)))
     module = _perturbed(make().double())
     x = torch.randn(*shape, dtype=torch.float64)
-    results = []
-    for fn in (module, module.reference):
-        xi = x.clone().requires_grad_(True)
-        out = fn(xi)
-        w = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        (out * w).sum().backward()
-        grads = [p.grad.clone() for p in module.parameters()]
-        assert all(g.abs().sum() > 0 for g in grads)  # every parameter takes part
-        results.append([out.detach(), xi.grad, *grads])
-        module.zero_grad()
-    for a, b in zip(*results, strict=True):
-        assert_close(a, b)
+    grads = assert_matches_reference(module, x)
+    assert all(g.abs().sum() > 0 for g in grads)  # every parameter takes part
 
 
 def test_token_mixer_scans_all_four_orders() -> None:

@@ -14,7 +14,7 @@ from archgen.mixers.attention import Attention
 from archgen.mixers.registry import build_module
 from archgen.mixers.spectrum import DynamicSpectrumMixer, dct_matrix
 from archgen.mixers.vision import ClassifierHead, ConvGLU, PatchEmbed, PatchMerge, RaftTokenMixer
-from tests.tolerances import assert_close
+from tests.vision.reference_check import assert_matches_reference, perturbed
 
 # name -> (module factory, input shape [B, H, W, C]); odd sizes everywhere a module allows them
 MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
@@ -51,21 +51,11 @@ MODULES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 def test_matches_reference_forward_and_backward(name: str) -> None:
     make, shape = MODULES[name]
     torch.manual_seed(hash(name) % 1000)
-    module = make().double()
-    with torch.no_grad():  # non-trivial biases / norm scales (and a non-zero head)
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    module = perturbed(
+        make().double(), 0.1
+    )  # non-trivial biases / norm scales (and a non-zero head)
     x = torch.randn(*shape, dtype=torch.float64)
-    results = []
-    for fn in (module, module.reference):
-        xi = x.clone().requires_grad_(True)
-        out = fn(xi)
-        w = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        (out * w).sum().backward()
-        results.append([out.detach(), xi.grad] + [p.grad.clone() for p in module.parameters()])
-        module.zero_grad()
-    for a, b in zip(*results, strict=True):
-        assert_close(a, b)
+    assert_matches_reference(module, x)
 
 
 def test_raft_mixes_its_raft_members_along_the_axis_only() -> None:
