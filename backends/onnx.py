@@ -430,7 +430,8 @@ class OnnxBackend(Backend):
             meta.extra["decode"] = export_decode(model, folder / DECODE_FILE, options)
         else:
             meta.extra["decode"] = f"no decode graph: {why}"
-            meta.notes.append(f"no decode-step graph: {why}")
+            if graph.model.image is None:  # worth a note only where decoding is a thing
+                meta.notes.append(f"no decode-step graph: {why}")
         return OnnxArtifact(graph, meta, folder, ok, owned)
 
     def load(self, path: str | Path, graph: Graph, options: LowerOptions) -> OnnxArtifact:

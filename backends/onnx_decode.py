@@ -29,6 +29,8 @@ from archgen.ir.ops import Trait
 def decode_support(graph: Graph) -> tuple[bool, str]:
     """Whether every node's ``step`` exports as one graph (ops' ``Trait.DECODE_EXPORTABLE``;
     only token mixers can lack it), and if not, which does not and why."""
+    if graph.model.image is not None:
+        return False, "an image classifier has no token-by-token decode step"
     if graph.model.mask_token is not None:
         return False, (
             f"a {graph.model.task} has no token-by-token decode step (bidirectional mixers); "

@@ -180,6 +180,7 @@ def test_export_to_onnx_validates_every_block(tmp_path: Path) -> None:
                                  "        - token_mixer: {kind: attention, heads: 2}"))  # fmt: skip
     done = archgen("export", str(spec), "-o", str(tmp_path / "onnx"))
     assert done.returncode == 0, done.stderr
+    assert "decode" not in done.stdout + done.stderr  # nothing to decode: no note about it
     numerics = json.loads((tmp_path / "onnx" / "numerics.json").read_text())
     assert numerics["passed"] and "stages.0.layers.2" in json.dumps(numerics)
     import onnxruntime as ort
