@@ -407,13 +407,18 @@ def export_forward(
             hint="these mixers' forward must trace with a symbolic sequence length "
             "(torch.export.export with dynamic_shapes) to export for every length",
         ) from None
+    _check_scan_form(path, form, facts)
+    return {**facts, "mamba_scan": form}
+
+
+def _check_scan_form(path: Path, form: str | None, facts: dict[str, Any]) -> None:
+    """The metadata must not lie: the scans are in the graph in the form it records."""
     fused = facts["op_counts"].get(OP_TYPE, 0)
-    if form is not None and (form == FUSED_SCAN) != (fused > 0):  # the metadata must not lie
+    if form is not None and (form == FUSED_SCAN) != (fused > 0):
         raise ArchgenError(
             f"{path.name}: expected the Mamba scans as {form}, the exported graph has {fused} "
             f"{OP_TYPE} node(s)"
         )
-    return {**facts, "mamba_scan": form}
 
 
 # How model.onnx spells Mamba-1's selective scan, recorded in its metadata under SCAN_FORM_KEY:
@@ -424,9 +429,13 @@ FUSED_SCAN = f"{DOMAIN}.{OP_TYPE}"
 PORTABLE_SCAN = "onnx.Scan"
 
 
+# node kinds whose modules run Mamba-1's selective scan (S6): Mamba, and ViM2's two mixers
+S6_KINDS = frozenset({"mamba", "selective_token", "selective_channel"})
+
+
 def mamba_scan_form(graph: Graph, options: LowerOptions) -> str | None:
-    """The scan form an export of ``graph`` with ``options`` has; None without Mamba-1 nodes."""
-    if not any(node.op.kind == "mamba" for node in graph.nodes):
+    """The scan form an export of ``graph`` with ``options`` has; None without S6 nodes."""
+    if not any(node.op.kind in S6_KINDS for node in graph.nodes):
         return None
     return FUSED_SCAN if options.fused_scan else PORTABLE_SCAN
 
@@ -441,17 +450,33 @@ def _export_image_forward(
     assert image is not None
     shape = (2, image.image_size, image.image_size, image.in_channels)
     example = torch.randn(shape, dtype=_param_dtype(model))
-    return export_graph(
-        BoundaryModule(model).eval(),
-        (example,),
-        path,
-        dynamic_shapes=({0: batch},),
-        expect_dynamic={PIXELS: (0,)},
-        dim_names={(PIXELS, 0): "batch"},
-        input_names=[PIXELS],
-        output_names=[*graph.outputs, *graph.blocks()],
-        opset=options.opset,
-        translations=gqa_translation() if options.fused_attention else None,
-        keep_outputs=list(graph.outputs) if deploy else None,
-        metadata=model_metadata(graph, "forward") if deploy else None,
+    # ViM2's S6 scans as one onnxruntime node each, as an LM's Mamba scans (an ONNX Scan of
+    # small chunk ops ran ViM2-T 7-8x slower than eager: benchmarks/results/vision_latency_cpu.md)
+    form = mamba_scan_form(graph, options)
+    metadata = model_metadata(graph, "forward") if deploy else None
+    if metadata is not None and form is not None:
+        metadata[SCAN_FORM_KEY] = form
+    translations = {
+        **(gqa_translation() if options.fused_attention else {}),
+        **(scan_translation() if options.fused_scan else {}),
+    }
+    scan_as_op = (
+        selective_scan.exported_as_custom_op() if options.fused_scan else contextlib.nullcontext()
     )
+    with scan_as_op:
+        facts = export_graph(
+            BoundaryModule(model).eval(),
+            (example,),
+            path,
+            dynamic_shapes=({0: batch},),
+            expect_dynamic={PIXELS: (0,)},
+            dim_names={(PIXELS, 0): "batch"},
+            input_names=[PIXELS],
+            output_names=[*graph.outputs, *graph.blocks()],
+            opset=options.opset,
+            translations=translations or None,
+            keep_outputs=list(graph.outputs) if deploy else None,
+            metadata=metadata,
+        )
+    _check_scan_form(path, form, facts)
+    return {**facts, "mamba_scan": form}

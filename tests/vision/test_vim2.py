@@ -271,10 +271,12 @@ def test_bad_vim2_input_exits_2_with_the_field(
 
 
 @pytest.mark.slow
-def test_export_to_onnx_validates_token_channel_and_average(tmp_path: Path) -> None:
+@pytest.mark.parametrize("portable", [False, True])
+def test_export_to_onnx_validates_token_channel_and_average(tmp_path: Path, portable: bool) -> None:
     """`archgen export` of a ViM2 stage with every piece: the scans export through Mamba's
-    ONNX path (the chunked scan as ONNX Scan nodes: 4 per token mixer, 2 per channel mixer)
-    and every block matches the eager float64 reference."""
+    ONNX path (4 per token mixer, 2 per channel mixer: archgen.SelectiveScan nodes by default,
+    ONNX Scan nodes of the chunked scan with --portable) and every block matches the eager
+    float64 reference."""
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     spec = tmp_path / "vim2.yaml"
     spec.write_text(
@@ -284,9 +286,13 @@ def test_export_to_onnx_validates_token_channel_and_average(tmp_path: Path) -> N
         "      block:\n        - token_mixer: {kind: selective_token, d_state: 2}\n"
         "          channel_mixer: {kind: selective_channel, d_state: 2}\n"
     )
-    done = archgen("export", str(spec), "-o", str(tmp_path / "onnx"))
+    extra = ["--portable"] if portable else []
+    done = archgen("export", str(spec), "-o", str(tmp_path / "onnx"), *extra)
     assert done.returncode == 0, done.stderr
     numerics = json.loads((tmp_path / "onnx" / "numerics.json").read_text())
     assert numerics["passed"] and "stages.0.layers.0" in json.dumps(numerics)
     forward = json.loads((tmp_path / "onnx" / "artifact.json").read_text())["forward"]
-    assert forward["op_counts"]["Scan"] == 4 + 2
+    counts = forward["op_counts"]
+    fused, scans = counts.get("SelectiveScan", 0), counts.get("Scan", 0)
+    assert (fused, scans) == ((0, 4 + 2) if portable else (4 + 2, 0))
+    assert forward["mamba_scan"] == ("onnx.Scan" if portable else "archgen.SelectiveScan")
