@@ -29,8 +29,8 @@ from archgen.ir.ops.base import (
     linear_flops,
     register_op,
 )
-from archgen.ir.ops.vision import GRID_OP, expect_grid
-from archgen.ir.types import TensorType, TypeRuleError
+from archgen.ir.ops.vision import GRID_OP, downsampled_grid
+from archgen.ir.types import TensorType
 
 MAX_KERNELS = 8
 
@@ -100,12 +100,7 @@ class CrossScaleEmbed(Op):
 
     def infer(self, inputs: Sequence[TensorType]) -> TensorType:
         (x,) = _expect_arity(self, inputs)
-        h, w = expect_grid(self, x, self.in_channels)
-        if h % self.stride or w % self.stride:
-            raise TypeRuleError(
-                f"{self.kind}: grid {h}x{w} is not divisible by stride {self.stride}"
-            )
-        return TensorType((x.shape[0], h // self.stride, w // self.stride, self.d_model), x.dtype)
+        return downsampled_grid(self, x, self.in_channels, self.stride, self.d_model)
 
     def patch_width(self) -> int:
         """Values of one output position's concatenated patches: ``sum k^2 * in_channels``."""

@@ -39,6 +39,17 @@ def expect_grid(op: Op, x: TensorType, channels: int) -> tuple[int, int]:
     return h, w
 
 
+def downsampled_grid(
+    op: Op, x: TensorType, in_channels: int, stride: int, d_model: int
+) -> TensorType:
+    """The shape rule of a strided downsampling op: grid ``[B, H, W, in_channels]`` ->
+    ``[B, H/stride, W/stride, d_model]``, with H and W divisible by ``stride``."""
+    h, w = expect_grid(op, x, in_channels)
+    if h % stride or w % stride:
+        raise TypeRuleError(f"{op.kind}: grid {h}x{w} is not divisible by stride {stride}")
+    return TensorType((x.shape[0], h // stride, w // stride, d_model), x.dtype)
+
+
 @register_op
 @dataclass(frozen=True)
 class PatchEmbed(Op):
@@ -89,12 +100,7 @@ class PatchEmbed(Op):
 
     def infer(self, inputs: Sequence[TensorType]) -> TensorType:
         (x,) = _expect_arity(self, inputs)
-        h, w = expect_grid(self, x, self.in_channels)
-        if h % self.stride or w % self.stride:
-            raise TypeRuleError(
-                f"{self.kind}: grid {h}x{w} is not divisible by stride {self.stride}"
-            )
-        return TensorType((x.shape[0], h // self.stride, w // self.stride, self.d_model), x.dtype)
+        return downsampled_grid(self, x, self.in_channels, self.stride, self.d_model)
 
     def params(self) -> int:
         k = self.resolved().kernel
